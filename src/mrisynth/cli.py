@@ -1,0 +1,129 @@
+"""`mrisynth` command line. Errors meant for users print one readable block and exit non-zero."""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from mrisynth import MODALITIES
+from mrisynth.errors import MrisynthError
+
+
+def _cmd_phantom(args: argparse.Namespace) -> int:
+    from mrisynth.ingest import make_phantom
+
+    ids = make_phantom(Path(args.out), args.cases, args.seed, workers=args.workers)
+    print(f"wrote {len(ids)} phantom cases ({ids[0]} .. {ids[-1]}) to {args.out}")
+    return 0
+
+
+def _import_options(args: argparse.Namespace):
+    from mrisynth.ingest import ImportOptions
+
+    modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
+    return ImportOptions(size=args.size, modalities=modalities, slice_rule=args.slice, fit=args.fit)
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from mrisynth.ingest import import_brats
+
+    counts = {"train": args.train, "val": args.val, "test": args.test}
+    manifest = import_brats(
+        Path(args.src), Path(args.out), counts, args.seed, _import_options(args),
+        skip_invalid=args.skip_invalid, force=args.force, workers=args.workers,
+    )
+    summary = ", ".join(f"{s} {n}" for s, n in manifest["split"].value_counts().reindex(list(counts)).fillna(0).astype(int).items())
+    print(f"imported {len(manifest)} slices ({summary}) into {args.out}")
+    rejected = Path(args.out) / "rejected.csv"
+    if rejected.exists():
+        print(f"skipped invalid cases, listed in {rejected}")
+    return 0
+
+
+def _cmd_default(args: argparse.Namespace) -> int:
+    """Recreate the shipped default dataset from params.yaml's `data` section (phantom, then import)."""
+    from mrisynth.config import load_params
+    from mrisynth.ingest import ImportOptions, import_brats, make_phantom
+
+    data = load_params(args.params).data
+    out = Path(args.out or data.out)
+    with tempfile.TemporaryDirectory(prefix="mrisynth-phantom-") as raw:
+        make_phantom(Path(raw), data.phantom_cases, data.seed, workers=args.workers)
+        options = ImportOptions(size=data.size, modalities=data.modalities, slice_rule=data.slice, fit=data.fit)
+        counts = {"train": data.train, "val": data.val, "test": data.test}
+        manifest = import_brats(Path(raw), out, counts, data.seed, options, force=args.force, workers=args.workers)
+    print(f"default dataset: {len(manifest)} slices from {data.phantom_cases} phantom cases (seed {data.seed}) in {out}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from mrisynth.io.gx import validate_dataset
+
+    counts = None
+    if any(v is not None for v in (args.train, args.val, args.test)):
+        counts = {"train": args.train or 0, "val": args.val or 0, "test": args.test or 0}
+    docs_root = Path(args.docs) if args.docs else Path(args.dir).resolve().parent / "reports" / "gx_docs"
+    report = validate_dataset(Path(args.dir), counts=counts, size=args.size, channels=args.channels, docs_root=docs_root)
+    print(report.summary())
+    return 0 if report.success else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mrisynth", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="make or import BraTS-format data").add_subparsers(dest="data_command", required=True)
+    ph = data.add_parser("phantom", help="write realistic phantom cases in the BraTS 2020 layout")
+    ph.add_argument("out", help="output folder (acts as MICCAI_BraTS2020_TrainingData)")
+    ph.add_argument("--cases", type=int, default=72)
+    ph.add_argument("--seed", type=int, default=2020)
+    ph.add_argument("--workers", type=int, default=2)
+    ph.set_defaults(func=_cmd_phantom)
+
+    im = data.add_parser("import", help="sample, slice and normalise a BraTS 2020 folder into TIFF splits")
+    im.add_argument("src", help="BraTS 2020 training folder (or its parent), or a phantom folder")
+    im.add_argument("--out", required=True)
+    im.add_argument("--train", type=int, default=30)
+    im.add_argument("--val", type=int, default=10)
+    im.add_argument("--test", type=int, default=25)
+    im.add_argument("--seed", type=int, default=2020)
+    im.add_argument("--size", type=int, default=256)
+    im.add_argument("--modalities", default=",".join(MODALITIES))
+    im.add_argument("--slice", default="max-tumor", help="max-tumor | max-brain | center | an axial index")
+    im.add_argument("--fit", default="pad", choices=["pad", "resize"])
+    im.add_argument("--skip-invalid", action="store_true", help="skip bad cases (listed in DIR/rejected.csv)")
+    im.add_argument("--force", action="store_true", help="replace an output folder that already holds data")
+    im.add_argument("--workers", type=int, default=2)
+    im.set_defaults(func=_cmd_import)
+
+    de = data.add_parser("default", help="recreate the shipped default dataset (params.yaml: data)")
+    de.add_argument("--params", default="params.yaml")
+    de.add_argument("--out", default=None)
+    de.add_argument("--force", action="store_true")
+    de.add_argument("--workers", type=int, default=2)
+    de.set_defaults(func=_cmd_default)
+
+    va = sub.add_parser("validate", help="run the Great Expectations suite over an imported dataset")
+    va.add_argument("dir")
+    va.add_argument("--train", type=int)
+    va.add_argument("--val", type=int)
+    va.add_argument("--test", type=int)
+    va.add_argument("--size", type=int)
+    va.add_argument("--channels", type=int)
+    va.add_argument("--docs", help="GX project folder for Data Docs (default: <DIR>/../reports/gx_docs)")
+    va.set_defaults(func=_cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MrisynthError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Typed, validated parameters: `params.yaml` is read once, at the edge, into frozen dataclasses.
+
+Each section is named after the stage (or job) that reads it, as in DVC's example projects."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from mrisynth import MODALITIES
+from mrisynth.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """The shipped default data: phantom cases imported into `out` (versioned by data.dvc)."""
+
+    out: str = "data"
+    phantom_cases: int = 72
+    seed: int = 2020
+    train: int = 30
+    val: int = 10
+    test: int = 25
+    size: int = 256
+    modalities: tuple[str, ...] = MODALITIES
+    slice: str = "max-tumor"
+    fit: str = "pad"
+
+    def check(self) -> None:
+        _positive(self, "phantom_cases", "train", "size")
+        if self.val < 0 or self.test < 0:
+            raise ConfigError("data.val and data.test must be >= 0")
+        if self.phantom_cases < self.train + self.val + self.test:
+            raise ConfigError(
+                f"data.phantom_cases={self.phantom_cases} is fewer than train+val+test={self.train + self.val + self.test}"
+            )
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    """Training-ready arrays from `data_dir` at `size` x `size` (resized when it differs from the data)."""
+
+    data_dir: str = "data"
+    out_dir: str = "work/preprocessed"
+    size: int = 128
+
+    def check(self) -> None:
+        _positive(self, "size")
+        if self.size % 16:
+            raise ConfigError(f"preprocess.size={self.size}: expected a multiple of 16 (U-Net down/up-sampling)")
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    preprocess: PreprocessParams = field(default_factory=PreprocessParams)
+
+
+def _positive(section, *names: str) -> None:
+    for name in names:
+        if getattr(section, name) <= 0:
+            raise ConfigError(f"{type(section).__name__}.{name}={getattr(section, name)}: expected a positive number")
+
+
+def _coerce(value, annotation, where: str):
+    """Check (and gently coerce) one YAML value against a dataclass field annotation."""
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, found {value!r}")
+        item_type = typing.get_args(annotation)[0]
+        return tuple(_coerce(v, item_type, f"{where}[]") for v in value)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {annotation}, found {value!r}")
+    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, str, bool):
+        if type(value) is not annotation:
+            raise ConfigError(f"{where}: expected {annotation.__name__}, found {value!r} ({type(value).__name__})")
+        return value
+    return value
+
+
+def section_from_dict(cls, raw: dict | None, where: str):
+    """Build a params dataclass from a dict, refusing unknown keys and wrong types; runs its check()."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, found {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; expected some of {sorted(names)}")
+    values = {}
+    for key, value in raw.items():
+        if dataclasses.is_dataclass(hints[key]):
+            values[key] = section_from_dict(hints[key], value, f"{where}.{key}")
+        else:
+            values[key] = _coerce(value, hints[key], f"{where}.{key}")
+    section = cls(**values)
+    if hasattr(section, "check"):
+        section.check()
+    return section
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and validate params.yaml; every section is optional and falls back to its defaults."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: parameter file not found; run from the repository root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    hints = typing.get_type_hints(Params)
+    known = {f.name for f in dataclasses.fields(Params)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; expected some of {sorted(known)}")
+    sections = {k: section_from_dict(hints[k], raw.get(k), f"{path}:{k}") for k in known}
+    return Params(**sections)
+
+
+def as_flat_dict(section) -> dict[str, object]:
+    """A params dataclass as a flat {dotted.name: value} dict, for MLflow."""
+    flat = {}
+    for key, value in dataclasses.asdict(section).items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+    return flat

@@ -1,0 +1,232 @@
+"""Data jobs: write phantom BraTS cases, and import a BraTS folder into the training-slice layout.
+
+Output of `import_brats` (paths in the manifest are relative to DIR):
+    DIR/manifest.csv                      case_id, split, slice_index, image, mask, tumor_pixels, ...
+    DIR/<split>/images/<case_id>.tif      float32 (H, W, C) in [0, 1], one channel per modality
+    DIR/<split>/masks/<case_id>.tif       uint8 (H, W), BraTS labels within {0, 1, 2, 4}
+    DIR/rejected.csv                      only with skip_invalid and at least one rejected case
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import multiprocessing
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mrisynth import MODALITIES
+from mrisynth.core import phantom, slicing
+from mrisynth.errors import DataError
+from mrisynth.io import brats, tiff
+
+SPLITS = ("train", "val", "test")
+
+
+def _pool(workers: int) -> cf.Executor:
+    # spawn, not fork: the caller may already have TensorFlow threads running
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _map(function, items: list, workers: int):
+    """Ordered, lazy map; in-process for workers <= 1."""
+    if workers <= 1 or len(items) <= 1:
+        yield from map(function, items)
+        return
+    with _pool(workers) as pool:
+        yield from pool.map(function, items)
+
+
+# ---------------------------------------------------------------- phantom
+def _phantom_case(args: tuple[Path, int, int]) -> tuple[str, str]:
+    root, seed, index = args
+    case_id = f"BraTS20_Training_{index + 1:03d}"
+    case = phantom.make_case(seed, index)
+    brats.write_case(root, case_id, case.volumes, case.seg, phantom.BRATS_AFFINE)
+    return case_id, case.grade
+
+
+def make_phantom(out: Path, cases: int, seed: int, workers: int = 1) -> list[str]:
+    """Write `cases` phantom cases into OUT in the BraTS 2020 training layout (plus name_mapping.csv)."""
+    if cases < 1:
+        raise DataError(f"--cases must be at least 1, got {cases}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = list(_map(_phantom_case, [(out, seed, i) for i in range(cases)], workers))
+    brats.write_name_mapping(out, rows)
+    return [case_id for case_id, _ in rows]
+
+
+# ---------------------------------------------------------------- import
+@dataclass(frozen=True)
+class ImportOptions:
+    size: int = 256
+    modalities: tuple[str, ...] = MODALITIES
+    slice_rule: str = "max-tumor"
+    fit: str = "pad"
+
+    def __post_init__(self) -> None:
+        if self.size < 16:
+            raise DataError(f"--size must be at least 16, got {self.size}")
+        unknown = [m for m in self.modalities if m not in MODALITIES]
+        if unknown or not self.modalities or len(set(self.modalities)) != len(self.modalities):
+            raise DataError(f"--modalities {','.join(self.modalities)}: expected distinct names from {','.join(MODALITIES)}")
+        if self.fit not in ("pad", "resize"):
+            raise DataError(f"--fit {self.fit}: expected 'pad' or 'resize'")
+        if self.slice_rule not in slicing.SLICE_RULES and not str(self.slice_rule).isdigit():
+            raise DataError(f"--slice {self.slice_rule}: expected one of {', '.join(slicing.SLICE_RULES)} or an integer")
+
+
+@dataclass
+class SliceResult:
+    case_id: str
+    source: str
+    error: str | None = None
+    slice_index: int = -1
+    image: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    brain_pixels: int = 0
+
+
+def _process_case(args: tuple[brats.CaseFiles, ImportOptions]) -> SliceResult:
+    """Load, check and slice one case; an invalid case comes back with `error` set, never raises DataError."""
+    case, options = args
+    result = SliceResult(case.case_id, str(case.directory))
+    try:
+        volumes, seg = brats.load_case(case, options.modalities)
+    except DataError as exc:
+        result.error = str(exc)
+        return result
+    brain = slicing.brain_mask(volumes)
+    index = slicing.choose_slice(seg, brain, options.slice_rule)
+    image = np.stack([slicing.normalise_volume(v, brain)[:, :, index] for v in volumes], axis=-1)
+    result.slice_index = index
+    result.image = slicing.fit(image, options.size, options.fit, is_mask=False).astype(np.float32)
+    result.mask = slicing.fit(seg[:, :, index], options.size, options.fit, is_mask=True).astype(np.uint8)
+    result.brain_pixels = int(np.count_nonzero(result.image.any(axis=-1)))
+    return result
+
+
+def _check_output(out: Path, force: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise DataError(f"{out}: output folder already holds data; choose an empty folder or pass --force to replace it")
+
+
+def import_brats(
+    src: Path,
+    out: Path,
+    counts: dict[str, int],
+    seed: int,
+    options: ImportOptions = ImportOptions(),
+    skip_invalid: bool = False,
+    force: bool = False,
+    workers: int = 1,
+) -> pd.DataFrame:
+    """Sample patient-disjoint splits from a BraTS folder, slice, normalise and fit; write DIR atomically.
+
+    Every selected case is checked before anything is written; the output is built in a temporary
+    folder beside OUT and moved into place at the end. Returns the manifest."""
+    out = Path(out)
+    _check_output(out, force)
+    for split, n in counts.items():
+        if n < 0 or split not in SPLITS:
+            raise DataError(f"split {split}={n}: expected a count >= 0 for one of {', '.join(SPLITS)}")
+    requested = sum(counts.values())
+    cases = brats.discover(Path(src), options.modalities)
+    if len(cases) < requested:
+        raise DataError(
+            f"{src}: {requested} cases requested ({', '.join(f'{k} {v}' for k, v in counts.items())}), found only {len(cases)} case folders"
+        )
+    order = [cases[i] for i in np.random.default_rng(seed).permutation(len(cases))]
+
+    valid: list[SliceResult] = []
+    rejected: list[SliceResult] = []
+    if skip_invalid:
+        # walk the seeded order until enough valid cases are found, in chunks to keep workers busy
+        position, chunk = 0, max(requested, 2 * workers)
+        while len(valid) < requested and position < len(order):
+            batch = order[position : position + chunk]
+            position += len(batch)
+            for result in _map(_process_case, [(c, options) for c in batch], workers):
+                if result.error:
+                    rejected.append(result)
+                elif len(valid) < requested:
+                    valid.append(result)
+        if len(valid) < requested:
+            raise DataError(
+                f"{src}: {requested} valid cases requested, found only {len(valid)} of {len(order)} ({len(rejected)} rejected: "
+                + "; ".join(r.error for r in rejected[:3]) + (" ..." if len(rejected) > 3 else "") + ")"
+            )
+    else:
+        results = list(_map(_process_case, [(c, options) for c in order[:requested]], workers))
+        errors = [r.error for r in results if r.error]
+        if errors:
+            raise DataError("\n".join(errors + [f"{len(errors)} invalid case(s); nothing written (fix them, or pass --skip-invalid)"]))
+        valid = results
+
+    splits = [s for s in SPLITS for _ in range(counts.get(s, 0))]
+    rows = []
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for split, result in zip(splits, valid):
+            image_rel = f"{split}/images/{result.case_id}.tif"
+            mask_rel = f"{split}/masks/{result.case_id}.tif"
+            tiff.write_image(tmp / image_rel, result.image)
+            tiff.write_mask(tmp / mask_rel, result.mask)
+            rows.append(
+                {
+                    "case_id": result.case_id,
+                    "split": split,
+                    "slice_index": result.slice_index,
+                    "image": image_rel,
+                    "mask": mask_rel,
+                    "tumor_pixels": int(np.count_nonzero(result.mask)),
+                    "brain_pixels": result.brain_pixels,
+                    "height": options.size,
+                    "width": options.size,
+                    "channels": len(options.modalities),
+                    "modalities": ",".join(options.modalities),
+                    "fit": options.fit,
+                    "source_case": Path(result.source).name,
+                }
+            )
+        manifest = pd.DataFrame(rows)
+        manifest.to_csv(tmp / "manifest.csv", index=False, lineterminator="\n")
+        info = {
+            "counts": {s: counts.get(s, 0) for s in SPLITS},
+            "seed": seed,
+            "size": options.size,
+            "modalities": list(options.modalities),
+            "slice": options.slice_rule,
+            "fit": options.fit,
+            "source": Path(src).name,
+        }
+        (tmp / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
+        if rejected:
+            pd.DataFrame([{"case_id": r.case_id, "reason": r.error} for r in rejected]).to_csv(
+                tmp / "rejected.csv", index=False, lineterminator="\n"
+            )
+        if out.exists():
+            shutil.rmtree(out)  # only reachable with force (checked above)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def read_manifest(directory: Path) -> pd.DataFrame:
+    """DIR/manifest.csv as a DataFrame, with a clear error when it is missing or lacks columns."""
+    path = Path(directory) / "manifest.csv"
+    if not path.is_file():
+        raise DataError(f"{path}: expected an imported dataset manifest, found no file; run `mrisynth data import SRC --out {directory}`")
+    manifest = pd.read_csv(path)
+    missing = {"case_id", "split", "slice_index", "image", "mask", "tumor_pixels"} - set(manifest.columns)
+    if missing:
+        raise DataError(f"{path}: missing columns {sorted(missing)}; re-run `mrisynth data import`")
+    return manifest

@@ -1,0 +1,183 @@
+"""Great Expectations checks over a per-image metadata table, with HTML Data Docs.
+
+The suite lives as JSON in `expectations/`; values that depend on the configuration (size,
+channels, counts) are GX suite parameters (`{"$PARAMETER": "size"}`) filled in at run time."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mrisynth import BRATS_LABELS
+from mrisynth.errors import DataError
+from mrisynth.io import tiff
+
+SUITE_DIR = Path(__file__).resolve().parents[3] / "expectations"
+
+
+def _metadata_row(directory: Path, row: pd.Series) -> dict:
+    meta = {"case_id": str(row["case_id"]), "split": str(row["split"]), "image": row["image"], "mask": row["mask"]}
+    image_path, mask_path = directory / str(row["image"]), directory / str(row["mask"])
+    meta["has_mask"] = bool(mask_path.is_file())
+    try:
+        image = tiff.read_image(image_path)
+        mask = tiff.read_mask(mask_path) if meta["has_mask"] else None
+        meta["readable"] = True
+    except DataError:
+        image, mask, meta["readable"] = None, None, False
+    if image is not None:
+        finite = np.isfinite(image)
+        values = image[finite]
+        meta.update(
+            height=image.shape[0], width=image.shape[1], channels=image.shape[2] if image.ndim == 3 else 1,
+            dtype=str(image.dtype), nan_count=int(finite.size - finite.sum()),
+            min=float(values.min()) if values.size else np.nan, max=float(values.max()) if values.size else np.nan,
+            brain_fraction=float(np.mean(image.any(axis=-1))),
+        )
+    if mask is not None:
+        labels = sorted(int(v) for v in np.unique(mask))
+        meta.update(
+            mask_height=mask.shape[0], mask_width=mask.shape[1] if mask.ndim > 1 else 0, mask_dtype=str(mask.dtype),
+            mask_labels=",".join(map(str, labels)), labels_ok=set(labels) <= set(BRATS_LABELS),
+            tumor_fraction=float(np.mean(mask > 0)),
+        )
+    return meta
+
+
+def image_metadata(directory: Path, manifest: pd.DataFrame, expected_counts: dict[str, int]) -> pd.DataFrame:
+    """One row per manifest entry: shape, dtype, range, NaN count, mask labels, fractions, split bookkeeping."""
+    directory = Path(directory)
+    table = pd.DataFrame([_metadata_row(directory, row) for _, row in manifest.iterrows()])
+    columns = ["height", "width", "channels", "dtype", "nan_count", "min", "max", "brain_fraction",
+               "mask_height", "mask_width", "mask_dtype", "mask_labels", "labels_ok", "tumor_fraction"]
+    for column in columns:
+        if column not in table:
+            table[column] = np.nan
+    table["labels_ok"] = table["labels_ok"].fillna(False).astype(bool)
+    table["splits_of_case"] = table.groupby("case_id")["split"].transform("nunique")
+    table["split_count"] = table.groupby("split")["split"].transform("size")
+    table["split_expected"] = table["split"].map(lambda s: expected_counts.get(s, 0))
+    return table
+
+
+@dataclass
+class ValidationReport:
+    success: bool
+    failures: list[str] = field(default_factory=list)
+    docs: str | None = None
+    statistics: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        head = "PASSED" if self.success else f"FAILED ({len(self.failures)} expectation(s))"
+        lines = [f"Great Expectations: {head} [{self.statistics.get('successful_expectations', '?')}/{self.statistics.get('evaluated_expectations', '?')} passed]"]
+        lines += [f"  - {f}" for f in self.failures]
+        if self.docs:
+            lines.append(f"Data Docs: {self.docs}")
+        return "\n".join(lines)
+
+
+def load_suite(name: str = "brats_slices", suite_dir: Path = SUITE_DIR) -> dict:
+    path = Path(suite_dir) / f"{name}.json"
+    if not path.is_file():
+        raise DataError(f"{path}: expected a Great Expectations suite (JSON), found no file")
+    return json.loads(path.read_text())
+
+
+def _describe_failure(result) -> str:
+    config = result.expectation_config
+    kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id",)}
+    target = kwargs.get("column") or (f"{kwargs.get('column_A')} == {kwargs.get('column_B')}" if "column_A" in kwargs else "table")
+    notes = (config.meta or {}).get("notes", "")
+    info = result.result or {}
+    found = []
+    if "observed_value" in info:
+        found.append(f"observed {info['observed_value']}")
+    if info.get("unexpected_count"):
+        found.append(f"{info['unexpected_count']} unexpected, e.g. {info.get('partial_unexpected_list', [])[:5]}")
+    bounds = {k: kwargs[k] for k in ("value_set", "min_value", "max_value", "value") if k in kwargs}
+    return f"{config.type} on {target} ({notes}): expected {bounds or 'pairs equal'}, found {'; '.join(found) or 'failure'}"
+
+
+def validate_table(
+    table: pd.DataFrame,
+    parameters: dict,
+    suite: dict | None = None,
+    docs_root: Path | None = None,
+) -> ValidationReport:
+    """Run the suite over `table`. With docs_root, a file-backed GX project there builds Data Docs."""
+    import great_expectations as gx
+    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    suite = suite or load_suite()
+    if docs_root is not None:
+        Path(docs_root).mkdir(parents=True, exist_ok=True)
+        context = gx.get_context(mode="file", project_root_dir=str(docs_root))
+    else:
+        context = gx.get_context(mode="ephemeral")
+    try:
+        context.variables.progress_bars = {"globally": False, "metric_calculations": False}
+    except Exception:  # older configs: progress bars are cosmetic only
+        pass
+    source = context.data_sources.add_or_update_pandas("mrisynth")
+    try:
+        asset = source.get_asset("images")
+    except LookupError:
+        asset = source.add_dataframe_asset(name="images")
+    try:
+        batch = asset.get_batch_definition("all")
+    except (LookupError, KeyError):
+        batch = asset.add_batch_definition_whole_dataframe("all")
+    gx_suite = gx.ExpectationSuite(name=suite["name"], meta=suite.get("meta", {}))
+    for entry in suite["expectations"]:
+        gx_suite.add_expectation_configuration(
+            ExpectationConfiguration(type=entry["type"], kwargs=entry["kwargs"], meta=entry.get("meta", {}))
+        )
+    gx_suite = context.suites.add_or_update(gx_suite)
+    definition = context.validation_definitions.add_or_update(
+        gx.ValidationDefinition(name=f"{suite['name']}_images", data=batch, suite=gx_suite)
+    )
+    actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs")] if docs_root is not None else []
+    checkpoint = context.checkpoints.add_or_update(
+        gx.Checkpoint(name=f"{suite['name']}_checkpoint", validation_definitions=[definition], actions=actions)
+    )
+    run = checkpoint.run(batch_parameters={"dataframe": table}, expectation_parameters=parameters)
+    failures, stats = [], {}
+    for validation in run.run_results.values():
+        stats = dict(validation.statistics)
+        failures += [_describe_failure(r) for r in validation.results if not r.success]
+    docs = None
+    if docs_root is not None:
+        sites = context.get_docs_sites_urls()
+        docs = sites[0]["site_url"].removeprefix("file://") if sites else None
+    return ValidationReport(success=bool(run.success), failures=failures, docs=docs, statistics=stats)
+
+
+def dataset_info(directory: Path) -> dict:
+    """DIR/dataset.json written by the importer (requested counts, size, modalities), or {}."""
+    path = Path(directory) / "dataset.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def validate_dataset(
+    directory: Path,
+    counts: dict[str, int] | None = None,
+    size: int | None = None,
+    channels: int | None = None,
+    docs_root: Path | None = None,
+) -> ValidationReport:
+    """Validate an imported dataset folder; expected values default to what DIR/dataset.json recorded."""
+    from mrisynth.ingest import read_manifest
+
+    manifest = read_manifest(directory)
+    info = dataset_info(directory)
+    counts = counts or info.get("counts") or manifest["split"].value_counts().to_dict()
+    size = size or info.get("size") or int(manifest["height"].iloc[0])
+    channels = channels or len(info.get("modalities", [])) or int(manifest["channels"].iloc[0])
+    table = image_metadata(directory, manifest, counts)
+    parameters = {"size": int(size), "channels": int(channels), "rows": int(sum(counts.values()))}
+    return validate_table(table, parameters, docs_root=docs_root)
