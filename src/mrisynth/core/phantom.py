@@ -36,11 +36,15 @@ _REGION = (slice(28, 212), slice(14, 226), slice(0, 155))
 
 @dataclass(frozen=True)
 class PhantomCase:
-    """One subject: int16 modality volumes and a uint8 BraTS label volume, all SHAPE."""
+    """One subject: int16 modality volumes and a uint8 BraTS label volume, all SHAPE.
+
+    `tissue` is the dominant normal tissue per voxel (0 outside, 1 CSF, 2 GM, 3 WM): ground truth
+    for checking contrasts, not part of the BraTS output."""
 
     volumes: dict[str, np.ndarray]
     seg: np.ndarray
     grade: str
+    tissue: np.ndarray
 
 
 @lru_cache(maxsize=1)
@@ -151,7 +155,8 @@ def _tumour(rng: np.random.Generator, maps: np.ndarray) -> np.ndarray:
     edema_reach = rng.uniform(0.2, 0.5) + rng.uniform(0.5, 1.1) * wm[box]
     inside = mask[box]
     labels = np.zeros(box_shape, dtype=np.uint8)
-    edema = (r < 1.0 + edema_reach) & inside & ((wm[box] + 0.5 * gm[box]) > 0.25)
+    # a thin shell of edema wraps the rim everywhere; beyond it, edema spreads along white matter
+    edema = inside & ((r < 1.2) | ((r < 1.0 + edema_reach) & ((wm[box] + 0.5 * gm[box]) > 0.25)))
     labels[edema] = 2
     labels[(r < 1.0) & inside] = 4
     if rng.random() < 0.85:  # most high-grade gliomas have a necrotic / non-enhancing core
@@ -210,5 +215,7 @@ def make_case(seed: int, index: int) -> PhantomCase:
         volumes[modality] = vol
     seg = np.zeros(SHAPE, dtype=np.uint8)
     seg[_REGION] = labels
+    tissue = np.zeros(SHAPE, dtype=np.uint8)
+    tissue[_REGION] = np.where(mask, np.argmax(maps[:3], axis=0) + 1, 0)
     grade = "HGG" if (labels == 1).any() else "LGG"
-    return PhantomCase(volumes=volumes, seg=seg, grade=grade)
+    return PhantomCase(volumes=volumes, seg=seg, grade=grade, tissue=tissue)

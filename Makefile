@@ -1,0 +1,39 @@
+# Two commands for a fresh machine (see README):  make run   |   make test
+PY ?= python3
+VENV := .venv
+BIN := $(abspath $(VENV)/bin)
+export PATH := $(BIN):$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+export GX_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+export DO_NOT_TRACK := 1
+
+.PHONY: setup data run test bench clean
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.installed
+
+# data/ is versioned by data.dvc; on a fresh clone it is rebuilt (deterministically) from the phantom source.
+data: setup
+	@if [ ! -d data ]; then \
+	  echo "data/ absent: recreating the default dataset (phantom + import, params.yaml: data)"; \
+	  mrisynth data default && dvc add -q data && \
+	  { git diff --quiet -- data.dvc 2>/dev/null || echo "WARNING: recreated data/ differs from data.dvc (see README: Versioned data)"; }; \
+	fi
+
+run: data
+	dvc repro
+
+test: setup
+	python -m pytest -q
+
+bench: setup
+	python bench/bench_data.py
+
+clean:
+	rm -rf work reports/gx_docs

@@ -1,0 +1,44 @@
+"""Benchmark of the data path (not a test): phantom seconds per full-size case, and a 65-case import.
+
+Budgets (issue 2): phantom <= 3 s per 240x240x155 case; importing 65 cases <= 120 s.
+Usage: python bench/bench_data.py [--cases 65] [--workers 2]"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from mrisynth.core import phantom
+from mrisynth.io import brats
+from mrisynth.ingest import ImportOptions, import_brats, make_phantom
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cases", type=int, default=65)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    phantom._templates()  # one-off template load, not per case
+    with tempfile.TemporaryDirectory() as tmp:
+        per_case = []
+        for i in range(5):  # serial, one core: make + write one case
+            start = time.perf_counter()
+            case = phantom.make_case(1, i)
+            brats.write_case(Path(tmp) / "serial", f"BraTS20_Training_{i + 1:03d}", case.volumes, case.seg, phantom.BRATS_AFFINE)
+            per_case.append(time.perf_counter() - start)
+        print(f"phantom, one core: median {statistics.median(per_case):.2f} s/case (min {min(per_case):.2f}, max {max(per_case):.2f}); budget 3 s")
+        start = time.perf_counter()
+        make_phantom(Path(tmp) / "raw", args.cases, seed=1, workers=args.workers)
+        made = time.perf_counter() - start
+        print(f"phantom, {args.workers} workers: {args.cases} cases in {made:.1f} s ({made / args.cases:.2f} s/case wall)")
+        start = time.perf_counter()
+        counts = {"train": 30, "val": args.cases - 55, "test": 25}
+        import_brats(Path(tmp) / "raw", Path(tmp) / "out", counts, 1, ImportOptions(), workers=args.workers)
+        took = time.perf_counter() - start
+        print(f"import: {args.cases} full-size cases in {took:.1f} s ({args.workers} workers); budget 120 s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny BraTS-layout trees built in temporary folders."""
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_SHAPE = (48, 48, 12)
+MODS = ("flair", "t1", "t1ce", "t2")
+
+
+def tiny_volumes(seed: int, shape=TINY_SHAPE, tumour_slice: int | None = None):
+    """A skull-stripped ellipse 'brain' with a nested tumour (1 in 4 in 2) peaking at tumour_slice."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    cx, cy = shape[0] / 2, shape[1] / 2
+    brain = ((x - cx) / (shape[0] * 0.4)) ** 2 + ((y - cy) / (shape[1] * 0.35)) ** 2 < 1
+    k = tumour_slice if tumour_slice is not None else int(rng.integers(3, shape[2] - 3))
+    tx, ty = cx + rng.integers(-4, 5), cy + rng.integers(-4, 5)
+    dist = np.sqrt((x - tx) ** 2 + (y - ty) ** 2 + (2.5 * (z - k)) ** 2)
+    seg = np.zeros(shape, np.uint8)
+    seg[(dist < 9) & brain] = 2
+    seg[(dist < 6) & brain] = 4
+    seg[(dist < 3) & brain] = 1
+    volumes = {}
+    for i, m in enumerate(MODS):
+        v = (100 + 50 * i + rng.normal(0, 5, shape)) * brain + 80.0 * (seg > 0)
+        volumes[m] = v.astype(np.float32)
+    return volumes, seg, k
+
+
+def write_tiny_case(root: Path, case_id: str, seed: int, ending=".nii.gz", image_dtype=np.int16, seg_dtype=np.uint8,
+                    seg_name: str | None = None, shape=TINY_SHAPE, tumour_slice=None):
+    volumes, seg, k = tiny_volumes(seed, shape, tumour_slice)
+    d = root / case_id
+    d.mkdir(parents=True, exist_ok=True)
+    for m, v in volumes.items():
+        nib.save(nib.Nifti1Image(v.astype(image_dtype), np.eye(4)), str(d / f"{case_id}_{m}{ending}"))
+    name = seg_name or f"{case_id}_seg{ending}"
+    nib.save(nib.Nifti1Image(seg.astype(seg_dtype), np.eye(4)), str(d / name))
+    return d, k
+
+
+@pytest.fixture
+def tiny_brats(tmp_path: Path):
+    """A MICCAI_BraTS2020_TrainingData tree with 12 cases: mixed .nii/.nii.gz, int16/float32 images,
+    uint8/float64 masks, and case 355 with its W39_1998.09.19_Segm.nii quirk."""
+    root = tmp_path / "MICCAI_BraTS2020_TrainingData"
+    for i in range(1, 13):
+        number = 355 if i == 12 else i
+        case_id = f"BraTS20_Training_{number:03d}"
+        ending = ".nii" if i % 2 else ".nii.gz"
+        image_dtype = np.float32 if i % 3 == 0 else np.int16
+        seg_dtype = np.float64 if i % 4 == 0 else np.uint8
+        seg_name = "W39_1998.09.19_Segm.nii" if number == 355 else None
+        write_tiny_case(root, case_id, seed=i, ending=ending, image_dtype=image_dtype, seg_dtype=seg_dtype, seg_name=seg_name)
+    (root / "name_mapping.csv").write_text("Grade,BraTS_2020_subject_ID\nHGG,BraTS20_Training_001\n")
+    return root
+
+
+def truncate_gzip(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+def gz(path: Path) -> bytes:
+    return gzip.decompress(path.read_bytes())

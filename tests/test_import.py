@@ -1,0 +1,171 @@
+"""Importer: layout, splits, seeding, every bad input (error text and nothing written), skip-invalid."""
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from conftest import truncate_gzip, write_tiny_case
+from mrisynth.errors import DataError
+from mrisynth.ingest import ImportOptions, import_brats
+
+COUNTS = {"train": 4, "val": 2, "test": 3}
+OPTS = ImportOptions(size=64, fit="pad")
+
+
+def _import(src, out, **kw):
+    return import_brats(src, out, kw.pop("counts", COUNTS), kw.pop("seed", 7), kw.pop("options", OPTS), **kw)
+
+
+def test_import_writes_the_documented_layout(tiny_brats, tmp_path):
+    out = tmp_path / "out"
+    manifest = _import(tiny_brats.parent, out)  # the parent of MICCAI_... works too
+    assert {"case_id", "split", "slice_index", "image", "mask", "tumor_pixels"} <= set(manifest.columns)
+    assert manifest["split"].value_counts().to_dict() == COUNTS
+    assert manifest["case_id"].is_unique  # patient-disjoint: one slice per case, each case in one split
+    on_disk = pd.read_csv(out / "manifest.csv")
+    pd.testing.assert_frame_equal(on_disk[["case_id", "split"]], manifest[["case_id", "split"]])
+    for _, row in manifest.iterrows():
+        image = tifffile.imread(out / row["image"])
+        mask = tifffile.imread(out / row["mask"])
+        assert row["image"] == f"{row['split']}/images/{row['case_id']}.tif"
+        assert image.shape == (64, 64, 4) and image.dtype == np.float32
+        assert 0.0 <= image.min() and image.max() <= 1.0
+        assert mask.shape == (64, 64) and mask.dtype == np.uint8
+        assert set(np.unique(mask)) <= {0, 1, 2, 4}
+        assert row["tumor_pixels"] == np.count_nonzero(mask) > 0
+    assert not (out / "rejected.csv").exists()
+    assert not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_slice_is_the_largest_tumour_and_pad_is_lossless(tmp_path):
+    root = tmp_path / "src"
+    write_tiny_case(root, "BraTS20_Training_001", seed=1, tumour_slice=8)
+    out = tmp_path / "out"
+    manifest = _import(root, out, counts={"train": 1, "val": 0, "test": 0})
+    assert manifest.loc[0, "slice_index"] == 8
+    seg = np.asanyarray(nib.load(str(root / "BraTS20_Training_001" / "BraTS20_Training_001_seg.nii.gz")).dataobj)
+    mask = tifffile.imread(out / manifest.loc[0, "mask"])
+    np.testing.assert_array_equal(mask[8:56, 8:56], seg[:, :, 8])  # 48 -> 64: centred, 8 px each side
+
+
+def test_resize_fit_and_modality_subset(tiny_brats, tmp_path):
+    options = ImportOptions(size=32, modalities=("t1ce", "flair"), fit="resize")
+    manifest = _import(tiny_brats, tmp_path / "out", options=options)
+    image = tifffile.imread(tmp_path / "out" / manifest.loc[0, "image"])
+    assert image.shape == (32, 32, 2)
+
+
+def test_splits_are_seeded(tiny_brats, tmp_path):
+    a = _import(tiny_brats, tmp_path / "a", seed=1)
+    b = _import(tiny_brats, tmp_path / "b", seed=1)
+    c = _import(tiny_brats, tmp_path / "c", seed=2)
+    assert a[["case_id", "split"]].equals(b[["case_id", "split"]])
+    assert not a[["case_id", "split"]].equals(c[["case_id", "split"]])
+    assert (tmp_path / "a" / "train" / "images" / f"{a.case_id[0]}.tif").read_bytes() == (
+        tmp_path / "b" / "train" / "images" / f"{b.case_id[0]}.tif"
+    ).read_bytes()
+
+
+def test_case_355_segmentation_quirk_is_found(tiny_brats, tmp_path):
+    manifest = _import(tiny_brats, tmp_path / "out", counts={"train": 12, "val": 0, "test": 0})
+    assert "BraTS20_Training_355" in set(manifest["case_id"])
+
+
+def _break_missing(case: Path):
+    next(case.glob("*_t2.nii*")).unlink()
+    return "missing t2 file"
+
+
+def _break_truncated(case: Path):
+    path = next(case.glob("*_flair.nii*"))
+    if path.suffix == ".gz":
+        truncate_gzip(path)
+    else:
+        path.write_bytes(path.read_bytes()[:400])
+    return "cannot read"
+
+
+def _break_shape(case: Path):
+    path = next(case.glob("*_t1ce.nii*"))
+    nib.save(nib.Nifti1Image(np.ones((40, 48, 12), np.int16), np.eye(4)), str(path))
+    return "has shape (40, 48, 12), expected (48, 48, 12)"
+
+
+def _break_nan(case: Path):
+    path = next(case.glob("*_t1.nii*"))
+    data = np.asanyarray(nib.load(str(path)).dataobj).astype(np.float32)
+    data[3, 3, 3] = np.nan
+    data[4, 4, 4] = np.inf
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    return "has 2 NaN/inf voxels"
+
+
+def _break_label3(case: Path):
+    path = next(p for p in case.iterdir() if "seg" in p.name.lower())
+    data = np.asanyarray(nib.load(str(path)).dataobj).astype(np.uint8)
+    data[data == 4] = 3
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    return "has labels [3], expected a subset of {0, 1, 2, 4}"
+
+
+def _break_empty(case: Path):
+    for path in case.iterdir():
+        if "seg" not in path.name.lower():
+            nib.save(nib.Nifti1Image(np.zeros((48, 48, 12), np.int16), np.eye(4)), str(path))
+    return "every modality is zero"
+
+
+BREAKERS = [_break_missing, _break_truncated, _break_shape, _break_nan, _break_label3, _break_empty]
+
+
+@pytest.mark.parametrize("breaker", BREAKERS, ids=lambda f: f.__name__.removeprefix("_break_"))
+def test_bad_case_is_named_and_nothing_is_written(tiny_brats, tmp_path, breaker):
+    counts = {"train": 12, "val": 0, "test": 0}  # every case is selected, so the broken one is too
+    case = tiny_brats / "BraTS20_Training_004"
+    expected = breaker(case)
+    out = tmp_path / "out"
+    with pytest.raises(DataError) as info:
+        _import(tiny_brats, out, counts=counts)
+    lines = [line for line in str(info.value).splitlines() if "BraTS20_Training_004" in line]
+    assert len(lines) == 1 and expected in lines[0]
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp-")]
+
+
+@pytest.mark.parametrize("breaker", BREAKERS, ids=lambda f: f.__name__.removeprefix("_break_"))
+def test_skip_invalid_rejects_and_still_delivers(tiny_brats, tmp_path, breaker):
+    breaker(tiny_brats / "BraTS20_Training_004")
+    out = tmp_path / "out"
+    manifest = _import(tiny_brats, out, counts={"train": 8, "val": 1, "test": 2}, skip_invalid=True)
+    assert len(manifest) == 11 and "BraTS20_Training_004" not in set(manifest["case_id"])
+    rejected = pd.read_csv(out / "rejected.csv")
+    assert rejected["case_id"].tolist() == ["BraTS20_Training_004"]
+
+
+def test_too_few_valid_cases(tiny_brats, tmp_path):
+    _break_label3(tiny_brats / "BraTS20_Training_002")
+    with pytest.raises(DataError, match="12 valid cases requested, found only 11"):
+        _import(tiny_brats, tmp_path / "out", counts={"train": 12, "val": 0, "test": 0}, skip_invalid=True)
+    with pytest.raises(DataError, match="20 cases requested .* found only 12 case folders"):
+        _import(tiny_brats, tmp_path / "out", counts={"train": 20, "val": 0, "test": 0})
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_folder_with_data_needs_force(tiny_brats, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(DataError, match="already holds data.*--force"):
+        _import(tiny_brats, out)
+    assert (out / "keep.txt").read_text() == "precious"
+    _import(tiny_brats, out, force=True)
+    assert not (out / "keep.txt").exists() and (out / "manifest.csv").exists()
+
+
+def test_parallel_import_matches_serial(tiny_brats, tmp_path):
+    a = _import(tiny_brats, tmp_path / "a", workers=1)
+    b = _import(tiny_brats, tmp_path / "b", workers=2)
+    assert a.equals(b)
