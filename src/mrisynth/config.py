@@ -54,10 +54,46 @@ class PreprocessParams:
             raise ConfigError(f"preprocess.size={self.size}: expected a multiple of 16 (U-Net down/up-sampling)")
 
 
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+@dataclass(frozen=True)
+class TrainGanParams:
+    """The conditional GAN (SPEC sections 2-3). Paper profile: epochs 100, width 1.0, size 256."""
+
+    experiment: str = "mrisynth"
+    registry_name: str = "mrisynth-generator"
+    alpha: float = 100.0
+    alpha_file: str | None = None  # a tuned alpha (JSON {"alpha": ...}) that overrides `alpha` when present
+    epochs: int = 20
+    batch_size: int = 4
+    learning_rate: float = 1e-4
+    beta_1: float = 0.5
+    dropout: float = 0.3
+    width: float = 1.0
+    precision: str = "mixed_bfloat16"
+    seed: int = 42
+    grid_every: int = 5
+    grid_images: int = 4
+    out_dir: str = "work/gan"
+    model_path: str = "models/generator.keras"
+    restart: bool = False
+
+    def check(self) -> None:
+        _positive(self, "epochs", "batch_size", "learning_rate", "width", "grid_every", "grid_images")
+        if self.alpha < 0:
+            raise ConfigError(f"train_gan.alpha={self.alpha}: expected alpha >= 0")
+        if not 0 <= self.dropout < 1 or not 0 <= self.beta_1 < 1:
+            raise ConfigError("train_gan.dropout and train_gan.beta_1 must be in [0, 1)")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train_gan.precision={self.precision!r}: expected one of {PRECISIONS}")
+
+
 @dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     preprocess: PreprocessParams = field(default_factory=PreprocessParams)
+    train_gan: TrainGanParams = field(default_factory=TrainGanParams)
 
 
 def _positive(section, *names: str) -> None:

@@ -1,0 +1,33 @@
+"""GAN objective (SPEC section 3): L = L_GAN + alpha * L1, with a probability-output discriminator.
+
+The discriminator ends in a float32 sigmoid, so plain binary cross-entropy on its probabilities is
+the paper's log-loss; the sigmoid is never applied twice."""
+from __future__ import annotations
+
+from keras import ops
+
+_EPS = 1e-7
+
+
+def bce(target: float, probabilities):
+    """Mean binary cross-entropy of a patch map of probabilities against a constant target (0 or 1)."""
+    p = ops.clip(ops.cast(probabilities, "float32"), _EPS, 1.0 - _EPS)
+    return -ops.mean(target * ops.log(p) + (1.0 - target) * ops.log(1.0 - p))
+
+
+def l1(real, fake):
+    """Mean absolute error over all pixels and channels."""
+    return ops.mean(ops.abs(ops.cast(real, "float32") - ops.cast(fake, "float32")))
+
+
+def generator_loss(disc_fake, real, fake, alpha: float):
+    """(total, gan, l1): the generator wants D(x, G(x)) -> 1, plus alpha times the L1 to the real image."""
+    gan = bce(1.0, disc_fake)
+    reconstruction = l1(real, fake)
+    return gan + alpha * reconstruction, gan, reconstruction
+
+
+def discriminator_loss(disc_real, disc_fake):
+    """D maximises log D(x, y) + log(1 - D(x, G(x))): BCE to 1 on real pairs plus BCE to 0 on fakes."""
+    return bce(1.0, disc_real) + bce(0.0, disc_fake)
+

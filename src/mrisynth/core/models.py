@@ -1,0 +1,135 @@
+"""The paper's networks (SPEC section 2) in Keras 3: U-Net generator, CNN patch discriminator, and
+the base U-Net segmenter.
+
+At 256x256 the generator has 7 down blocks (64-128-256-512-512-512-512), a 512 bottleneck and 7 up
+blocks (512-512-512-512-256-128-64); the discriminator has 5 blocks (64-128-256-512-512). Smaller
+inputs drop the deepest blocks, so 64x64 and 128x128 run through the same builders.
+"""
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import layers
+
+GEN_DOWN_FILTERS = (64, 128, 256, 512, 512, 512, 512)
+BOTTLENECK_FILTERS = 512
+DISC_FILTERS = (64, 128, 256, 512, 512)
+KERNEL = 4
+
+
+def _init(seed: int | None = None) -> keras.initializers.Initializer:
+    return keras.initializers.RandomNormal(mean=0.0, stddev=0.02, seed=seed)
+
+
+def _scaled(filters: int, width: float) -> int:
+    return max(4, int(round(filters * width)))
+
+
+def _depth(size: int) -> int:
+    if size < 16 or size & (size - 1):
+        raise ValueError(f"image size {size}: expected a power of two >= 16 (e.g. 64, 128, 256)")
+    return int(math.log2(size))
+
+
+def downsample(filters: int, name: str, batchnorm: bool = True) -> keras.Sequential:
+    """Conv2D 4x4 stride 2 (+ BatchNorm) + LeakyReLU(0.2): (H, W, c) -> (H/2, W/2, filters)."""
+    block = keras.Sequential(name=name)
+    block.add(layers.Conv2D(filters, KERNEL, strides=2, padding="same", kernel_initializer=_init(), use_bias=not batchnorm))
+    if batchnorm:
+        block.add(layers.BatchNormalization(momentum=0.9))
+    block.add(layers.LeakyReLU(0.2))
+    return block
+
+
+def upsample(filters: int, name: str, dropout: float) -> keras.Sequential:
+    """Conv2DTranspose 4x4 stride 2 + Dropout + ReLU: (H, W, c) -> (2H, 2W, filters)."""
+    block = keras.Sequential(name=name)
+    block.add(layers.Conv2DTranspose(filters, KERNEL, strides=2, padding="same", kernel_initializer=_init()))
+    if dropout > 0:
+        block.add(layers.Dropout(dropout))
+    block.add(layers.ReLU())
+    return block
+
+
+def generator_filters(size: int, width: float = 1.0) -> tuple[list[int], list[int]]:
+    """(down filters, up filters) for a generator on size x size: log2(size) - 1 blocks each way."""
+    n_blocks = _depth(size) - 1
+    if n_blocks > len(GEN_DOWN_FILTERS):
+        down = list(GEN_DOWN_FILTERS) + [512] * (n_blocks - len(GEN_DOWN_FILTERS))
+    else:
+        down = list(GEN_DOWN_FILTERS[:n_blocks])
+    down = [_scaled(f, width) for f in down]
+    return down, list(reversed(down))
+
+
+def build_generator(size: int = 256, in_channels: int = 4, out_channels: int = 4, dropout: float = 0.3, width: float = 1.0) -> keras.Model:
+    """U-Net generator: conditioning (N, size, size, in_channels) -> image (N, size, size, out_channels) in [-1, 1].
+
+    Down blocks with BatchNorm + LeakyReLU, a stride-2 bottleneck with ReLU down to 1x1, up blocks
+    (transposed conv, dropout, ReLU) each concatenated with the matching down block's output, and a
+    stride-2 transposed-conv output layer with tanh. `width` scales every filter count (1.0 = paper)."""
+    down_filters, up_filters = generator_filters(size, width)
+    inputs = keras.Input((size, size, in_channels), name="conditioning")
+    x = inputs
+    skips = []
+    for i, filters in enumerate(down_filters):
+        x = downsample(filters, f"down{i + 1}")(x)
+        skips.append(x)
+    x = layers.Conv2D(_scaled(BOTTLENECK_FILTERS, width), KERNEL, strides=2, padding="same", kernel_initializer=_init(), name="bottleneck")(x)
+    x = layers.ReLU(name="bottleneck_relu")(x)
+    for i, (filters, skip) in enumerate(zip(up_filters, reversed(skips))):
+        x = upsample(filters, f"up{i + 1}", dropout)(x)
+        x = layers.Concatenate(name=f"skip{i + 1}")([x, skip])
+    x = layers.Conv2DTranspose(out_channels, KERNEL, strides=2, padding="same", kernel_initializer=_init(), name="output")(x)
+    outputs = layers.Activation("tanh", dtype="float32", name="tanh")(x)
+    return keras.Model(inputs, outputs, name="generator")
+
+
+def build_discriminator(size: int = 256, in_channels: int = 4, out_channels: int = 4, width: float = 1.0) -> keras.Model:
+    """Patch discriminator: (conditioning, image) -> (N, size/2^k, size/2^k, 1) real probabilities.
+
+    k = 5 blocks at 256 (64-128-256-512-512), fewer at smaller sizes so the patch map stays >= 8x8;
+    then a 1-filter 4x4 stride-1 conv. The sigmoid is a separate float32 layer, so `logits` can be
+    read without applying it twice."""
+    n_blocks = max(1, min(len(DISC_FILTERS), _depth(size) - 3))
+    cond = keras.Input((size, size, in_channels), name="conditioning")
+    image = keras.Input((size, size, out_channels), name="image")
+    x = layers.Concatenate(name="pair")([cond, image])
+    for i, filters in enumerate(DISC_FILTERS[:n_blocks]):
+        x = downsample(_scaled(filters, width), f"disc{i + 1}")(x)
+    logits = layers.Conv2D(1, KERNEL, strides=1, padding="same", kernel_initializer=_init(), name="logits")(x)
+    outputs = layers.Activation("sigmoid", dtype="float32", name="probability")(logits)
+    return keras.Model([cond, image], outputs, name="discriminator")
+
+
+def build_segmenter(size: int, in_channels: int, num_classes: int = 4, depth: int = 4, base_filters: int = 16, dropout: float = 0.1) -> keras.Model:
+    """Base U-Net segmenter: (N, size, size, in_channels) -> (N, size, size, num_classes) softmax.
+
+    `depth` 2x2 max-pool levels, two 3x3 conv + BatchNorm + ReLU per level, filters doubling per level."""
+    if size % (2**depth):
+        raise ValueError(f"segmenter: size {size} is not divisible by 2**depth = {2**depth}")
+
+    def conv_block(x, filters, name):
+        for j in range(2):
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{j + 1}")(x)
+            x = layers.BatchNormalization(name=f"{name}_bn{j + 1}")(x)
+            x = layers.ReLU(name=f"{name}_relu{j + 1}")(x)
+        return x
+
+    inputs = keras.Input((size, size, in_channels), name="image")
+    x, skips = inputs, []
+    for level in range(depth):
+        x = conv_block(x, base_filters * 2**level, f"enc{level + 1}")
+        skips.append(x)
+        x = layers.MaxPooling2D(name=f"pool{level + 1}")(x)
+    x = conv_block(x, base_filters * 2**depth, "bridge")
+    if dropout > 0:
+        x = layers.Dropout(dropout, name="bridge_dropout")(x)
+    for level in reversed(range(depth)):
+        x = layers.Conv2DTranspose(base_filters * 2**level, 2, strides=2, name=f"up{level + 1}")(x)
+        x = layers.Concatenate(name=f"skip{level + 1}")([x, skips[level]])
+        x = conv_block(x, base_filters * 2**level, f"dec{level + 1}")
+    logits = layers.Conv2D(num_classes, 1, name="logits")(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="softmax")(logits)
+    return keras.Model(inputs, outputs, name="segmenter")

@@ -1,0 +1,265 @@
+"""GAN training: one clear train step, a tf.data pipeline, validation, best checkpoint, resume.
+
+No MLflow here: the `train_gan` stage passes an `on_epoch` callback that does the tracking.
+
+Checkpoint folder (`out_dir`):
+    state.json                 epoch done, best validation loss, fingerprint of the parameters, run id
+    last_generator.weights.h5  / last_discriminator.weights.h5 / last_optimizers.npz  (resume)
+    best_generator.keras       the generator with the lowest validation loss so far
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mrisynth.core import encoding, losses, models, quality
+from mrisynth.errors import ConfigError, MrisynthError
+from mrisynth.io.arrays import SplitArrays
+
+
+class TrainingError(MrisynthError):
+    """Training cannot go on (e.g. a NaN loss); the best checkpoint so far is kept."""
+
+
+@dataclass(frozen=True)
+class GanSettings:
+    """What the trainer needs; built from params `train_gan` by the stage."""
+
+    alpha: float = 100.0
+    epochs: int = 20
+    batch_size: int = 4
+    learning_rate: float = 1e-4
+    beta_1: float = 0.5
+    dropout: float = 0.3
+    width: float = 1.0
+    precision: str = "float32"
+    seed: int = 42
+
+    def fingerprint(self, data_key: str) -> dict:
+        """What must match for a resume: everything but `epochs` (extending a run is allowed)."""
+        values = {k: v for k, v in self.__dict__.items() if k != "epochs"}
+        values["data"] = data_key
+        return values
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    metrics: dict[str, float]
+    improved: bool
+    seconds: float
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    best_val: float = math.inf
+    best_epoch: int = -1
+    completed: bool = False
+    fingerprint: dict = field(default_factory=dict)
+    run_id: str | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+def arrays_key(*splits: SplitArrays) -> str:
+    """Short content hash of the training data (part of the resume fingerprint)."""
+    digest = hashlib.sha256()
+    for split in splits:
+        digest.update(np.ascontiguousarray(split.images).tobytes())
+        digest.update(np.ascontiguousarray(split.labels).tobytes())
+    return digest.hexdigest()[:16]
+
+
+class GanTrainer:
+    """pix2pix-style conditional GAN: generator(conditioning) -> image; D(conditioning, image) -> patches."""
+
+    def __init__(self, settings: GanSettings, size: int, in_channels: int, out_channels: int):
+        self.settings = settings
+        keras.mixed_precision.set_global_policy(settings.precision)
+        keras.utils.set_random_seed(settings.seed)
+        self.generator = models.build_generator(size, in_channels, out_channels, settings.dropout, settings.width)
+        self.discriminator = models.build_discriminator(size, in_channels, out_channels, settings.width)
+        self.g_opt = keras.optimizers.Adam(settings.learning_rate, beta_1=settings.beta_1)
+        self.d_opt = keras.optimizers.Adam(settings.learning_rate, beta_1=settings.beta_1)
+        self.g_opt.build(self.generator.trainable_variables)
+        self.d_opt.build(self.discriminator.trainable_variables)
+        self._train_step = tf.function(self.train_step)
+        self._eval_step = tf.function(self.eval_step)
+
+    # ------------------------------------------------------------------ steps
+    def train_step(self, cond, real):
+        """One G and one D update on a batch. cond (B, S, S, 4), real (B, S, S, C) in [-1, 1]."""
+        alpha = self.settings.alpha
+        with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
+            fake = self.generator(cond, training=True)
+            disc_real = self.discriminator([cond, real], training=True)
+            disc_fake = self.discriminator([cond, fake], training=True)
+            g_total, g_gan, g_l1 = losses.generator_loss(disc_fake, real, fake, alpha)
+            d_loss = losses.discriminator_loss(disc_real, disc_fake)
+        g_grads = g_tape.gradient(g_total, self.generator.trainable_variables)
+        d_grads = d_tape.gradient(d_loss, self.discriminator.trainable_variables)
+        self.g_opt.apply_gradients(zip(g_grads, self.generator.trainable_variables))
+        self.d_opt.apply_gradients(zip(d_grads, self.discriminator.trainable_variables))
+        return {"g_loss": g_total, "g_gan": g_gan, "g_l1": g_l1, "d_loss": d_loss}
+
+    def eval_step(self, cond, real):
+        """Losses on a validation batch in inference mode, and the generated images."""
+        fake = self.generator(cond, training=False)
+        disc_real = self.discriminator([cond, real], training=False)
+        disc_fake = self.discriminator([cond, fake], training=False)
+        g_total, g_gan, g_l1 = losses.generator_loss(disc_fake, real, fake, self.settings.alpha)
+        d_loss = losses.discriminator_loss(disc_real, disc_fake)
+        return {"g_loss": g_total, "g_gan": g_gan, "g_l1": g_l1, "d_loss": d_loss}, fake
+
+    # ------------------------------------------------------------------ data
+    def dataset(self, split: SplitArrays, epoch: int | None) -> tf.data.Dataset:
+        """(conditioning, image in [-1, 1]) batches; shuffled with a per-epoch seed when epoch is given."""
+        data = tf.data.Dataset.from_tensor_slices(
+            (split.conditioning.astype(np.float32), encoding.to_tanh(split.images).astype(np.float32))
+        )
+        if epoch is not None:
+            data = data.shuffle(len(split), seed=self.settings.seed * 1000 + epoch, reshuffle_each_iteration=False)
+        return data.batch(self.settings.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def generate(self, conditioning: np.ndarray, batch_size: int = 8) -> np.ndarray:
+        """[0, 1] images (N, S, S, C) for conditioning (N, S, S, 4), inference mode."""
+        out = [self.generator(conditioning[i : i + batch_size], training=False) for i in range(0, len(conditioning), batch_size)]
+        return encoding.from_tanh(np.concatenate([np.asarray(o, dtype=np.float32) for o in out]))
+
+    def validate(self, val: SplitArrays) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        fakes, count = [], 0
+        for cond, real in self.dataset(val, None):
+            step, fake = self._eval_step(cond, real)
+            n = int(cond.shape[0])
+            for k, v in step.items():
+                totals[k] = totals.get(k, 0.0) + float(v) * n
+            fakes.append(np.asarray(fake, dtype=np.float32))
+            count += n
+        metrics = {f"val_{k}": v / max(count, 1) for k, v in totals.items()}
+        generated = encoding.from_tanh(np.concatenate(fakes))
+        for k, v in quality.image_quality(val.images, generated, val.brain).items():
+            metrics[f"val_{k}"] = v
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_last(self, out_dir: Path, state: TrainState) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.generator.save_weights(out_dir / "last_generator.weights.h5")
+        self.discriminator.save_weights(out_dir / "last_discriminator.weights.h5")
+        optimizer_state = {f"g{i}": np.asarray(v) for i, v in enumerate(self.g_opt.variables)}
+        optimizer_state |= {f"d{i}": np.asarray(v) for i, v in enumerate(self.d_opt.variables)}
+        np.savez(out_dir / "last_optimizers.npz", **optimizer_state)
+        save_state(out_dir, state)
+
+    def load_last(self, out_dir: Path) -> None:
+        self.generator.load_weights(out_dir / "last_generator.weights.h5")
+        self.discriminator.load_weights(out_dir / "last_discriminator.weights.h5")
+        with np.load(out_dir / "last_optimizers.npz") as saved:
+            for prefix, optimizer in (("g", self.g_opt), ("d", self.d_opt)):
+                for i, variable in enumerate(optimizer.variables):
+                    variable.assign(saved[f"{prefix}{i}"])
+
+    # ------------------------------------------------------------------ loop
+    def prepare(self, train: SplitArrays, val: SplitArrays, out_dir: Path, restart: bool = False) -> TrainState:
+        """The state to start from: a resumable interrupted run (same parameters and data) or a fresh one."""
+        return prepare_state(Path(out_dir), self.settings.fingerprint(arrays_key(train, val)), restart)
+
+    def fit(
+        self,
+        train: SplitArrays,
+        val: SplitArrays,
+        out_dir: Path,
+        restart: bool = False,
+        on_epoch: Callable[[EpochResult, "GanTrainer", TrainState], None] | None = None,
+        on_start: Callable[[TrainState], None] | None = None,
+        state: TrainState | None = None,
+    ) -> TrainState:
+        """Train to `settings.epochs`, resuming an interrupted run in out_dir when its parameters match
+        (or from `state`, as returned by `prepare`).
+
+        After every epoch: validation losses and image quality, the best checkpoint when the
+        validation generator loss improves, and the resume checkpoint. A NaN/inf loss raises
+        TrainingError and leaves the best checkpoint in place."""
+        out_dir = Path(out_dir)
+        if state is None:
+            state = self.prepare(train, val, out_dir, restart)
+        if state.epoch > 0:
+            self.load_last(out_dir)
+        if on_start:
+            on_start(state)
+        for epoch in range(state.epoch, self.settings.epochs):
+            start = time.perf_counter()
+            sums: dict[str, float] = {}
+            batches = 0
+            for step, (cond, real) in enumerate(self.dataset(train, epoch)):
+                result = self._train_step(cond, real)
+                values = {k: float(v) for k, v in result.items()}
+                bad = [k for k, v in values.items() if not math.isfinite(v)]
+                if bad:
+                    state.completed = False
+                    save_state(out_dir, state)
+                    raise TrainingError(
+                        f"epoch {epoch + 1}, step {step + 1}: {', '.join(bad)} is {values[bad[0]]}; training stopped. "
+                        f"The best checkpoint (epoch {state.best_epoch + 1}) is kept in {out_dir / 'best_generator.keras'}; "
+                        "lower the learning rate or alpha, or use precision float32, and rerun with restart"
+                    )
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                batches += 1
+            metrics = {k: v / max(batches, 1) for k, v in sums.items()}
+            metrics |= self.validate(val)
+            improved = metrics["val_g_loss"] < state.best_val
+            if improved:
+                state.best_val, state.best_epoch = metrics["val_g_loss"], epoch
+                self.generator.save(out_dir / "best_generator.keras")
+            state.epoch = epoch + 1
+            state.history.append({"epoch": epoch + 1, **metrics})
+            state.completed = state.epoch >= self.settings.epochs
+            self.save_last(out_dir, state)
+            if on_epoch:
+                on_epoch(EpochResult(epoch + 1, metrics, improved, time.perf_counter() - start), self, state)
+        state.completed = True
+        save_state(out_dir, state)
+        return state
+
+
+def save_state(out_dir: Path, state: TrainState) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "state.json.tmp"
+    tmp.write_text(json.dumps(state.__dict__, indent=2, default=float))
+    tmp.replace(out_dir / "state.json")
+
+
+def load_state(out_dir: Path) -> TrainState | None:
+    path = Path(out_dir) / "state.json"
+    return TrainState(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def prepare_state(out_dir: Path, fingerprint: dict, restart: bool) -> TrainState:
+    """Resume an interrupted run with the same parameters; refuse one with other parameters unless restart."""
+    previous = load_state(out_dir)
+    if previous is not None and not restart and not previous.completed:
+        if previous.fingerprint != fingerprint:
+            changed = sorted(k for k in set(fingerprint) | set(previous.fingerprint) if fingerprint.get(k) != previous.fingerprint.get(k))
+            details = ", ".join(f"{k}: {previous.fingerprint.get(k)!r} -> {fingerprint.get(k)!r}" for k in changed)
+            raise ConfigError(
+                f"{out_dir / 'state.json'}: an interrupted run (epoch {previous.epoch}) was trained with other parameters ({details}); "
+                "restore them to resume, or set train_gan.restart: true (or pass --restart) to start over"
+            )
+        if (out_dir / "last_generator.weights.h5").is_file():
+            return previous
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    return TrainState(fingerprint=fingerprint)

@@ -1,0 +1,187 @@
+"""`train_gan` stage: train the conditional GAN, track it in MLflow, register the best generator.
+
+Reads  work/preprocessed/{train,val}.npz, data/ (GX gate), params `preprocess`, `train_gan`.
+Writes models/generator.keras (best checkpoint), work/gan/ (resume state, persisted by DVC),
+       reports/train_gan.json (metrics), reports/train_gan_history.csv (loss curves),
+       an MLflow run and a registered model version with alias `challenger`."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mrisynth.config import as_flat_dict, load_params
+from mrisynth.core import encoding
+from mrisynth.errors import DataError, MrisynthError
+from mrisynth.io import arrays, gx, tracking
+
+ALIAS = "challenger"
+
+
+def resolve_alpha(params) -> tuple[float, str]:
+    """alpha from the tuned file when configured and present, else from params."""
+    if params.alpha_file:
+        path = Path(params.alpha_file)
+        if not path.is_file():
+            raise DataError(f"{path}: train_gan.alpha_file names a tuned alpha, found no file; run `dvc repro tune` or set alpha_file: null")
+        value = json.loads(path.read_text()).get("alpha")
+        if not isinstance(value, (int, float)) or value < 0:
+            raise DataError(f"{path}: expected {{\"alpha\": <number >= 0>}}, found {value!r}")
+        return float(value), str(path)
+    return float(params.alpha), "params.yaml"
+
+
+def check_split(split: arrays.SplitArrays, name: str, directory: str, size: int) -> None:
+    """Shapes as configured and labels within {0, 1, 2, 4}, or a DataError naming the file."""
+    path = Path(directory) / f"{name}.npz"
+    if split.images.ndim != 4 or split.images.shape[1:3] != (size, size):
+        raise DataError(f"{path}: images have shape {split.images.shape}, expected (N, {size}, {size}, C); rerun `dvc repro preprocess`")
+    if len(split) == 0:
+        raise DataError(f"{path}: no images in split '{name}'; the GAN needs training and validation images")
+    try:
+        encoding.check_labels(split.labels, str(path))
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
+
+
+def grid_panels(images: np.ndarray, labels: np.ndarray, generated: np.ndarray) -> list[list[np.ndarray]]:
+    """Rows of mask | real | generated, for FLAIR (channel 0) and, with 3+ channels, T1ce (channel 2)."""
+    channels = [0, 2] if images.shape[-1] >= 3 else [0]
+    return [
+        [tracking.label_rgb(labels[i])] + [panel for c in channels for panel in (images[i, ..., c], generated[i, ..., c])]
+        for i in range(len(images))
+    ]
+
+
+def write_reports(state, metrics: dict) -> None:
+    Path("reports").mkdir(exist_ok=True)
+    Path("reports/train_gan.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    keys = ["epoch", "g_loss", "g_gan", "g_l1", "d_loss", "val_g_loss", "val_g_l1", "val_mae", "val_psnr", "val_ssim"]
+    lines = [",".join(keys)] + [",".join(f"{row.get(k, float('nan')):.6g}" for k in keys) for row in state.history]
+    Path("reports/train_gan_history.csv").write_text("\n".join(lines) + "\n")
+
+
+def register(params, best: Path, size: int, channels: int, run_id: str, tags: dict) -> str:
+    """Log the best generator as a pyfunc model, register it and point alias `challenger` at it."""
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from mrisynth.serving import GeneratorModel
+
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, size, size, encoding.CONDITION_CHANNELS), "conditioning")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, size, size, channels), "image")]),
+    )
+    import keras
+    import tensorflow
+
+    info = mlflow.pyfunc.log_model(
+        name="generator",
+        python_model=GeneratorModel(),
+        artifacts={"generator": str(best)},
+        signature=signature,
+        registered_model_name=params.registry_name,
+        pip_requirements=[f"tensorflow-cpu=={tensorflow.__version__}", f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}", "mrisynth"],
+    )
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias(params.registry_name, ALIAS, version)
+    for key, value in tags.items():
+        client.set_model_version_tag(params.registry_name, version, key, str(value))
+    client.update_model_version(
+        params.registry_name, version,
+        description=f"Best generator of run {run_id} (val_g_loss {tags.get('val_g_loss')}, epoch {tags.get('best_epoch')}); input (N, {size}, {size}, 4) conditioning, output [0, 1] images.",
+    )
+    return version
+
+
+def run(params_path: str = "params.yaml", restart: bool = False) -> int:
+    import mlflow
+
+    from mrisynth.gan import GanSettings, GanTrainer
+
+    params = load_params(params_path)
+    p, pre = params.train_gan, params.preprocess
+    report = gx.validate_dataset(Path(pre.data_dir))
+    if not report.success:
+        print(report.summary(), file=sys.stderr)
+        print(f"train_gan: {pre.data_dir} failed validation; training not started", file=sys.stderr)
+        return 1
+    train, val = (arrays.load_split(Path(pre.out_dir), s) for s in ("train", "val"))
+    for name, split in (("train", train), ("val", val)):
+        check_split(split, name, pre.out_dir, pre.size)
+    alpha, alpha_source = resolve_alpha(p)
+    settings = GanSettings(
+        alpha=alpha, epochs=p.epochs, batch_size=p.batch_size, learning_rate=p.learning_rate, beta_1=p.beta_1,
+        dropout=p.dropout, width=p.width, precision=p.precision, seed=p.seed,
+    )
+    channels = train.images.shape[-1]
+    trainer = GanTrainer(settings, pre.size, encoding.CONDITION_CHANNELS, channels)
+    out_dir = Path(p.out_dir)
+    state = trainer.prepare(train, val, out_dir, restart=restart or p.restart)
+    resuming = state.epoch > 0
+
+    tracking.configure(p.experiment)
+    tags = tracking.device_tags(p.precision) | {"stage": "train_gan", "data_hash": tracking.data_hash(), "git_commit": tracking.git_commit()}
+    grid_rows = min(p.grid_images, len(val))
+    started = time.perf_counter()
+    with mlflow.start_run(run_id=state.run_id if resuming else None, run_name=None if resuming else "train_gan", log_system_metrics=True) as active:
+        state.run_id = active.info.run_id
+        mlflow.set_tags(tags | {"resumed_from_epoch": str(state.epoch)} if resuming else tags)
+        if not resuming:
+            mlflow.log_params(as_flat_dict(p) | {"alpha_used": alpha, "alpha_source": alpha_source, "size": pre.size,
+                                                 "data_hash": tags["data_hash"], "git_commit": tags["git_commit"],
+                                                 "train_images": len(train), "val_images": len(val), "image_channels": channels})
+
+        def on_epoch(result, trainer_, state_):
+            mlflow.log_metrics(result.metrics | {"epoch_seconds": result.seconds, "train_images_per_s": len(train) / result.seconds}, step=result.epoch)
+            print(f"epoch {result.epoch}/{p.epochs}: g_loss {result.metrics['g_loss']:.4f} d_loss {result.metrics['d_loss']:.4f} "
+                  f"val_g_loss {result.metrics['val_g_loss']:.4f} val_ssim {result.metrics['val_ssim']:.3f} ({result.seconds:.1f} s){' *best*' if result.improved else ''}")
+            if result.epoch % p.grid_every == 0 or result.epoch == p.epochs:
+                generated = trainer_.generate(val.conditioning[:grid_rows])
+                grid = tracking.image_grid(grid_panels(val.images[:grid_rows], val.labels[:grid_rows], generated))
+                mlflow.log_image(grid, artifact_file=f"grids/epoch_{result.epoch:03d}.png")
+
+        try:
+            state = trainer.fit(train, val, out_dir, on_epoch=on_epoch, state=state)
+        except MrisynthError:
+            mlflow.set_tag("failure", "training stopped; see stage output")
+            raise
+        best = out_dir / "best_generator.keras"
+        model_path = Path(p.model_path)
+        model_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(best, model_path)
+        mlflow.log_artifact(str(best), artifact_path="checkpoints")
+        best_row = state.history[state.best_epoch] if 0 <= state.best_epoch < len(state.history) else state.history[-1]
+        summary = {
+            "best_epoch": state.best_epoch + 1, "best_val_g_loss": state.best_val, "alpha": alpha, "epochs": p.epochs,
+            **{k: best_row[k] for k in ("val_g_l1", "val_mae", "val_psnr", "val_ssim")},
+            "train_seconds": time.perf_counter() - started,
+        }
+        mlflow.log_metrics({f"best_{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and k not in ("alpha", "epochs")})
+        version = register(p, best, pre.size, channels, state.run_id,
+                           {"val_g_loss": f"{state.best_val:.5f}", "best_epoch": state.best_epoch + 1, "alpha": alpha,
+                            "data_hash": tags["data_hash"], "git_commit": tags["git_commit"], "size": pre.size, "run_id": state.run_id})
+        summary["model_version"] = int(version)
+        write_reports(state, summary)
+    print(f"train_gan: best epoch {summary['best_epoch']} (val_g_loss {state.best_val:.4f}); "
+          f"registered {p.registry_name} version {version} as @{ALIAS}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--restart", action="store_true", help="discard an interrupted run with other parameters")
+    args = parser.parse_args(argv)
+    try:
+        sys.exit(run(args.params, args.restart))
+    except MrisynthError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
