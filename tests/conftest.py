@@ -74,3 +74,49 @@ def truncate_gzip(path: Path) -> None:
 
 def gz(path: Path) -> bytes:
     return gzip.decompress(path.read_bytes())
+
+
+def make_tiny_project(root: Path, brats_root: Path, extra_params: dict | None = None) -> Path:
+    """A working folder with data/ (imported tiny cases, 64 px), params.yaml for tiny, fast runs,
+    preprocessed arrays and its own MLflow SQLite store. Returns the folder; the caller chdirs."""
+    import yaml
+
+    from mrisynth.ingest import ImportOptions, import_brats
+
+    import_brats(brats_root, root / "data", {"train": 4, "val": 2, "test": 2}, 1, ImportOptions(size=64))
+    params = {
+        "preprocess": {"data_dir": "data", "out_dir": "work/preprocessed", "size": 64},
+        "train_gan": {"epochs": 2, "batch_size": 2, "width": 0.25, "grid_every": 1, "grid_images": 2,
+                      "precision": "float32", "experiment": "tiny", "registry_name": "tiny-generator"},
+    }
+    for section, values in (extra_params or {}).items():
+        params.setdefault(section, {}).update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_project(tmp_path_factory):
+    """A tiny project with preprocess already run; MLflow points at its own SQLite file."""
+    from mrisynth.stages import preprocess
+
+    base = tmp_path_factory.mktemp("project")
+    tiny_tree = base / "brats"
+    for i in range(1, 9):
+        write_tiny_case(tiny_tree, f"BraTS20_Training_{i:03d}", seed=i)
+    project = make_tiny_project(base / "repo", tiny_tree)
+    old = os.getcwd()
+    os.chdir(project)
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        assert preprocess.run("params.yaml") == 0
+        yield project
+    finally:
+        os.chdir(old)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -66,7 +66,7 @@ def write_reports(state, metrics: dict) -> None:
     Path("reports/train_gan_history.csv").write_text("\n".join(lines) + "\n")
 
 
-def register(params, best: Path, size: int, channels: int, run_id: str, tags: dict) -> str:
+def register(params, best: Path, size: int, channels: int, run_id: str, tags: dict, example: np.ndarray) -> str:
     """Log the best generator as a pyfunc model, register it and point alias `challenger` at it."""
     import mlflow
     from mlflow.models import ModelSignature
@@ -86,6 +86,7 @@ def register(params, best: Path, size: int, channels: int, run_id: str, tags: di
         python_model=GeneratorModel(),
         artifacts={"generator": str(best)},
         signature=signature,
+        input_example=example,
         registered_model_name=params.registry_name,
         pip_requirements=[f"tensorflow-cpu=={tensorflow.__version__}", f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}", "mrisynth"],
     )
@@ -167,7 +168,8 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
         mlflow.log_metrics({f"best_{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and k not in ("alpha", "epochs")})
         version = register(p, best, pre.size, channels, state.run_id,
                            {"val_g_loss": f"{state.best_val:.5f}", "best_epoch": state.best_epoch + 1, "alpha": alpha,
-                            "data_hash": tags["data_hash"], "git_commit": tags["git_commit"], "size": pre.size, "run_id": state.run_id})
+                            "data_hash": tags["data_hash"], "git_commit": tags["git_commit"], "size": pre.size, "run_id": state.run_id},
+                           val.conditioning[:1])
         summary["model_version"] = int(version)
         write_reports(state, summary)
     print(f"train_gan: best epoch {summary['best_epoch']} (val_g_loss {state.best_val:.4f}); "

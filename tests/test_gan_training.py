@@ -1,0 +1,160 @@
+"""GAN training: overfitting a tiny batch, checkpoint + resume, refusal on changed params, NaN stop,
+the train_gan stage's MLflow run and the registered pyfunc generator."""
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from mrisynth.errors import ConfigError
+from mrisynth.gan import GanSettings, GanTrainer, TrainingError, load_state
+from mrisynth.io import arrays
+from mrisynth.serving import InputError
+
+TINY = GanSettings(alpha=100.0, epochs=2, batch_size=2, width=0.25, precision="float32", seed=3)
+
+
+def _tiny_split(n=4, size=64, seed=0) -> arrays.SplitArrays:
+    from conftest import tiny_volumes
+    from mrisynth.core import encoding, slicing
+
+    images, labels = [], []
+    for i in range(n):
+        vols, seg, k = tiny_volumes(seed + i, shape=(48, 48, 12))
+        brain = np.any(np.stack(list(vols.values())) > 0, axis=0)
+        image = np.stack([slicing.normalise_volume(v, brain)[:, :, k] for v in vols.values()], -1)
+        images.append(slicing.fit(image, size, "pad", is_mask=False))
+        labels.append(slicing.fit(seg[:, :, k], size, "pad", is_mask=True))
+    images, labels = np.stack(images).astype(np.float32), np.stack(labels)
+    brain = images.any(-1)
+    return arrays.SplitArrays(images, labels, brain, encoding.conditioning(labels, brain), np.array([f"c{i}" for i in range(n)]))
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_tiny_batch_overfits():
+    train = _tiny_split(2)
+    trainer = GanTrainer(GanSettings(alpha=100.0, batch_size=2, width=0.25, precision="float32", seed=1), 64, 4, 4)
+    cond, real = next(iter(trainer.dataset(train, 0)))
+    l1 = [float(trainer._train_step(cond, real)["g_l1"]) for _ in range(40)]
+    assert np.isfinite(l1).all()
+    assert np.mean(l1[-5:]) < 0.5 * np.mean(l1[:3]), l1
+
+
+def test_checkpoint_resume_and_refusal(tmp_path):
+    train, val = _tiny_split(4), _tiny_split(2, seed=10)
+    out = tmp_path / "gan"
+
+    def stop_after_first(result, trainer, state):
+        if result.epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        GanTrainer(TINY, 64, 4, 4).fit(train, val, out, on_epoch=stop_after_first)
+    state = load_state(out)
+    assert state.epoch == 1 and not state.completed and (out / "best_generator.keras").is_file()
+
+    # a new process resumes from epoch 1, with the saved weights
+    trainer = GanTrainer(TINY, 64, 4, 4)
+    prepared = trainer.prepare(train, val, out)
+    assert prepared.epoch == 1
+    trainer.load_last(out)
+    saved = [w.copy() for w in trainer.generator.get_weights()]
+    seen = []
+    final = GanTrainer(TINY, 64, 4, 4).fit(train, val, out, on_start=lambda s: seen.append(s.epoch))
+    assert seen == [1] and final.epoch == 2 and final.completed and len(final.history) == 2
+    assert any(not np.array_equal(a, b) for a, b in zip(saved, GanTrainer(TINY, 64, 4, 4).generator.get_weights()))
+
+    # interrupted again, then a resume with other parameters is refused unless restart
+    with pytest.raises(Interrupt):
+        GanTrainer(TINY, 64, 4, 4).fit(train, val, out, on_epoch=stop_after_first)
+    changed = GanSettings(**{**TINY.__dict__, "alpha": 5.0})
+    with pytest.raises(ConfigError, match=r"alpha: 100.0 -> 5.0.*restart"):
+        GanTrainer(changed, 64, 4, 4).fit(train, val, out)
+    fresh = GanTrainer(changed, 64, 4, 4).fit(train, val, out, restart=True)
+    assert fresh.completed and fresh.history[0]["epoch"] == 1 and fresh.fingerprint["alpha"] == 5.0
+
+
+def test_nan_loss_stops_and_keeps_best(tmp_path):
+    train, val = _tiny_split(4), _tiny_split(2, seed=10)
+    trainer = GanTrainer(GanSettings(**{**TINY.__dict__, "epochs": 3}), 64, 4, 4)
+    real_step = trainer._train_step
+    calls = {"n": 0}
+
+    def poisoned(cond, real):
+        calls["n"] += 1
+        out = real_step(cond, real)
+        return out | {"g_loss": np.float32("nan")} if calls["n"] > 2 else out  # 2 steps = epoch 1
+
+    trainer._train_step = poisoned
+    with pytest.raises(TrainingError, match=r"epoch 2, step 1: g_loss is nan.*best checkpoint \(epoch 1\)"):
+        trainer.fit(train, val, tmp_path / "gan")
+    assert (tmp_path / "gan" / "best_generator.keras").is_file()
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_project):
+    from mrisynth.stages import train_gan
+
+    assert train_gan.run("params.yaml") == 0
+    return tiny_project
+
+
+def test_stage_outputs_and_mlflow_run(trained):
+    summary = json.loads((trained / "reports" / "train_gan.json").read_text())
+    assert summary["epochs"] == 2 and summary["model_version"] == 1
+    assert (trained / "models" / "generator.keras").is_file()
+    history = (trained / "reports" / "train_gan_history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,g_loss") and len(history) == 3
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("tiny")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["alpha"] == "100.0" and params["width"] == "0.25" and params["precision"] == "float32"
+    assert params["data_hash"] and params["git_commit"]
+    assert run.data.tags["device"].startswith(("CPU", "GPU")) and run.data.tags["precision"] == "float32"
+    for metric in ("g_loss", "d_loss", "val_g_loss", "val_mae", "val_psnr", "val_ssim"):
+        assert len(client.get_metric_history(run.info.run_id, metric)) == 2, metric
+    assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "grids")}
+    assert artifacts == {"grids/epoch_001.png", "grids/epoch_002.png"}
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best_generator.keras"]
+    version = client.get_model_version_by_alias("tiny-generator", "challenger")
+    assert str(version.version) == "1" and version.run_id == run.info.run_id and version.tags["alpha"] == "100.0"
+
+
+def test_registered_generator_predicts_images(trained):
+    model = mlflow.pyfunc.load_model("models:/tiny-generator@challenger")
+    val = arrays.load_split(trained / "work" / "preprocessed", "val")
+    images = model.predict(val.conditioning)
+    assert images.shape == (2, 64, 64, 4) and images.dtype == np.float32
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    signature = model.metadata.signature
+    assert tuple(signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 64, 64, 4)
+    bad = val.conditioning.copy()
+    bad[0, 0, 0, 0] = 0.5
+    with pytest.raises(InputError, match="expected only 0 and 1"):
+        model.predict(bad)
+    with pytest.raises(Exception, match="shape"):
+        model.predict(np.zeros((1, 32, 32, 4), np.float32))
+
+
+def test_bad_data_stops_the_stage(trained, capsys):
+    from mrisynth.stages import train_gan
+    import tifffile
+
+    mask_path = sorted((trained / "data" / "train" / "masks").iterdir())[0]
+    original = mask_path.read_bytes()
+    mask = tifffile.imread(mask_path)
+    mask[0, 0] = 3
+    tifffile.imwrite(mask_path, mask)
+    try:
+        assert train_gan.run("params.yaml") == 1
+        assert "labels_ok" in capsys.readouterr().err
+    finally:
+        mask_path.write_bytes(original)
