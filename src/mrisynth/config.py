@@ -89,11 +89,91 @@ class TrainGanParams:
             raise ConfigError(f"train_gan.precision={self.precision!r}: expected one of {PRECISIONS}")
 
 
+ARMS = ("none", "classic", "gan", "classic+gan")
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Grow the training split `factor`-fold (originals included): classic transforms and GAN synthesis."""
+
+    factor: int = 10
+    synthetic_fraction: float = 0.5   # share of GAN images among the new ones in the classic+gan set
+    recombine_fraction: float = 0.5   # share of GAN label maps made by tumour recombination (rest: transformed masks)
+    rotation: float = 15.0
+    shift: float = 0.08
+    scale: tuple[float, ...] = (0.9, 1.1)
+    flip: bool = True
+    brightness: float = 0.15
+    seed: int = 7
+    out_dir: str = "work/augmented"
+
+    def check(self) -> None:
+        if self.factor < 1:
+            raise ConfigError(f"augment.factor={self.factor}: expected >= 1")
+        for name in ("synthetic_fraction", "recombine_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"augment.{name}={getattr(self, name)}: expected a value in [0, 1]")
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            raise ConfigError(f"augment.scale={list(self.scale)}: expected [low, high] with 0 < low <= high")
+        if self.rotation < 0 or self.shift < 0 or not 0 <= self.brightness < 1:
+            raise ConfigError("augment.rotation and augment.shift must be >= 0, augment.brightness in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainSegmenterParams:
+    """Base U-Net per augmentation arm and seed (SPEC section 5). Paper profile: 50 epochs, 3 seeds."""
+
+    arms: tuple[str, ...] = ("none", "classic+gan")
+    seeds: tuple[int, ...] = (1,)
+    epochs: int = 20
+    batch_size: int = 8
+    depth: int = 4
+    base_filters: int = 16
+    dropout: float = 0.1
+    learning_rate: float = 1e-3
+    dice_weight: float = 1.0
+    equal_steps: bool = True  # every arm gets the same number of updates per epoch (False: one pass per arm, as the paper)
+    precision: str = "mixed_bfloat16"
+    experiment: str = "mrisynth"
+    registry_name: str = "mrisynth-segmenter"
+    out_dir: str = "work/segmenter"
+
+    def check(self) -> None:
+        _positive(self, "epochs", "batch_size", "depth", "base_filters", "learning_rate")
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown or not self.arms or len(set(self.arms)) != len(self.arms):
+            raise ConfigError(f"train_segmenter.arms={list(self.arms)}: expected distinct arms from {list(ARMS)}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"train_segmenter.seeds={list(self.seeds)}: expected one or more distinct integers")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train_segmenter.precision={self.precision!r}: expected one of {PRECISIONS}")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    baseline: str = "none"
+    augmented: str = "classic+gan"
+    examples: int = 4
+
+    def check(self) -> None:
+        for name in ("baseline", "augmented"):
+            if getattr(self, name) not in ARMS:
+                raise ConfigError(f"evaluate.{name}={getattr(self, name)!r}: expected one of {list(ARMS)}")
+
+
 @dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     preprocess: PreprocessParams = field(default_factory=PreprocessParams)
     train_gan: TrainGanParams = field(default_factory=TrainGanParams)
+    augment: AugmentParams = field(default_factory=AugmentParams)
+    train_segmenter: TrainSegmenterParams = field(default_factory=TrainSegmenterParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+
+    def check(self) -> None:
+        for arm in (self.evaluate.baseline, self.evaluate.augmented):
+            if arm not in self.train_segmenter.arms:
+                raise ConfigError(f"evaluate compares {arm!r}, but train_segmenter.arms is {list(self.train_segmenter.arms)}")
 
 
 def _positive(section, *names: str) -> None:
@@ -168,7 +248,9 @@ def load_params(path: Path | str = "params.yaml") -> Params:
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; expected some of {sorted(known)}")
     sections = {k: section_from_dict(hints[k], raw.get(k), f"{path}:{k}") for k in known}
-    return Params(**sections)
+    params = Params(**sections)
+    params.check()
+    return params
 
 
 def as_flat_dict(section) -> dict[str, object]:

@@ -80,11 +80,16 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def load_suite(name: str = "brats_slices", suite_dir: Path = SUITE_DIR) -> dict:
-    path = Path(suite_dir) / f"{name}.json"
-    if not path.is_file():
-        raise DataError(f"{path}: expected a Great Expectations suite (JSON), found no file")
-    return json.loads(path.read_text())
+def load_suite(*names: str, suite_dir: Path = SUITE_DIR) -> dict:
+    """One suite from the JSON files `expectations/<name>.json` (several names are concatenated)."""
+    names = names or ("brats_slices",)
+    suites = []
+    for name in names:
+        path = Path(suite_dir) / f"{name}.json"
+        if not path.is_file():
+            raise DataError(f"{path}: expected a Great Expectations suite (JSON), found no file")
+        suites.append(json.loads(path.read_text()))
+    return {"name": "_and_".join(names), "meta": suites[0].get("meta", {}), "expectations": [e for s in suites for e in s["expectations"]]}
 
 
 def _describe_failure(result) -> str:
