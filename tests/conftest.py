@@ -95,7 +95,7 @@ def make_tiny_project(root: Path, brats_root: Path, extra_params: dict | None = 
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory):
     """A tiny project with preprocess already run; MLflow points at its own SQLite file."""
     from mrisynth.stages import preprocess
@@ -120,3 +120,13 @@ def tiny_project(tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_project):
+    """The tiny project after `train_gan` (2 epochs at 64 px)."""
+    from mrisynth.stages import train_gan
+
+    os.chdir(tiny_project)
+    assert train_gan.run("params.yaml") == 0
+    return tiny_project

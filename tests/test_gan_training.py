@@ -95,14 +95,6 @@ def test_nan_loss_stops_and_keeps_best(tmp_path):
     assert (tmp_path / "gan" / "best_generator.keras").is_file()
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_project):
-    from mrisynth.stages import train_gan
-
-    assert train_gan.run("params.yaml") == 0
-    return tiny_project
-
-
 def test_stage_outputs_and_mlflow_run(trained):
     summary = json.loads((trained / "reports" / "train_gan.json").read_text())
     assert summary["epochs"] == 2 and summary["model_version"] == 1

@@ -52,7 +52,8 @@ def _cmd_default(args: argparse.Namespace) -> int:
         make_phantom(Path(raw), data.phantom_cases, data.seed, workers=args.workers)
         options = ImportOptions(size=data.size, modalities=data.modalities, slice_rule=data.slice, fit=data.fit)
         counts = {"train": data.train, "val": data.val, "test": data.test}
-        manifest = import_brats(Path(raw), out, counts, data.seed, options, force=args.force, workers=args.workers)
+        manifest = import_brats(Path(raw), out, counts, data.seed, options, force=args.force, workers=args.workers,
+                                source_label=f"phantom(cases={data.phantom_cases}, seed={data.seed})")
     print(f"default dataset: {len(manifest)} slices from {data.phantom_cases} phantom cases (seed {data.seed}) in {out}")
     return 0
 

@@ -125,6 +125,7 @@ def import_brats(
     skip_invalid: bool = False,
     force: bool = False,
     workers: int = 1,
+    source_label: str | None = None,
 ) -> pd.DataFrame:
     """Sample patient-disjoint splits from a BraTS folder, slice, normalise and fit; write DIR atomically.
 
@@ -204,7 +205,7 @@ def import_brats(
             "modalities": list(options.modalities),
             "slice": options.slice_rule,
             "fit": options.fit,
-            "source": Path(src).name,
+            "source": source_label or Path(src).name,
         }
         (tmp / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
         if rejected:

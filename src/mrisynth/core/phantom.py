@@ -189,10 +189,13 @@ def make_case(seed: int, index: int) -> PhantomCase:
         blurred[tumour_box] = ndimage.gaussian_filter((labels[tumour_box] == label).astype(np.float32), 0.6)
         tum[label] = blurred[inside]
     tumour_total = np.clip(tum[1] + tum[2] + tum[4], 0.0, 1.0)
-    normal_weight = 1.0 - tumour_total + 0.35 * tum[2]  # edema leaves the underlying tissue visible
+    normal_weight = 1.0 - tumour_total + 0.4 * tum[2]  # edema leaves the underlying tissue visible
     csf, gm, wm = csf[inside], gm[inside], wm[inside]
     tissue_sum = np.maximum(csf + gm + wm, 1e-3)
 
+    # tumours are not uniform: a smooth +-25 % texture over the lesion, different per modality
+    lesion = tumour_total > 0
+    texture_box = tuple(s.stop - s.start for s in tumour_box)
     bias = np.exp(0.15 * _smooth_field(rng, (4, 4, 3), region_shape)[inside])
     gain = rng.uniform(0.9, 1.1)
     volumes = {}
@@ -201,9 +204,13 @@ def make_case(seed: int, index: int) -> PhantomCase:
             v * rng.uniform(0.93, 1.07) for v in CONTRAST[modality]
         )
         tissue = (c_csf * csf + c_gm * gm + c_wm * wm) / tissue_sum
-        signal = tissue * normal_weight + c_ed * 0.65 * tum[2] + c_core * tum[1] + c_enh * tum[4]
+        texture = np.ones(region_shape, dtype=np.float32)
+        texture[tumour_box] = 1.0 + 0.25 * np.tanh(_smooth_field(rng, (5, 5, 5), texture_box))
+        texture = np.where(lesion, texture[inside], 1.0)
+        edema_strength = rng.uniform(0.45, 0.75)  # how far edema departs from the tissue it soaks
+        signal = tissue * normal_weight + (c_ed * edema_strength * tum[2] + c_core * tum[1] + c_enh * tum[4]) * texture
         signal = np.clip(signal, 0.0, None) ** rng.uniform(0.9, 1.1) * bias * gain
-        sigma = rng.uniform(0.015, 0.035)
+        sigma = rng.uniform(0.02, 0.045)
         n1 = rng.standard_normal(signal.shape, dtype=np.float32) * sigma
         n2 = rng.standard_normal(signal.shape, dtype=np.float32) * sigma
         signal = np.sqrt((signal + n1) ** 2 + n2**2)  # Rician magnitude noise
