@@ -49,7 +49,7 @@ def test_tiny_dvc_repro_produces_table1_and_mlflow_runs(tmp_path):
     subprocess.run([str(bin_dir / "dvc"), "init", "--no-scm", "-f", "-q"], cwd=repo, check=True, env=env)
     result = subprocess.run([str(bin_dir / "dvc"), "repro"], cwd=repo, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for stage in ("preprocess", "train_gan", "augment", "train_segmenter", "evaluate"):
+    for stage in ("preprocess", "tune", "train_gan", "augment", "train_segmenter", "evaluate"):
         assert f"Running stage '{stage}'" in result.stdout
 
     table = (repo / "reports" / "table1.md").read_text()
@@ -79,3 +79,10 @@ def test_tiny_dvc_repro_produces_table1_and_mlflow_runs(tmp_path):
     versions = client.search_model_versions("name='mrisynth-segmenter'")
     assert {v.tags["augmentation"] for v in versions} == {"none", "classic+gan"}
     assert client.get_model_version_by_alias("mrisynth-generator", "challenger").version
+
+    # an MLproject entry point, run the way the README says
+    ran = subprocess.run([str(bin_dir / "mlflow"), "run", ".", "-e", "evaluate", "--env-manager", "local", "--experiment-name", "mrisynth"],
+                         cwd=repo, capture_output=True, text=True, env=env)
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
+    evaluations = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("stage") == "evaluate"]
+    assert len(evaluations) == 2 and all("test_dice_gain" in r.data.metrics for r in evaluations)

@@ -70,6 +70,32 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.success else 1
 
 
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from mrisynth.config import load_params
+    from mrisynth.io import tracking
+    from mrisynth.promote import promote
+
+    params = load_params(args.params)
+    tracking.configure(params.train_gan.experiment)
+    name = args.name or params.train_gan.registry_name
+    decision = promote(name, args.version, params.promote.metric, params.promote.higher_is_better, force=args.force)
+    verdict = "PROMOTED to @champion" if decision.promoted else "NOT promoted"
+    print(f"{name} v{decision.candidate}: {verdict} ({decision.reason}); "
+          f"{params.promote.metric}: candidate {decision.candidate_value:.5f}, champion "
+          + ("none" if decision.champion_value is None else f"{decision.champion_value:.5f}"))
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from mrisynth.generate import generate
+    from mrisynth.io import tracking
+
+    tracking.configure_uri()
+    written = generate(args.model, Path(args.masks), Path(args.out), Path(args.brain) if args.brain else None)
+    print(f"wrote {len(written)} images (TIFF + NIfTI) to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mrisynth", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +140,20 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--channels", type=int)
     va.add_argument("--docs", help="GX project folder for Data Docs (default: <DIR>/../reports/gx_docs)")
     va.set_defaults(func=_cmd_validate)
+
+    pr = sub.add_parser("promote", help="move alias champion to a better generator version")
+    pr.add_argument("--version", help="candidate version (default: alias challenger)")
+    pr.add_argument("--force", action="store_true", help="promote even if not better (metric and signature still required)")
+    pr.add_argument("--name", help="registered model (default: params train_gan.registry_name)")
+    pr.add_argument("--params", default="params.yaml")
+    pr.set_defaults(func=_cmd_promote)
+
+    ge = sub.add_parser("generate", help="render images for label masks with a registered generator")
+    ge.add_argument("--model", required=True, help="e.g. models:/mrisynth-generator@champion")
+    ge.add_argument("--masks", required=True, help="folder of uint8 label TIFFs")
+    ge.add_argument("--brain", help="folder of brain-mask TIFFs with the same names (default: the split's images)")
+    ge.add_argument("--out", required=True)
+    ge.set_defaults(func=_cmd_generate)
     return parser
 
 

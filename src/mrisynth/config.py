@@ -90,6 +90,41 @@ class TrainGanParams:
 
 
 ARMS = ("none", "classic", "gan", "classic+gan")
+OBJECTIVES = ("image", "downstream")
+
+
+@dataclass(frozen=True)
+class TuneParams:
+    """Optuna study over train_gan.alpha. n_trials 0 = use train_gan.alpha as is (no tuning)."""
+
+    n_trials: int = 0
+    alpha_low: float = 1.0
+    alpha_high: float = 300.0
+    objective: str = "image"        # image: min validation L1 in the brain; downstream: max validation Dice
+    epochs: int = 5                 # GAN epochs per trial
+    segmenter_epochs: int = 5       # downstream objective: segmenter epochs per trial
+    storage: str = "sqlite:///optuna.db"  # or postgresql://user:pw@host/db, or journal:<file>
+    study_name: str = "mrisynth-alpha"
+    prune_startup_trials: int = 2
+    prune_warmup_epochs: int = 1
+    seed: int = 0
+    out: str = "work/tune/best_alpha.json"
+
+    def check(self) -> None:
+        if self.n_trials < 0 or self.epochs < 1 or self.segmenter_epochs < 1:
+            raise ConfigError("tune.n_trials must be >= 0, tune.epochs and tune.segmenter_epochs >= 1")
+        if not 0 < self.alpha_low < self.alpha_high:
+            raise ConfigError(f"tune.alpha_low={self.alpha_low}, alpha_high={self.alpha_high}: expected 0 < low < high (log-uniform)")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"tune.objective={self.objective!r}: expected one of {list(OBJECTIVES)}")
+
+
+@dataclass(frozen=True)
+class PromoteParams:
+    """`mrisynth promote`: move alias `champion` to a better generator version."""
+
+    metric: str = "test_dice_gain"
+    higher_is_better: bool = True
 
 
 @dataclass(frozen=True)
@@ -165,7 +200,9 @@ class EvaluateParams:
 class Params:
     data: DataParams = field(default_factory=DataParams)
     preprocess: PreprocessParams = field(default_factory=PreprocessParams)
+    tune: TuneParams = field(default_factory=TuneParams)
     train_gan: TrainGanParams = field(default_factory=TrainGanParams)
+    promote: PromoteParams = field(default_factory=PromoteParams)
     augment: AugmentParams = field(default_factory=AugmentParams)
     train_segmenter: TrainSegmenterParams = field(default_factory=TrainSegmenterParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)

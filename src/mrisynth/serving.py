@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import mlflow.pyfunc
 import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from mrisynth.core.encoding import CONDITION_CHANNELS
 
 
-class InputError(ValueError):
-    """A request that does not follow the conditioning encoding."""
+class InputError(MlflowException, ValueError):
+    """A request that does not follow the conditioning encoding. As an MlflowException with
+    INVALID_PARAMETER_VALUE, the scoring server answers 400 with this message and no stack trace."""
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def check_conditioning(batch, size: int) -> np.ndarray:

@@ -15,12 +15,20 @@ import yaml
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 
-def configure(experiment: str) -> str:
-    """Point MLflow at the tracking store and select (creating if needed) the experiment. Returns the URI."""
+def configure_uri() -> str:
+    """Point MLflow at MLFLOW_TRACKING_URI or the embedded default store; returns the URI."""
     import mlflow
 
     uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
     mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def configure(experiment: str) -> str:
+    """Point MLflow at the tracking store and select (creating if needed) the experiment. Returns the URI."""
+    import mlflow
+
+    uri = configure_uri()
     if mlflow.get_experiment_by_name(experiment) is None:
         artifact_root = None
         if uri.startswith("sqlite:"):

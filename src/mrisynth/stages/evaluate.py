@@ -155,6 +155,13 @@ def run(params_path: str = "params.yaml") -> int:
         mlflow.log_artifact("reports/table1.md")
         mlflow.log_artifact("reports/metrics.json")
         mlflow.log_artifact("reports/test_examples.png")
+        evaluate_run = mlflow.active_run().info.run_id
+    if generator_version is not None:  # the promotion gate reads the metric from the generator version
+        client = mlflow.MlflowClient()
+        name = params.train_gan.registry_name
+        client.set_model_version_tag(name, str(generator_version), "test_dice_gain", f"{deltas['test']['dice']:.6g}")
+        client.set_model_version_tag(name, str(generator_version), "test_dice_tumour_gain", f"{deltas['test']['dice_tumour']:.6g}")
+        client.set_model_version_tag(name, str(generator_version), "evaluate_run_id", evaluate_run)
     print(table.split("## Conventions")[0])
     return 0
 

@@ -1,0 +1,87 @@
+"""Promotion gate for registered generators: `champion` moves only to a better version.
+
+The metric (default `test_dice_gain`: test Dice of classic+gan minus none) is tagged on a generator
+version by the `evaluate` stage that used it. The decision and the numbers are written into the
+candidate's tags and description."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from mrisynth.errors import MrisynthError
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+class PromotionError(MrisynthError):
+    """The candidate cannot be judged (missing version, metric or signature)."""
+
+
+@dataclass
+class Decision:
+    promoted: bool
+    candidate: str
+    champion_before: str | None
+    candidate_value: float
+    champion_value: float | None
+    reason: str
+
+
+def _metric(version, metric: str) -> float | None:
+    raw = (version.tags or {}).get(metric)
+    try:
+        value = float(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def promote(name: str, version: str | None = None, metric: str = "test_dice_gain", higher_is_better: bool = True, force: bool = False, client=None) -> Decision:
+    """Compare a candidate (default alias `challenger`) with `champion`; move `champion` when better or forced."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = client or mlflow.MlflowClient()
+    try:
+        candidate = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, CHALLENGER)
+    except MlflowException as exc:
+        what = f"version {version}" if version else f"alias @{CHALLENGER}"
+        raise PromotionError(f"model {name!r}: {what} not found in the registry ({exc.message.splitlines()[0]}); run `dvc repro train_gan`") from exc
+    label = f"{name} version {candidate.version}"
+    info = mlflow.models.get_model_info(f"models:/{name}/{candidate.version}")
+    if info.signature is None:
+        raise PromotionError(f"{label} has no input/output signature; it cannot be served safely. Re-register it with `dvc repro train_gan`")
+    value = _metric(candidate, metric)
+    if value is None:
+        raise PromotionError(f"{label} lacks the metric tag {metric!r}; run `dvc repro evaluate` with this generator so the metric is recorded")
+
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        champion = None
+    champion_value = _metric(champion, metric) if champion is not None else None
+    if champion is not None and str(champion.version) == str(candidate.version):
+        decision = Decision(False, str(candidate.version), str(champion.version), value, champion_value, "already the champion")
+    elif force:
+        decision = Decision(True, str(candidate.version), champion and str(champion.version), value, champion_value, "forced")
+    elif champion is None:
+        decision = Decision(True, str(candidate.version), None, value, None, "no champion yet")
+    elif champion_value is None:
+        decision = Decision(True, str(candidate.version), str(champion.version), value, None, f"champion lacks {metric}")
+    else:
+        better = value > champion_value if higher_is_better else value < champion_value
+        verb = "beats" if better else "does not beat"
+        decision = Decision(better, str(candidate.version), str(champion.version), value, champion_value,
+                            f"{metric} {value:.5f} {verb} champion v{champion.version} ({champion_value:.5f})")
+    if decision.promoted:
+        client.set_registered_model_alias(name, CHAMPION, candidate.version)
+    outcome = "promoted to champion" if decision.promoted else "kept as is"
+    tags = {"promotion_decision": outcome, "promotion_reason": decision.reason, "promotion_metric": metric,
+            "promotion_candidate_value": f"{value:.6g}",
+            "promotion_champion_before": decision.champion_before or "none",
+            "promotion_champion_value": "none" if champion_value is None else f"{champion_value:.6g}"}
+    for key, tag in tags.items():
+        client.set_model_version_tag(name, candidate.version, key, tag)
+    description = (candidate.description or "").split("\nPromotion:")[0]
+    client.update_model_version(name, candidate.version, description=f"{description}\nPromotion: {outcome} ({decision.reason}).")
+    return decision

@@ -1,0 +1,240 @@
+"""`tune` stage: an Optuna study over the L1 weight alpha, written for `train_gan` to read.
+
+Reads  work/preprocessed/{train,val}.npz (when n_trials > 0), params `tune`, `train_gan`, ...
+Writes work/tune/best_alpha.json ({"alpha": ..., "source": ...}); with trials, one MLflow tuning run
+       with a nested run per trial, the optimisation history and parameter importance as artifacts.
+
+`tune.n_trials: 0` skips tuning and passes `train_gan.alpha` through. Several workers (processes or
+machines) can share one study through `tune.storage` (PostgreSQL for machines, SQLite or
+`journal:<file>` on one machine): run `python pipelines/tune.py --worker --n-trials N` in each."""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mrisynth.config import as_flat_dict, load_params
+from mrisynth.errors import ConfigError, MrisynthError
+
+
+def write_alpha(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def _rdb(url: str, attempts: int = 6, **kwargs):
+    """RDBStorage, retried: workers that start together may race to create the schema."""
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except sqlalchemy.exc.SQLAlchemyError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + random.random() * (attempt + 1))
+
+
+def storage(url: str):
+    """An Optuna storage for a URL: sqlite:/// and postgresql:// (RDB, with a lock timeout), or journal:<file>."""
+    import optuna
+
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    if url.startswith("sqlite:"):
+        return _rdb(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    if url.startswith(("postgresql", "mysql")):
+        return _rdb(url, heartbeat_interval=60, grace_period=180)
+    raise ConfigError(f"tune.storage={url!r}: expected sqlite:///file.db, postgresql://user:pw@host/db or journal:<file>")
+
+
+def make_study(t):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    shared = storage(t.storage)
+    for attempt in range(6):  # concurrent workers may both try to create the study
+        try:
+            return optuna.create_study(
+                study_name=t.study_name,
+                storage=shared,
+                direction="minimize" if t.objective == "image" else "maximize",
+                sampler=optuna.samplers.TPESampler(seed=t.seed),
+                pruner=optuna.pruners.MedianPruner(n_startup_trials=t.prune_startup_trials, n_warmup_steps=t.prune_warmup_epochs),
+                load_if_exists=True,
+            )
+        except optuna.exceptions.DuplicatedStudyError:
+            if attempt == 5:
+                raise
+            time.sleep(0.5)
+
+
+def report_epoch(trial, value: float, epoch: int) -> None:
+    """Report an intermediate value; raise TrialPruned when the pruner says this trial is worse than the rest."""
+    import optuna
+
+    trial.report(value, epoch)
+    if trial.should_prune():
+        raise optuna.TrialPruned(f"pruned at epoch {epoch} with value {value:.5f}")
+
+
+def _gan(params, alpha: float, train, epochs: int):
+    from mrisynth.core import encoding
+    from mrisynth.gan import GanSettings, GanTrainer
+
+    g = params.train_gan
+    settings = GanSettings(alpha=alpha, epochs=epochs, batch_size=g.batch_size, learning_rate=g.learning_rate, beta_1=g.beta_1,
+                           dropout=g.dropout, width=g.width, precision=g.precision, seed=g.seed)
+    return GanTrainer(settings, params.preprocess.size, encoding.CONDITION_CHANNELS, train.images.shape[-1])
+
+
+def objective_image(trial, params, alpha: float, train, val, log) -> float:
+    """Short GAN training; value = the lowest validation L1 (MAE within the brain) over the epochs."""
+    trainer = _gan(params, alpha, train, params.tune.epochs)
+    best = np.inf
+
+    def on_epoch(result, trainer_, state):
+        nonlocal best
+        best = min(best, result.metrics["val_mae"])
+        log({"val_mae": result.metrics["val_mae"], "val_ssim": result.metrics["val_ssim"], "val_psnr": result.metrics["val_psnr"]}, result.epoch)
+        report_epoch(trial, result.metrics["val_mae"], result.epoch)
+
+    with tempfile.TemporaryDirectory(prefix="tune-gan-") as tmp:
+        trainer.fit(train, val, Path(tmp), on_epoch=on_epoch)
+    return float(best)
+
+
+def objective_downstream(trial, params, alpha: float, train, val, log) -> float:
+    """Short GAN training, GAN augmentation of the training split, a short segmenter; value = best validation Dice."""
+    from mrisynth import segmenter
+    from mrisynth.core import encoding
+    from mrisynth.stages import augment
+
+    trainer = _gan(params, alpha, train, params.tune.epochs)
+    with tempfile.TemporaryDirectory(prefix="tune-gan-") as tmp:
+        trainer.fit(train, val, Path(tmp))
+        samples, _ = augment.synthesise(train, trainer.generator, params.augment, ("gan",))
+    gan_images = [s for s in samples if s.kind in ("real", "gan")]
+    images = np.stack([s.image for s in gan_images]).astype(np.float32)
+    classes = encoding.labels_to_classes(np.stack([s.labels for s in gan_images]))
+    s = params.train_segmenter
+    settings = segmenter.SegSettings(params.tune.segmenter_epochs, s.batch_size, s.depth, s.base_filters, s.dropout, s.learning_rate, s.dice_weight, s.precision)
+
+    def on_epoch(epoch, row, improved):
+        log({"val_dice_tumour": row["val_dice_tumour"], "seg_loss": row["loss"]}, epoch)
+        report_epoch(trial, row["val_dice_tumour"], epoch)
+
+    with tempfile.TemporaryDirectory(prefix="tune-seg-") as tmp:
+        result = segmenter.train(settings, s.seeds[0], images, classes, val.images, encoding.labels_to_classes(val.labels),
+                                 Path(tmp) / "best.keras", on_epoch)
+    return float(result["best_val_dice_tumour"])
+
+
+def _log_study_artifacts(study) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import mlflow
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ax = ovm.plot_optimization_history(study)
+        ax.figure.savefig(Path(tmp) / "optimization_history.png", bbox_inches="tight")
+        history = [{"number": t.number, "state": t.state.name, "alpha": t.params.get("alpha"), "value": t.value} for t in study.trials]
+        (Path(tmp) / "trials.json").write_text(json.dumps(history, indent=2))
+        completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        try:
+            importances = optuna.importance.get_param_importances(study)
+        except (RuntimeError, ValueError) as exc:  # e.g. fewer than two completed trials
+            importances = {"note": f"not computable: {exc}"}
+        if len(completed) >= 2 and "note" not in importances:
+            ax = ovm.plot_param_importances(study)
+            ax.figure.savefig(Path(tmp) / "param_importances.png", bbox_inches="tight")
+        (Path(tmp) / "param_importances.json").write_text(json.dumps(importances, indent=2))
+        mlflow.log_artifacts(tmp, artifact_path="optuna")
+
+
+def optimise(params, n_trials: int, parent_name: str = "tune"):
+    """Run n_trials trials of the study (shared through its storage), each a nested MLflow run."""
+    import mlflow
+    import optuna
+
+    from mrisynth.io import arrays, tracking
+
+    t, pre = params.tune, params.preprocess
+    train, val = (arrays.load_split(Path(pre.out_dir), s) for s in ("train", "val"))
+    study = make_study(t)
+    tracking.configure(params.train_gan.experiment)
+    objective_fn = objective_image if t.objective == "image" else objective_downstream
+    with mlflow.start_run(run_name=parent_name, log_system_metrics=False) as parent:
+        mlflow.set_tags({"stage": "tune", "study": t.study_name, "storage": t.storage.split("@")[-1], "data_hash": tracking.data_hash()})
+        mlflow.log_params(as_flat_dict(t) | {"n_trials_this_run": n_trials})
+
+        def objective(trial):
+            alpha = trial.suggest_float("alpha", t.alpha_low, t.alpha_high, log=True)
+            with mlflow.start_run(run_name=f"trial {trial.number}", nested=True):
+                mlflow.log_params({"alpha": alpha, "trial": trial.number, "objective": t.objective})
+                try:
+                    value = objective_fn(trial, params, alpha, train, val, lambda m, step: mlflow.log_metrics(m, step=step))
+                except optuna.TrialPruned:
+                    mlflow.set_tag("state", "PRUNED")
+                    raise
+                mlflow.set_tag("state", "COMPLETE")
+                mlflow.log_metric("objective", value)
+                return value
+
+        study.optimize(objective, n_trials=n_trials, catch=())
+        completed = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
+        if completed:
+            mlflow.log_metrics({"best_alpha": study.best_params["alpha"], "best_value": study.best_value})
+            _log_study_artifacts(study)
+    return study, parent.info.run_id
+
+
+def run(params_path: str = "params.yaml", worker: bool = False, n_trials: int | None = None) -> int:
+    params = load_params(params_path)
+    t = params.tune
+    trials = t.n_trials if n_trials is None else n_trials
+    out = Path(t.out)
+    if trials == 0 and not worker:
+        write_alpha(out, {"alpha": params.train_gan.alpha, "source": "params.yaml (tune.n_trials: 0)"})
+        print(f"tune: n_trials 0, using train_gan.alpha = {params.train_gan.alpha}")
+        return 0
+    study, run_id = optimise(params, trials, "tune worker" if worker else "tune")
+    if worker:
+        print(f"tune worker: study {t.study_name} now has {len(study.trials)} trials")
+        return 0
+    import optuna
+
+    completed = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
+    if not completed:
+        raise MrisynthError(f"tune: no trial of study {t.study_name!r} completed (all pruned or failed); raise tune.epochs or n_trials")
+    best = study.best_trial
+    write_alpha(out, {"alpha": best.params["alpha"], "source": "optuna", "objective": t.objective, "value": best.value,
+                      "trial": best.number, "study": t.study_name, "completed_trials": len(completed),
+                      "pruned_trials": sum(tr.state == optuna.trial.TrialState.PRUNED for tr in study.trials), "mlflow_run_id": run_id})
+    print(f"tune: best alpha {best.params['alpha']:.4g} ({t.objective} objective {best.value:.5f}, trial {best.number}) -> {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--worker", action="store_true", help="only add trials to the shared study; write nothing")
+    parser.add_argument("--n-trials", type=int, default=None)
+    args = parser.parse_args(argv)
+    try:
+        sys.exit(run(args.params, args.worker, args.n_trials))
+    except MrisynthError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

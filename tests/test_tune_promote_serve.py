@@ -1,0 +1,243 @@
+"""Issue 5: Optuna tuning (pruning, shared storage), the promotion gate, the served generator, generate."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import numpy as np
+import optuna
+import pytest
+import yaml
+
+from conftest import REPO
+from mrisynth.config import TuneParams
+from mrisynth.promote import PromotionError, promote
+from mrisynth.stages import train_gan, tune
+
+
+def _params_file(project: Path, name: str, overrides: dict) -> Path:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for section, values in overrides.items():
+        params.setdefault(section, {}).update(values)
+    path = project / name
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_bad_trial_is_pruned(tmp_path):
+    study = tune.make_study(TuneParams(storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="prune", prune_startup_trials=1, prune_warmup_epochs=0))
+    curves = iter([[0.10, 0.09, 0.08], [0.09, 0.08, 0.07], [5.0, 4.0, 3.0]])
+
+    def objective(trial):
+        values = next(curves)
+        for epoch, value in enumerate(values, start=1):
+            tune.report_epoch(trial, value, epoch)
+        return values[-1]
+
+    study.optimize(objective, n_trials=3)
+    states = [t.state for t in study.trials]
+    assert states[:2] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert states[2] == optuna.trial.TrialState.PRUNED and len(study.trials[2].intermediate_values) == 1
+
+
+def test_n_trials_zero_passes_alpha_through(tiny_project):
+    path = _params_file(tiny_project, "params_t0.yaml", {"tune": {"n_trials": 0, "out": "work/tune0/best_alpha.json"}, "train_gan": {"alpha": 42.0}})
+    assert tune.run(str(path)) == 0
+    assert json.loads((tiny_project / "work/tune0/best_alpha.json").read_text())["alpha"] == 42.0
+
+
+def test_tiny_study_writes_alpha_that_train_gan_uses(trained):
+    storage = f"sqlite:///{trained / 'optuna_tiny.db'}"
+    path = _params_file(trained, "params_tune.yaml", {
+        "tune": {"n_trials": 3, "epochs": 2, "storage": storage, "study_name": "tiny-alpha", "out": "work/tune/best_alpha.json",
+                 "prune_startup_trials": 1, "prune_warmup_epochs": 0},
+        "train_gan": {"experiment": "tiny-tune", "registry_name": "tiny-tune-generator", "alpha_file": "work/tune/best_alpha.json",
+                      "epochs": 1, "out_dir": "work/gan_tuned", "model_path": "models/generator_tuned.keras"},
+    })
+    assert tune.run(str(path)) == 0
+    best = json.loads((trained / "work/tune/best_alpha.json").read_text())
+    assert best["source"] == "optuna" and 1.0 <= best["alpha"] <= 300.0 and best["completed_trials"] >= 1
+    study = optuna.load_study(study_name="tiny-alpha", storage=storage)
+    assert len(study.trials) == 3 and study.best_params["alpha"] == pytest.approx(best["alpha"])
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("tiny-tune")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if r.info.run_name == "tune")
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(trials) == 3 and all(r.data.tags["state"] in ("COMPLETE", "PRUNED") for r in trials)
+    assert parent.data.metrics["best_alpha"] == pytest.approx(best["alpha"])
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "optuna")}
+    assert {"optuna/optimization_history.png", "optuna/trials.json", "optuna/param_importances.json"} <= artifacts
+
+    assert train_gan.run(str(path)) == 0
+    assert json.loads((trained / "reports/train_gan.json").read_text())["alpha"] == pytest.approx(best["alpha"])
+
+
+def test_two_workers_share_one_storage(tiny_project):
+    storage = f"sqlite:///{tiny_project / 'optuna_shared.db'}"
+    path = _params_file(tiny_project, "params_workers.yaml", {
+        "tune": {"epochs": 1, "storage": storage, "study_name": "shared"},
+        "train_gan": {"experiment": "tiny-workers"},
+    })
+    cmd = [sys.executable, str(REPO / "pipelines" / "tune.py"), "--params", str(path), "--worker", "--n-trials", "2"]
+    workers = [subprocess.Popen(cmd, cwd=tiny_project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    study = optuna.load_study(study_name="shared", storage=storage)
+    assert len(study.trials) == 4 and len({t.number for t in study.trials}) == 4
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+# ---------------------------------------------------------------- promotion
+@pytest.fixture(scope="module")
+def promo(trained):
+    """Registered versions of a separate generator model ('promo-generator') for promotion tests."""
+    settings = SimpleNamespace(registry_name="promo-generator")
+    best = trained / "work" / "gan" / "best_generator.keras"
+    example = np.zeros((1, 64, 64, 4), np.float32)
+    versions = []
+    for _ in range(3):
+        with mlflow.start_run(experiment_id=mlflow.MlflowClient().get_experiment_by_name("tiny").experiment_id) as run:
+            versions.append(train_gan.register(settings, best, 64, 4, run.info.run_id, {}, example))
+    return versions
+
+
+def _tag(version: str, value: float) -> None:
+    mlflow.MlflowClient().set_model_version_tag("promo-generator", version, "test_dice_gain", str(value))
+
+
+def test_promotion_gate(promo):
+    v1, v2, v3 = promo
+    client = mlflow.MlflowClient()
+    with pytest.raises(PromotionError, match="lacks the metric tag 'test_dice_gain'.*dvc repro evaluate"):
+        promote("promo-generator", v1)
+    _tag(v1, 0.010)
+    assert promote("promo-generator", v1).promoted  # no champion yet
+    _tag(v2, 0.005)
+    kept = promote("promo-generator", v2)
+    assert not kept.promoted and "does not beat champion" in kept.reason
+    assert str(client.get_model_version_by_alias("promo-generator", "champion").version) == v1
+    assert client.get_model_version("promo-generator", v2).tags["promotion_decision"] == "kept as is"
+    _tag(v3, 0.020)  # v3 is the challenger (latest registration): the default candidate
+    assert promote("promo-generator").promoted
+    version = client.get_model_version("promo-generator", v3)
+    assert version.tags["promotion_champion_before"] == v1 and "Promotion: promoted" in version.description
+    assert promote("promo-generator", v2, force=True).promoted
+    assert str(client.get_model_version_by_alias("promo-generator", "champion").version) == v2
+    promote("promo-generator", v3)  # back to the best one for the serving test
+    assert str(client.get_model_version_by_alias("promo-generator", "champion").version) == v3
+
+
+def test_promotion_refuses_missing_signature(trained):
+    class Echo(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return model_input
+
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="echo", python_model=Echo(), registered_model_name="promo-nosig", pip_requirements=["mlflow"])
+    mlflow.MlflowClient().set_model_version_tag("promo-nosig", info.registered_model_version, "test_dice_gain", "0.5")
+    with pytest.raises(PromotionError, match="no input/output signature"):
+        promote("promo-nosig", str(info.registered_model_version))
+
+
+def test_promote_cli(promo, trained):
+    r = subprocess.run([sys.executable, "-m", "mrisynth.cli", "promote", "--name", "promo-generator", "--version", promo[1]],
+                       cwd=trained, capture_output=True, text=True)
+    assert r.returncode == 0 and "NOT promoted" in r.stdout, r.stderr
+
+
+# ---------------------------------------------------------------- serving and generate
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, payload) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def champion(promo):
+    mlflow.MlflowClient().set_registered_model_alias("promo-generator", "champion", promo[-1])
+    return promo[-1]
+
+
+def test_served_champion_answers_and_rejects(champion, trained):
+    port = _free_port()
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", "models:/promo-generator@champion",
+         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=trained, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None:
+                    pytest.fail(server.stdout.read())
+                time.sleep(1)
+        else:
+            pytest.fail("server did not start")
+        from mrisynth.io import arrays
+
+        val = arrays.load_split(trained / "work" / "preprocessed", "val")
+        url = f"http://127.0.0.1:{port}/invocations"
+        status, body = _post(url, {"inputs": val.conditioning[:1].tolist()})
+        assert status == 200, body
+        images = np.asarray(body["predictions"])
+        assert images.shape == (1, 64, 64, 4) and 0 <= images.min() and images.max() <= 1
+
+        bad_values = val.conditioning[:1].copy()
+        bad_values[0, 0, 0, 0] = 0.5
+        for payload, expected in (
+            ({"inputs": bad_values.tolist()}, "expected only 0 and 1"),
+            ({"inputs": np.zeros((1, 32, 32, 4)).tolist()}, "shape"),
+            ({"inputs": [["a", "b"]]}, ""),
+        ):
+            status, body = _post(url, payload)
+            assert 400 <= status < 500, (status, body)
+            assert expected in body.get("message", "")
+            assert "Traceback" not in json.dumps(body) and "stack_trace" not in body
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_generate_writes_tiff_and_nifti(champion, trained, tmp_path):
+    import nibabel as nib
+    import tifffile
+
+    out = tmp_path / "generated"
+    r = subprocess.run([sys.executable, "-m", "mrisynth.cli", "generate", "--model", "models:/promo-generator@champion",
+                        "--masks", "data/test/masks", "--out", str(out)], cwd=trained, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    tifs = sorted(out.glob("*.tif"))
+    assert len(tifs) == 2
+    image = tifffile.imread(tifs[0])
+    assert image.shape == (64, 64, 4) and image.dtype == np.float32
+    assert nib.load(str(out / f"{tifs[0].stem}.nii.gz")).shape == (64, 64, 1, 4)
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    tifffile.imwrite(bad / "x.tif", np.full((64, 64), 3, np.uint8))
+    r = subprocess.run([sys.executable, "-m", "mrisynth.cli", "generate", "--model", "models:/promo-generator@champion",
+                        "--masks", str(bad), "--out", str(tmp_path / "o2")], cwd=trained, capture_output=True, text=True)
+    assert r.returncode == 2 and "x.tif: labels [3]" in r.stderr and "Traceback" not in r.stderr
