@@ -8,7 +8,7 @@ export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup data run test bench clean
+.PHONY: setup data run paper test bench clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,11 +29,17 @@ data: setup
 run: data
 	dvc repro
 
+# The paper profile (256 px, GAN 100 epochs, segmenter 50 epochs, 3 seeds) as a named DVC experiment.
+paper: data
+	dvc exp run -n paper -S preprocess.size=256 -S train_gan.epochs=100 -S train_gan.width=1.0 \
+	  -S train_segmenter.epochs=50 -S 'train_segmenter.seeds=[1,2,3]' -S train_segmenter.equal_steps=false -S augment.factor=10
+
 test: setup
 	python -m pytest -q
 
 bench: setup
 	python bench/bench_data.py
+	python bench/bench_gan.py
 
 clean:
 	rm -rf work reports/gx_docs

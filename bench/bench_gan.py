@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mrisynth.core import losses, models
+from mrisynth.core import models
 from mrisynth.gan import GanSettings, GanTrainer
 from mrisynth.io.arrays import SplitArrays
 

@@ -1,7 +1,6 @@
 """GAN training: overfitting a tiny batch, checkpoint + resume, refusal on changed params, NaN stop,
 the train_gan stage's MLflow run and the registered pyfunc generator."""
 import json
-from pathlib import Path
 
 import mlflow
 import numpy as np

@@ -45,6 +45,12 @@ class GanSettings:
     precision: str = "float32"
     seed: int = 42
 
+    @classmethod
+    def from_params(cls, params, alpha: float, epochs: int | None = None) -> "GanSettings":
+        """From the `train_gan` params section (TrainGanParams), with the alpha actually used."""
+        names = ("batch_size", "learning_rate", "beta_1", "dropout", "width", "precision", "seed")
+        return cls(alpha=alpha, epochs=epochs or params.epochs, **{n: getattr(params, n) for n in names})
+
     def fingerprint(self, data_key: str) -> dict:
         """What must match for a resume: everything but `epochs` (extending a run is allowed)."""
         values = {k: v for k, v in self.__dict__.items() if k != "epochs"}

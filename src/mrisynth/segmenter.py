@@ -43,6 +43,12 @@ class SegSettings:
     dice_weight: float = 1.0
     precision: str = "float32"
 
+    @classmethod
+    def from_params(cls, params, epochs: int | None = None) -> "SegSettings":
+        """From the `train_segmenter` params section (TrainSegmenterParams)."""
+        names = ("batch_size", "depth", "base_filters", "dropout", "learning_rate", "dice_weight", "precision")
+        return cls(epochs=epochs or params.epochs, **{n: getattr(params, n) for n in names})
+
 
 def predict_classes(model: keras.Model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
     """(N, S, S) class indices."""

@@ -21,7 +21,8 @@ import pandas as pd
 
 from mrisynth.config import load_params
 from mrisynth.core import encoding, transforms
-from mrisynth.errors import DataError, MrisynthError
+from mrisynth.errors import DataError
+from mrisynth.stages import stage_main
 from mrisynth.io import arrays, gx, tiff
 
 
@@ -176,8 +177,4 @@ def run(params_path: str = "params.yaml") -> int:
 
 
 def main() -> None:
-    try:
-        sys.exit(run())
-    except MrisynthError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    stage_main(run)

@@ -10,14 +10,14 @@ split (Val) and the test split (Test). With several seeds, cells read mean ± st
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from mrisynth.config import load_params
 from mrisynth.core import encoding, segmetrics
-from mrisynth.errors import DataError, MrisynthError
+from mrisynth.errors import DataError
+from mrisynth.stages import stage_main
 from mrisynth.io import arrays, tracking
 from mrisynth.stages.train_segmenter import arm_slug
 
@@ -167,8 +167,4 @@ def run(params_path: str = "params.yaml") -> int:
 
 
 def main() -> None:
-    try:
-        sys.exit(run())
-    except MrisynthError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    stage_main(run)

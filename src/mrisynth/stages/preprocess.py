@@ -13,8 +13,8 @@ import numpy as np
 
 from mrisynth.config import load_params
 from mrisynth.core import encoding, slicing
-from mrisynth.errors import MrisynthError
 from mrisynth.ingest import SPLITS, read_manifest
+from mrisynth.stages import stage_main
 from mrisynth.io import arrays, gx, tiff
 
 
@@ -66,8 +66,4 @@ def run(params_path: str = "params.yaml") -> int:
 
 
 def main() -> None:
-    try:
-        sys.exit(run())
-    except MrisynthError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    stage_main(run)

@@ -17,6 +17,7 @@ import numpy as np
 
 from mrisynth.config import as_flat_dict, load_params
 from mrisynth.core import encoding
+from mrisynth.stages import stage_main
 from mrisynth.errors import DataError, MrisynthError
 from mrisynth.io import arrays, gx, tracking
 
@@ -118,10 +119,7 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
     for name, split in (("train", train), ("val", val)):
         check_split(split, name, pre.out_dir, pre.size)
     alpha, alpha_source = resolve_alpha(p)
-    settings = GanSettings(
-        alpha=alpha, epochs=p.epochs, batch_size=p.batch_size, learning_rate=p.learning_rate, beta_1=p.beta_1,
-        dropout=p.dropout, width=p.width, precision=p.precision, seed=p.seed,
-    )
+    settings = GanSettings.from_params(p, alpha)
     channels = train.images.shape[-1]
     trainer = GanTrainer(settings, pre.size, encoding.CONDITION_CHANNELS, channels)
     out_dir = Path(p.out_dir)
@@ -182,8 +180,4 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--restart", action="store_true", help="discard an interrupted run with other parameters")
     args = parser.parse_args(argv)
-    try:
-        sys.exit(run(args.params, args.restart))
-    except MrisynthError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    stage_main(lambda: run(args.params, args.restart))

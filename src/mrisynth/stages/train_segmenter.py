@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +19,8 @@ import pandas as pd
 
 from mrisynth.config import as_flat_dict, load_params
 from mrisynth.core import encoding
-from mrisynth.errors import DataError, MrisynthError
+from mrisynth.errors import DataError
+from mrisynth.stages import stage_main
 from mrisynth.io import arrays, tiff, tracking
 
 
@@ -68,7 +68,7 @@ def run(params_path: str = "params.yaml") -> int:
     p, pre = params.train_segmenter, params.preprocess
     train, val = (arrays.load_split(Path(pre.out_dir), s) for s in ("train", "val"))
     val_classes = encoding.labels_to_classes(val.labels)
-    settings = segmenter.SegSettings(p.epochs, p.batch_size, p.depth, p.base_filters, p.dropout, p.learning_rate, p.dice_weight, p.precision)
+    settings = segmenter.SegSettings.from_params(p)
     out_root = Path(p.out_dir)
     tracking.configure(p.experiment)
     tags = tracking.device_tags(p.precision) | {"stage": "train_segmenter", "data_hash": tracking.data_hash(), "git_commit": tracking.git_commit()}
@@ -127,8 +127,4 @@ def run(params_path: str = "params.yaml") -> int:
 
 
 def main() -> None:
-    try:
-        sys.exit(run())
-    except MrisynthError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    stage_main(run)

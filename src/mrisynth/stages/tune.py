@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mrisynth.config import as_flat_dict, load_params
+from mrisynth.stages import stage_main
 from mrisynth.errors import ConfigError, MrisynthError
 
 
@@ -91,9 +91,7 @@ def _gan(params, alpha: float, train, epochs: int):
     from mrisynth.core import encoding
     from mrisynth.gan import GanSettings, GanTrainer
 
-    g = params.train_gan
-    settings = GanSettings(alpha=alpha, epochs=epochs, batch_size=g.batch_size, learning_rate=g.learning_rate, beta_1=g.beta_1,
-                           dropout=g.dropout, width=g.width, precision=g.precision, seed=g.seed)
+    settings = GanSettings.from_params(params.train_gan, alpha, epochs)
     return GanTrainer(settings, params.preprocess.size, encoding.CONDITION_CHANNELS, train.images.shape[-1])
 
 
@@ -127,7 +125,7 @@ def objective_downstream(trial, params, alpha: float, train, val, log) -> float:
     images = np.stack([s.image for s in gan_images]).astype(np.float32)
     classes = encoding.labels_to_classes(np.stack([s.labels for s in gan_images]))
     s = params.train_segmenter
-    settings = segmenter.SegSettings(params.tune.segmenter_epochs, s.batch_size, s.depth, s.base_filters, s.dropout, s.learning_rate, s.dice_weight, s.precision)
+    settings = segmenter.SegSettings.from_params(s, params.tune.segmenter_epochs)
 
     def on_epoch(epoch, row, improved):
         log({"val_dice_tumour": row["val_dice_tumour"], "seg_loss": row["loss"]}, epoch)
@@ -233,8 +231,4 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", action="store_true", help="only add trials to the shared study; write nothing")
     parser.add_argument("--n-trials", type=int, default=None)
     args = parser.parse_args(argv)
-    try:
-        sys.exit(run(args.params, args.worker, args.n_trials))
-    except MrisynthError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    stage_main(lambda: run(args.params, args.worker, args.n_trials))
