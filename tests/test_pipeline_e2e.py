@@ -45,7 +45,9 @@ def test_tiny_dvc_repro_produces_table1_and_mlflow_runs(tmp_path):
     import_brats(brats, repo / "data", {"train": 4, "val": 2, "test": 2}, 1, ImportOptions(size=64))
 
     bin_dir = Path(sys.executable).parent
-    env = os.environ | {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
+    # a clean MLflow environment: earlier tests' set_experiment() exports MLFLOW_EXPERIMENT_ID for subprocesses
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env |= {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
     subprocess.run([str(bin_dir / "dvc"), "init", "--no-scm", "-f", "-q"], cwd=repo, check=True, env=env)
     result = subprocess.run([str(bin_dir / "dvc"), "repro"], cwd=repo, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -86,3 +88,5 @@ def test_tiny_dvc_repro_produces_table1_and_mlflow_runs(tmp_path):
     assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
     evaluations = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("stage") == "evaluate"]
     assert len(evaluations) == 2 and all("test_dice_gain" in r.data.metrics for r in evaluations)
+    launcher = next(r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("mlflow.project.entryPoint") == "evaluate")
+    assert any(r.data.tags.get("launched_by_run") == launcher.info.run_id for r in evaluations)

@@ -29,6 +29,11 @@ def configure(experiment: str) -> str:
     import mlflow
 
     uri = configure_uri()
+    # Under `mlflow run`, MLFLOW_RUN_ID names the launcher's run; each stage opens runs of its own
+    # (several stages in one entry point would otherwise write into one run), tagged with that id.
+    launcher = os.environ.pop("MLFLOW_RUN_ID", None)
+    if launcher:
+        os.environ["MRISYNTH_LAUNCHER_RUN_ID"] = launcher
     if mlflow.get_experiment_by_name(experiment) is None:
         artifact_root = None
         if uri.startswith("sqlite:"):
@@ -56,12 +61,19 @@ def git_commit() -> str:
 
 
 def device_tags(precision: str) -> dict[str, str]:
-    """Device and precision tags: the GPU name when TensorFlow sees one, else the CPU."""
+    """Device and precision tags (the GPU name when TensorFlow sees one, else the CPU), and the
+    `mlflow run` launcher's run id when there is one."""
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
     device = "GPU:" + ",".join(tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus) if gpus else f"CPU:{platform.processor() or platform.machine()}"
-    return {"device": device, "precision": precision, "cpu_count": str(os.cpu_count())}
+    return {"device": device, "precision": precision, "cpu_count": str(os.cpu_count())} | launcher_tags()
+
+
+def launcher_tags() -> dict[str, str]:
+    """{"launched_by_run": id} when started by `mlflow run` (see `configure`), else {}."""
+    launcher = os.environ.get("MRISYNTH_LAUNCHER_RUN_ID")
+    return {"launched_by_run": launcher} if launcher else {}
 
 
 def image_grid(rows: list[list[np.ndarray]]) -> np.ndarray:

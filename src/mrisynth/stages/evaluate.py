@@ -147,7 +147,7 @@ def run(params_path: str = "params.yaml") -> int:
     with mlflow.start_run(run_name="evaluate"):
         link_tags = {f"run.{arm_slug(arm)}.seed{seed}": info["run_id"] for arm, seeds in runs["arms"].items() for seed, info in seeds.items()}
         mlflow.set_tags({"stage": "evaluate", "train_segmenter_run": runs["parent_run_id"], "baseline": base, "augmented": aug,
-                         "generator_version": str(generator_version), "data_hash": tracking.data_hash(), "git_commit": tracking.git_commit()} | link_tags)
+                         "generator_version": str(generator_version), "data_hash": tracking.data_hash(), "git_commit": tracking.git_commit()} | link_tags | tracking.launcher_tags())
         flat = {f"{split}_{metric}_{arm_slug(arm)}": value for arm, by_split in summary.items() for split, ms in by_split.items() for metric, value in ms.items()}
         flat |= {f"delta_{split}_{metric}": value for split, ms in deltas.items() for metric, value in ms.items()}
         flat["test_dice_gain"] = deltas["test"]["dice"]

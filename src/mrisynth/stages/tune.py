@@ -175,7 +175,7 @@ def optimise(params, n_trials: int, parent_name: str = "tune"):
     tracking.configure(params.train_gan.experiment)
     objective_fn = objective_image if t.objective == "image" else objective_downstream
     with mlflow.start_run(run_name=parent_name, log_system_metrics=False) as parent:
-        mlflow.set_tags({"stage": "tune", "study": t.study_name, "storage": t.storage.split("@")[-1], "data_hash": tracking.data_hash()})
+        mlflow.set_tags({"stage": "tune", "study": t.study_name, "storage": t.storage.split("@")[-1], "data_hash": tracking.data_hash()} | tracking.launcher_tags())
         mlflow.log_params(as_flat_dict(t) | {"n_trials_this_run": n_trials})
 
         def objective(trial):
