@@ -31,7 +31,7 @@ run: data
 
 # The paper profile (256 px, GAN 100 epochs, segmenter 50 epochs, 3 seeds) as a named DVC experiment.
 paper: data
-	dvc exp run -n paper -S preprocess.size=256 -S train_gan.epochs=100 -S train_gan.width=1.0 \
+	dvc exp run -f -n paper -S preprocess.size=256 -S train_gan.epochs=100 -S train_gan.width=1.0 \
 	  -S train_segmenter.epochs=50 -S 'train_segmenter.seeds=[1,2,3]' -S train_segmenter.equal_steps=false -S augment.factor=10
 
 test: setup
