@@ -8,7 +8,7 @@ export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup data run paper test bench clean
+.PHONY: setup data run paper test bench clean dvc-graph
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,6 +40,10 @@ test: setup
 bench: setup
 	python bench/bench_data.py
 	python bench/bench_gan.py
+
+# Recompute each stage's code deps and params in dvc.yaml from the imports (tests/test_dvc_graph.py checks them).
+dvc-graph: setup
+	python -m mrisynth.dvcgraph --write
 
 clean:
 	rm -rf work reports/gx_docs

@@ -5,6 +5,7 @@ import pytest
 
 from mrisynth.core import transforms
 from mrisynth.errors import DataError
+from mrisynth import augmentation
 from mrisynth.stages import augment
 
 
@@ -61,19 +62,19 @@ def test_recombined_tumours_stay_inside_the_brain():
 
 
 def test_plan_counts():
-    assert augment.plan(30, 10, 0.5, ("none", "classic+gan")) == {"classic_mix": 135, "gan_mix": 135, "classic_total": 135, "gan_total": 135}
-    assert augment.plan(30, 10, 0.2, ("classic", "gan", "classic+gan"))["classic_total"] == 270
+    assert augmentation.plan(30, 10, 0.5, ("none", "classic+gan")) == {"classic_mix": 135, "gan_mix": 135, "classic_total": 135, "gan_total": 135}
+    assert augmentation.plan(30, 10, 0.2, ("classic", "gan", "classic+gan"))["classic_total"] == 270
 
 
 def test_bad_generator_is_named(tmp_path, trained):
     with pytest.raises(DataError, match="generator not found"):
-        augment.load_generator(tmp_path / "missing.keras", 64, 4)
+        augmentation.load_generator(tmp_path / "missing.keras", 64, 4)
     broken = tmp_path / "broken.keras"
     broken.write_bytes(b"not a model")
     with pytest.raises(DataError, match="broken.keras: cannot load the generator"):
-        augment.load_generator(broken, 64, 4)
+        augmentation.load_generator(broken, 64, 4)
     with pytest.raises(DataError, match=r"generator maps \(None, 64, 64, 4\) -> \(None, 64, 64, 4\), but the data needs \(None, 128, 128, 4\)"):
-        augment.load_generator(trained / "models" / "generator.keras", 128, 4)
+        augmentation.load_generator(trained / "models" / "generator.keras", 128, 4)
 
 
 def test_augment_stage_counts_and_provenance(trained):
@@ -88,13 +89,15 @@ def test_augment_stage_counts_and_provenance(trained):
     assert gan["transforms"].str.startswith(("recombine:", "mask:")).all()
     recombined = gan[gan["transforms"].str.startswith("recombine:")]
     assert recombined["source_cases"].str.contains(r"\+").all()
+    # rendered with dropout active by default (pix2pix's noise), recorded per row
+    assert gan["dropout_sampling"].all() and not manifest.loc[manifest["kind"] != "gan", "dropout_sampling"].any()
 
 
 def test_augment_stage_stops_on_failed_validation(trained, monkeypatch, capsys):
     original = augment.write
 
-    def corrupt(out_dir, samples):
-        manifest = original(out_dir, samples)
+    def corrupt(out_dir, samples, sample_dropout=False):
+        manifest = original(out_dir, samples, sample_dropout)
         manifest.loc[0, "kind"] = "mystery"
         return manifest
 

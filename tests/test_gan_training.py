@@ -11,7 +11,7 @@ from mrisynth.gan import GanSettings, GanTrainer, TrainingError, load_state
 from mrisynth.io import arrays
 from mrisynth.serving import InputError
 
-TINY = GanSettings(alpha=100.0, epochs=2, batch_size=2, width=0.25, precision="float32", seed=3)
+TINY = GanSettings(alpha=100.0, epochs=2, batch_size=2, width=0.25, precision="float32", seed=3, checkpoint_every=1)
 
 
 def _tiny_split(n=4, size=64, seed=0) -> arrays.SplitArrays:
@@ -75,6 +75,30 @@ def test_checkpoint_resume_and_refusal(tmp_path):
         GanTrainer(changed, 64, 4, 4).fit(train, val, out)
     fresh = GanTrainer(changed, 64, 4, 4).fit(train, val, out, restart=True)
     assert fresh.completed and fresh.history[0]["epoch"] == 1 and fresh.fingerprint["alpha"] == 5.0
+
+
+def test_resume_state_is_written_every_n_epochs_and_best_survives(tmp_path):
+    train, val = _tiny_split(4), _tiny_split(2, seed=10)
+    out = tmp_path / "gan"
+    sparse = GanSettings(**{**TINY.__dict__, "epochs": 4, "checkpoint_every": 2})
+    saved_at = []
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_third(result, trainer, state):
+        saved_at.append(json.loads((out / "state.json").read_text())["epoch"] if (out / "state.json").is_file() else 0)
+        if result.epoch == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):  # interrupted before the final save: the last resume state is epoch 2's
+        GanTrainer(sparse, 64, 4, 4).fit(train, val, out, on_epoch=stop_after_third)
+    assert saved_at == [0, 2, 2]
+    best = json.loads((out / "best.json").read_text())
+    resumed = GanTrainer(sparse, 64, 4, 4).prepare(train, val, out)
+    assert resumed.epoch == 2
+    final = GanTrainer(sparse, 64, 4, 4).fit(train, val, out)
+    assert final.completed and final.best_val <= best["val_g_loss"] and (out / "best_generator.keras").is_file()
 
 
 def test_nan_loss_stops_and_keeps_best(tmp_path):

@@ -15,11 +15,15 @@ from mrisynth.ingest import ImportOptions, import_brats
 
 TINY_PARAMS = {
     "preprocess": {"size": 64},
+    "tune": {"n_trials": 2, "epochs": 1, "storage": "sqlite:///optuna.db"},
     "train_gan": {"epochs": 1, "batch_size": 2, "width": 0.25, "grid_every": 1, "grid_images": 2, "precision": "float32"},
     "augment": {"factor": 3},
-    "train_segmenter": {"epochs": 1, "batch_size": 4, "depth": 2, "base_filters": 4, "precision": "float32"},
-    "evaluate": {"examples": 2},
+    "train_segmenter": {"seeds": [1, 2], "epochs": 2, "patience": 1, "batch_size": 4, "depth": 2, "base_filters": 4, "precision": "float32"},
+    "gan_usefulness": {"diversity_samples": 2},
+    "evaluate": {"examples": 2, "bootstrap": 200},
 }
+STAGES = ("preprocess", "tune", "train_gan", "augment", "train_segmenter", "gan_usefulness", "evaluate")
+QUESTIONS = ("Classic augmentation vs none", "GAN augmentation vs none", "Classic+GAN vs none", "GAN beyond classic")
 
 
 def _tracked_files() -> list[str]:
@@ -51,22 +55,39 @@ def test_tiny_dvc_repro_produces_table1_and_mlflow_runs(tmp_path):
     subprocess.run([str(bin_dir / "dvc"), "init", "--no-scm", "-f", "-q"], cwd=repo, check=True, env=env)
     result = subprocess.run([str(bin_dir / "dvc"), "repro"], cwd=repo, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for stage in ("preprocess", "tune", "train_gan", "augment", "train_segmenter", "evaluate"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in result.stdout
 
     table = (repo / "reports" / "table1.md").read_text()
-    assert "| Accuracy |" in table and "Test (none)" in table and "Test (classic+gan)" in table
-    accuracy_row = next(line for line in table.splitlines() if line.startswith("| Accuracy |"))
+    verdict = table.split("## Verdict")[1].split("###")[0]
+    for question in QUESTIONS:  # the table opens with one sentence per comparison, with a CI
+        assert f"**{question}: " in verdict and "95 % CI" in verdict
+    assert "Test (none)" in table and "Test (classic+gan)" in table and "Val (selection) (gan)" in table
+    assert "HD95 WT (mm)" in table and "Non-learned reference" in table and "GAN-train" in table and "GAN-test" in table
+    assert "Diversity" in table and "background included" in table
+    accuracy_row = next(line for line in table.splitlines() if line.startswith("| Accuracy (background included) |"))
     cells = [c.strip() for c in accuracy_row.strip("|").split("|")[1:]]
-    assert len(cells) == 6 and all(0.0 <= float(c) <= 1.0 for c in cells)
+    assert len(cells) == 12 and all(0.0 <= float(c.split(" ± ")[0]) <= 1.0 for c in cells)
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
-    assert set(metrics["arms"]) == {"none", "classic+gan"} and "test_dice_gain" in metrics
+    assert set(metrics["arms"]) == {"none", "classic", "gan", "classic+gan"} and metrics["seeds"] == ["1", "2"]
+    beyond = metrics["comparisons_test"]["GAN beyond classic"]["dice_tumour"]
+    assert beyond["low"] <= beyond["mean"] <= beyond["high"] and beyond["n_seeds"] == 2 and beyond["n_images"] == 2
+    assert "val_dice_gain_beyond_classic" in metrics and set(metrics["threshold_reference"]) == {"WT", "TC", "ET"}
+    usefulness = json.loads((repo / "reports" / "gan_usefulness.json").read_text())
+    for key in ("val_gan_train_dice_tumour", "test_gan_train_dice_tumour", "val_gan_test_dice_tumour", "diversity_val"):
+        assert usefulness[key] == usefulness[key] and 0.0 <= usefulness[key] <= 1.0  # finite, in range
     assert (repo / "reports" / "test_examples.png").stat().st_size > 0
+    per_image = (repo / "reports" / "per_image.csv").read_text().splitlines()
+    assert per_image[0].startswith("arm,seed,split,case_id,dice_tumour") and len(per_image) == 1 + 4 * 2 * (4 + 2 + 2)
     augmented = (repo / "work" / "augmented" / "manifest.csv").read_text().splitlines()
-    assert sum(line.endswith("True") for line in augmented[1:]) == 3 * 4
+    assert sum(",True," in line for line in augmented[1:]) >= 3 * 4
+    best_alpha = json.loads((repo / "work" / "tune" / "best_alpha.json").read_text())
+    assert best_alpha["source"] == "optuna" and best_alpha["study"].startswith("mrisynth-alpha-")
 
     shown = subprocess.run([str(bin_dir / "dvc"), "metrics", "show"], cwd=repo, capture_output=True, text=True, env=env)
-    assert shown.returncode == 0 and "test_dice_gain" in shown.stdout
+    assert shown.returncode == 0 and "val_dice_gain_beyond_classic" in shown.stdout
+    status = subprocess.run([str(bin_dir / "dvc"), "status"], cwd=repo, capture_output=True, text=True, env=env)
+    assert "up to date" in status.stdout, status.stdout
 
     client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("mrisynth")
@@ -74,19 +95,32 @@ def test_tiny_dvc_repro_produces_table1_and_mlflow_runs(tmp_path):
     by_name = {r.info.run_name: r for r in runs}
     parent = by_name["train_segmenter"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert {c.data.tags["augmentation"] for c in children} == {"none", "classic+gan"}
+    assert {c.data.tags["augmentation"] for c in children} == {"none", "classic", "gan", "classic+gan"} and len(children) == 8
+    for child in children:  # same metric names in every arm's run: the UI's compare view lines them up
+        assert {"test_dice_tumour", "test_dice_WT", "val_dice_tumour", "test_hd95_WT"} <= set(child.data.metrics)
+        assert {i.dataset.name for i in client.get_run(child.info.run_id).inputs.dataset_inputs} == {"train", "val"}
     evaluation = by_name["evaluate"]
-    assert "test_dice_gain" in evaluation.data.metrics
+    assert "val_dice_gain_beyond_classic" in evaluation.data.metrics
     assert evaluation.data.tags["run.classic_gan.seed1"] in {c.info.run_id for c in children}
     versions = client.search_model_versions("name='mrisynth-segmenter'")
-    assert {v.tags["augmentation"] for v in versions} == {"none", "classic+gan"}
-    assert client.get_model_version_by_alias("mrisynth-generator", "challenger").version
+    assert {v.tags["augmentation"] for v in versions} == {"none", "classic", "gan", "classic+gan"}
+    generator = client.get_model_version_by_alias("mrisynth-generator", "challenger")
+    assert {"val_dice_gain_beyond_classic", "test_dice_gain_beyond_classic", "val_gan_train_dice_tumour", "diversity_val"} <= set(generator.tags)
+    gan_run = client.get_run(json.loads((repo / "reports" / "train_gan.json").read_text())["run_id"])
+    assert "val_gan_test_dice_tumour" in gan_run.data.metrics
+    default_runs = client.search_runs(["0"]) if client.get_experiment("0") else []
+    assert not default_runs, [r.info.run_name for r in default_runs]  # no stray runs in the Default experiment
+
+    # the promotion gate reads the validation tag
+    promoted = subprocess.run([str(bin_dir / "mrisynth"), "promote"], cwd=repo, capture_output=True, text=True, env=env)
+    assert promoted.returncode == 0 and "val_dice_gain_beyond_classic" in promoted.stdout, promoted.stdout + promoted.stderr
+    assert client.get_model_version("mrisynth-generator", generator.version).tags["promotion_metric"] == "val_dice_gain_beyond_classic"
 
     # an MLproject entry point, run the way the README says
     ran = subprocess.run([str(bin_dir / "mlflow"), "run", ".", "-e", "evaluate", "--env-manager", "local", "--experiment-name", "mrisynth"],
                          cwd=repo, capture_output=True, text=True, env=env)
     assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
     evaluations = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("stage") == "evaluate"]
-    assert len(evaluations) == 2 and all("test_dice_gain" in r.data.metrics for r in evaluations)
+    assert len(evaluations) == 2 and all("val_dice_gain_beyond_classic" in r.data.metrics for r in evaluations)
     launcher = next(r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("mlflow.project.entryPoint") == "evaluate")
     assert any(r.data.tags.get("launched_by_run") == launcher.info.run_id for r in evaluations)

@@ -64,7 +64,8 @@ def test_tiny_study_writes_alpha_that_train_gan_uses(trained):
     assert tune.run(str(path)) == 0
     best = json.loads((trained / "work/tune/best_alpha.json").read_text())
     assert best["source"] == "optuna" and 1.0 <= best["alpha"] <= 300.0 and best["completed_trials"] >= 1
-    study = optuna.load_study(study_name="tiny-alpha", storage=storage)
+    assert best["study"].startswith("tiny-alpha-")  # scoped by a hash of data + params + code
+    study = optuna.load_study(study_name=best["study"], storage=storage)
     assert len(study.trials) == 3 and study.best_params["alpha"] == pytest.approx(best["alpha"])
 
     client = mlflow.MlflowClient()
@@ -91,9 +92,13 @@ def test_two_workers_share_one_storage(tiny_project):
     workers = [subprocess.Popen(cmd, cwd=tiny_project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert all(w.returncode == 0 for w in workers), outputs
-    study = optuna.load_study(study_name="shared", storage=storage)
+    (name,) = optuna.get_all_study_names(storage)
+    assert name.startswith("shared-")
+    study = optuna.load_study(study_name=name, storage=storage)
     assert len(study.trials) == 4 and len({t.number for t in study.trials}) == 4
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    # each worker samples with its own seed: no alpha proposed twice
+    assert len({round(t.params["alpha"], 12) for t in study.trials}) == 4
 
 
 # ---------------------------------------------------------------- promotion
@@ -110,18 +115,25 @@ def promo(trained):
     return versions
 
 
-def _tag(version: str, value: float) -> None:
-    mlflow.MlflowClient().set_model_version_tag("promo-generator", version, "test_dice_gain", str(value))
+GATE = "val_dice_gain_beyond_classic"
+
+
+def _tag(version: str, value: float, metric: str = GATE) -> None:
+    mlflow.MlflowClient().set_model_version_tag("promo-generator", version, metric, str(value))
 
 
 def test_promotion_gate(promo):
     v1, v2, v3 = promo
     client = mlflow.MlflowClient()
-    with pytest.raises(PromotionError, match="lacks the metric tag 'test_dice_gain'.*dvc repro evaluate"):
+    with pytest.raises(PromotionError, match=f"lacks the metric tag '{GATE}'.*dvc repro evaluate"):
         promote("promo-generator", v1)
+    with pytest.raises(PromotionError, match="expected a validation metric"):
+        promote("promo-generator", v1, metric="test_dice_gain")
     _tag(v1, 0.010)
     assert promote("promo-generator", v1).promoted  # no champion yet
+    _tag(v1, 0.0, "test_dice_gain_beyond_classic")
     _tag(v2, 0.005)
+    _tag(v2, 0.9, "test_dice_gain_beyond_classic")  # a far better TEST tag must not matter
     kept = promote("promo-generator", v2)
     assert not kept.promoted and "does not beat champion" in kept.reason
     assert str(client.get_model_version_by_alias("promo-generator", "champion").version) == v1
@@ -143,7 +155,7 @@ def test_promotion_refuses_missing_signature(trained):
 
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(name="echo", python_model=Echo(), registered_model_name="promo-nosig", pip_requirements=["mlflow"])
-    mlflow.MlflowClient().set_model_version_tag("promo-nosig", info.registered_model_version, "test_dice_gain", "0.5")
+    mlflow.MlflowClient().set_model_version_tag("promo-nosig", info.registered_model_version, GATE, "0.5")
     with pytest.raises(PromotionError, match="no input/output signature"):
         promote("promo-nosig", str(info.registered_model_version))
 
@@ -210,7 +222,7 @@ def test_served_champion_answers_and_rejects(champion, trained):
         for payload, expected in (
             ({"inputs": bad_values.tolist()}, "expected only 0 and 1"),
             ({"inputs": np.zeros((1, 32, 32, 4)).tolist()}, "shape"),
-            ({"inputs": [["a", "b"]]}, ""),
+            ({"inputs": [["a", "b"]]}, "conditioning"),
         ):
             status, body = _post(url, payload)
             assert 400 <= status < 500, (status, body)

@@ -50,8 +50,8 @@ class PreprocessParams:
 
     def check(self) -> None:
         _positive(self, "size")
-        if self.size % 16:
-            raise ConfigError(f"preprocess.size={self.size}: expected a multiple of 16 (U-Net down/up-sampling)")
+        if self.size < 16 or self.size & (self.size - 1):
+            raise ConfigError(f"preprocess.size: expected a power of two >= 16 (the GAN halves the image down to 1x1, e.g. 64, 128, 256), found {self.size}")
 
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -65,7 +65,7 @@ class TrainGanParams:
     registry_name: str = "mrisynth-generator"
     alpha: float = 100.0
     alpha_file: str | None = None  # a tuned alpha (JSON {"alpha": ...}) that overrides `alpha` when present
-    epochs: int = 20
+    epochs: int = 50
     batch_size: int = 4
     learning_rate: float = 1e-4
     beta_1: float = 0.5
@@ -73,6 +73,7 @@ class TrainGanParams:
     width: float = 1.0
     precision: str = "mixed_bfloat16"
     seed: int = 42
+    checkpoint_every: int = 10  # write the resume state every N epochs (and at the end); the best checkpoint on every improvement
     grid_every: int = 5
     grid_images: int = 4
     out_dir: str = "work/gan"
@@ -80,7 +81,7 @@ class TrainGanParams:
     restart: bool = False
 
     def check(self) -> None:
-        _positive(self, "epochs", "batch_size", "learning_rate", "width", "grid_every", "grid_images")
+        _positive(self, "epochs", "batch_size", "learning_rate", "width", "grid_every", "grid_images", "checkpoint_every")
         if self.alpha < 0:
             raise ConfigError(f"train_gan.alpha={self.alpha}: expected alpha >= 0")
         if not 0 <= self.dropout < 1 or not 0 <= self.beta_1 < 1:
@@ -89,7 +90,7 @@ class TrainGanParams:
             raise ConfigError(f"train_gan.precision={self.precision!r}: expected one of {PRECISIONS}")
 
 
-ARMS = ("none", "classic", "gan", "classic+gan")
+ARMS = ("none", "classic", "gan", "classic+gan")  # the same tuple as mrisynth.arms.ARMS (checked in tests)
 OBJECTIVES = ("image", "downstream")
 
 
@@ -97,11 +98,11 @@ OBJECTIVES = ("image", "downstream")
 class TuneParams:
     """Optuna study over train_gan.alpha. n_trials 0 = use train_gan.alpha as is (no tuning)."""
 
-    n_trials: int = 0
+    n_trials: int = 4
     alpha_low: float = 1.0
     alpha_high: float = 300.0
     objective: str = "image"        # image: min validation L1 in the brain; downstream: max validation Dice
-    epochs: int = 5                 # GAN epochs per trial
+    epochs: int = 3                 # GAN epochs per trial
     segmenter_epochs: int = 5       # downstream objective: segmenter epochs per trial
     storage: str = "sqlite:///optuna.db"  # or postgresql://user:pw@host/db, or journal:<file>
     study_name: str = "mrisynth-alpha"
@@ -123,8 +124,12 @@ class TuneParams:
 class PromoteParams:
     """`mrisynth promote`: move alias `champion` to a better generator version."""
 
-    metric: str = "test_dice_gain"
+    metric: str = "val_dice_gain_beyond_classic"
     higher_is_better: bool = True
+
+    def check(self) -> None:
+        if self.metric.startswith("test"):
+            raise ConfigError(f"promote.metric: expected a validation metric (the test split never decides promotion), found {self.metric!r}")
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,7 @@ class AugmentParams:
     scale: tuple[float, ...] = (0.9, 1.1)
     flip: bool = True
     brightness: float = 0.15
+    sample_dropout: bool = True     # render GAN samples with dropout active (pix2pix's noise z); false = one fixed image per mask
     seed: int = 7
     out_dir: str = "work/augmented"
 
@@ -158,9 +164,11 @@ class AugmentParams:
 class TrainSegmenterParams:
     """Base U-Net per augmentation arm and seed (SPEC section 5). Paper profile: 50 epochs, 3 seeds."""
 
-    arms: tuple[str, ...] = ("none", "classic+gan")
-    seeds: tuple[int, ...] = (1,)
-    epochs: int = 20
+    arms: tuple[str, ...] = ARMS
+    seeds: tuple[int, ...] = (1, 2, 3)
+    epochs: int = 40          # the most epochs; training stops earlier after `patience` epochs without a better val Dice
+    patience: int = 6
+    jitter: bool = False      # on-the-fly flip/shift/intensity jitter for every arm (none included); off as in the paper
     batch_size: int = 8
     depth: int = 4
     base_filters: int = 16
@@ -168,32 +176,56 @@ class TrainSegmenterParams:
     learning_rate: float = 1e-3
     dice_weight: float = 1.0
     equal_steps: bool = True  # every arm gets the same number of updates per epoch (False: one pass per arm, as the paper)
+    steps_per_epoch: int = 0  # > 0: this many updates per epoch for every arm (an "epoch" = a validation/early-stopping period)
     precision: str = "mixed_bfloat16"
     experiment: str = "mrisynth"
     registry_name: str = "mrisynth-segmenter"
     out_dir: str = "work/segmenter"
 
     def check(self) -> None:
-        _positive(self, "epochs", "batch_size", "depth", "base_filters", "learning_rate")
+        _positive(self, "epochs", "patience", "batch_size", "depth", "base_filters", "learning_rate")
+        if self.steps_per_epoch < 0:
+            raise ConfigError(f"train_segmenter.steps_per_epoch: expected 0 (derive from the data) or a positive count, found {self.steps_per_epoch}")
         unknown = [a for a in self.arms if a not in ARMS]
-        if unknown or not self.arms or len(set(self.arms)) != len(self.arms):
-            raise ConfigError(f"train_segmenter.arms={list(self.arms)}: expected distinct arms from {list(ARMS)}")
+        if unknown or len(set(self.arms)) != len(self.arms):
+            raise ConfigError(f"train_segmenter.arms: expected distinct arms from {list(ARMS)}, found {list(self.arms)}")
+        if "none" not in self.arms or len(self.arms) < 2:
+            raise ConfigError(f"train_segmenter.arms: expected 'none' and at least one augmented arm (a comparison needs two), found {list(self.arms)}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"train_segmenter.seeds={list(self.seeds)}: expected one or more distinct integers")
+            raise ConfigError(f"train_segmenter.seeds: expected one or more distinct integers, found {list(self.seeds)}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"train_segmenter.dropout: expected a value in [0, 1), found {self.dropout}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train_segmenter.precision={self.precision!r}: expected one of {PRECISIONS}")
 
 
 @dataclass(frozen=True)
+class GanUsefulnessParams:
+    """GAN-train / GAN-test (Shmelkov et al. 2018) and sample diversity of the trained generator."""
+
+    diversity_samples: int = 4      # renders of the same validation mask with dropout active
+    seed: int = 11
+
+    def check(self) -> None:
+        if self.diversity_samples < 2:
+            raise ConfigError(f"gan_usefulness.diversity_samples: expected >= 2 (a spread needs two samples), found {self.diversity_samples}")
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
-    baseline: str = "none"
-    augmented: str = "classic+gan"
+    baseline: str = "none"          # the paper layout's "without" arm
+    augmented: str = "classic+gan"  # the paper layout's "with" arm
     examples: int = 4
+    bootstrap: int = 5000           # bootstrap replicates of the paired CIs (images and seeds resampled)
+    ci_level: float = 0.95
+    seed: int = 0
 
     def check(self) -> None:
         for name in ("baseline", "augmented"):
             if getattr(self, name) not in ARMS:
-                raise ConfigError(f"evaluate.{name}={getattr(self, name)!r}: expected one of {list(ARMS)}")
+                raise ConfigError(f"evaluate.{name}: expected one of {list(ARMS)}, found {getattr(self, name)!r}")
+        if self.bootstrap < 100 or not 0.5 < self.ci_level < 1:
+            raise ConfigError(f"evaluate.bootstrap >= 100 and 0.5 < evaluate.ci_level < 1 expected, found {self.bootstrap} and {self.ci_level}")
 
 
 @dataclass(frozen=True)
@@ -205,18 +237,25 @@ class Params:
     promote: PromoteParams = field(default_factory=PromoteParams)
     augment: AugmentParams = field(default_factory=AugmentParams)
     train_segmenter: TrainSegmenterParams = field(default_factory=TrainSegmenterParams)
+    gan_usefulness: GanUsefulnessParams = field(default_factory=GanUsefulnessParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
     def check(self) -> None:
-        for arm in (self.evaluate.baseline, self.evaluate.augmented):
+        for key in ("baseline", "augmented"):
+            arm = getattr(self.evaluate, key)
             if arm not in self.train_segmenter.arms:
-                raise ConfigError(f"evaluate compares {arm!r}, but train_segmenter.arms is {list(self.train_segmenter.arms)}")
+                raise ConfigError(f"evaluate.{key}: names arm {arm!r}, which train_segmenter.arms {list(self.train_segmenter.arms)} does not train")
+
+
+SECTION_NAMES = {"DataParams": "data", "PreprocessParams": "preprocess", "TuneParams": "tune", "TrainGanParams": "train_gan",
+                 "PromoteParams": "promote", "AugmentParams": "augment", "TrainSegmenterParams": "train_segmenter",
+                 "GanUsefulnessParams": "gan_usefulness", "EvaluateParams": "evaluate"}
 
 
 def _positive(section, *names: str) -> None:
     for name in names:
         if getattr(section, name) <= 0:
-            raise ConfigError(f"{type(section).__name__}.{name}={getattr(section, name)}: expected a positive number")
+            raise ConfigError(f"{SECTION_NAMES.get(type(section).__name__, type(section).__name__)}.{name}: expected a positive number, found {getattr(section, name)}")
 
 
 def _coerce(value, annotation, where: str):
@@ -239,13 +278,15 @@ def _coerce(value, annotation, where: str):
             except ConfigError:
                 continue
         raise ConfigError(f"{where}: expected {annotation}, found {value!r}")
-    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, found {value!r} ({type(value).__name__})")
     if annotation in (int, str, bool):
         if type(value) is not annotation:
             raise ConfigError(f"{where}: expected {annotation.__name__}, found {value!r} ({type(value).__name__})")
         return value
-    return value
+    raise ConfigError(f"{where}: no type check for {annotation!r} (a bug in mrisynth.config)")
 
 
 def section_from_dict(cls, raw: dict | None, where: str):

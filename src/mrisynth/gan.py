@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mrisynth.config import TrainGanParams
 from mrisynth.core import encoding, losses, models, quality
 from mrisynth.errors import ConfigError, MrisynthError
 from mrisynth.io.arrays import SplitArrays
@@ -33,27 +34,30 @@ class TrainingError(MrisynthError):
 
 @dataclass(frozen=True)
 class GanSettings:
-    """What the trainer needs; built from params `train_gan` by the stage."""
+    """What the trainer needs; built from params `train_gan` by the stage. The defaults ARE the
+    `TrainGanParams` defaults (one source of truth); only `alpha` is resolved (tuned or given)."""
 
-    alpha: float = 100.0
-    epochs: int = 20
-    batch_size: int = 4
-    learning_rate: float = 1e-4
-    beta_1: float = 0.5
-    dropout: float = 0.3
-    width: float = 1.0
-    precision: str = "float32"
-    seed: int = 42
+    alpha: float = TrainGanParams.alpha
+    epochs: int = TrainGanParams.epochs
+    batch_size: int = TrainGanParams.batch_size
+    learning_rate: float = TrainGanParams.learning_rate
+    beta_1: float = TrainGanParams.beta_1
+    dropout: float = TrainGanParams.dropout
+    width: float = TrainGanParams.width
+    precision: str = TrainGanParams.precision
+    seed: int = TrainGanParams.seed
+    checkpoint_every: int = TrainGanParams.checkpoint_every
 
     @classmethod
-    def from_params(cls, params, alpha: float, epochs: int | None = None) -> "GanSettings":
+    def from_params(cls, params: TrainGanParams, alpha: float, epochs: int | None = None) -> "GanSettings":
         """From the `train_gan` params section (TrainGanParams), with the alpha actually used."""
-        names = ("batch_size", "learning_rate", "beta_1", "dropout", "width", "precision", "seed")
+        names = ("batch_size", "learning_rate", "beta_1", "dropout", "width", "precision", "seed", "checkpoint_every")
         return cls(alpha=alpha, epochs=epochs or params.epochs, **{n: getattr(params, n) for n in names})
 
     def fingerprint(self, data_key: str) -> dict:
-        """What must match for a resume: everything but `epochs` (extending a run is allowed)."""
-        values = {k: v for k, v in self.__dict__.items() if k != "epochs"}
+        """What must match for a resume: everything but `epochs` (extending a run is allowed) and
+        `checkpoint_every`."""
+        values = {k: v for k, v in self.__dict__.items() if k not in ("epochs", "checkpoint_every")}
         values["data"] = data_key
         return values
 
@@ -138,9 +142,10 @@ class GanTrainer:
         return data.batch(self.settings.batch_size).prefetch(tf.data.AUTOTUNE)
 
     def generate(self, conditioning: np.ndarray, batch_size: int = 8) -> np.ndarray:
-        """[0, 1] images (N, S, S, C) for conditioning (N, S, S, 4), inference mode."""
-        out = [self.generator(conditioning[i : i + batch_size], training=False) for i in range(0, len(conditioning), batch_size)]
-        return encoding.from_tanh(np.concatenate([np.asarray(o, dtype=np.float32) for o in out]))
+        """[0, 1] images (N, S, S, C) for conditioning (N, S, S, 4), inference mode, zero outside the brain."""
+        from mrisynth import generation
+
+        return generation.render(self.generator, conditioning, batch_size)
 
     def validate(self, val: SplitArrays) -> dict[str, float]:
         totals: dict[str, float] = {}
@@ -202,6 +207,11 @@ class GanTrainer:
             state = self.prepare(train, val, out_dir, restart)
         if state.epoch > 0:
             self.load_last(out_dir)
+            best_record = out_dir / "best.json"
+            if best_record.is_file():  # the best checkpoint may be newer than the resume state
+                record = json.loads(best_record.read_text())
+                if record["val_g_loss"] < state.best_val:
+                    state.best_val, state.best_epoch = record["val_g_loss"], record["epoch"]
         if on_start:
             on_start(state)
         for epoch in range(state.epoch, self.settings.epochs):
@@ -229,10 +239,12 @@ class GanTrainer:
             if improved:
                 state.best_val, state.best_epoch = metrics["val_g_loss"], epoch
                 self.generator.save(out_dir / "best_generator.keras")
+                (out_dir / "best.json").write_text(json.dumps({"epoch": epoch, "val_g_loss": float(metrics["val_g_loss"])}))
             state.epoch = epoch + 1
             state.history.append({"epoch": epoch + 1, **metrics})
             state.completed = state.epoch >= self.settings.epochs
-            self.save_last(out_dir, state)
+            if state.completed or state.epoch % self.settings.checkpoint_every == 0:
+                self.save_last(out_dir, state)  # resume state (~3x the generator's size) every N epochs only
             if on_epoch:
                 on_epoch(EpochResult(epoch + 1, metrics, improved, time.perf_counter() - start), self, state)
         state.completed = True

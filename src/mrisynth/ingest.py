@@ -23,6 +23,7 @@ from mrisynth import MODALITIES
 from mrisynth.core import phantom, slicing
 from mrisynth.errors import DataError
 from mrisynth.io import brats, tiff
+from mrisynth.io.manifest import read_manifest  # noqa: F401  (re-exported: part of this module's API)
 
 SPLITS = ("train", "val", "test")
 
@@ -90,6 +91,7 @@ class SliceResult:
     image: np.ndarray | None = None
     mask: np.ndarray | None = None
     brain_pixels: int = 0
+    spacing_mm: float = 1.0
 
 
 def _process_case(args: tuple[brats.CaseFiles, ImportOptions]) -> SliceResult:
@@ -108,7 +110,21 @@ def _process_case(args: tuple[brats.CaseFiles, ImportOptions]) -> SliceResult:
     result.image = slicing.fit(image, options.size, options.fit, is_mask=False).astype(np.float32)
     result.mask = slicing.fit(seg[:, :, index], options.size, options.fit, is_mask=True).astype(np.uint8)
     result.brain_pixels = int(np.count_nonzero(result.image.any(axis=-1)))
+    result.spacing_mm = _pixel_spacing(case, options, image.shape[0])
     return result
+
+
+def _pixel_spacing(case: brats.CaseFiles, options: ImportOptions, native_pixels: int) -> float:
+    """In-plane mm per pixel of the written slice: the NIfTI voxel size (BraTS: 1 mm), times the
+    resize factor for `--fit resize` (padding keeps the voxel size)."""
+    import nibabel as nib
+
+    try:
+        zoom = float(nib.load(str(case.files[options.modalities[0]])).header.get_zooms()[0])
+    except Exception:  # the volume was read above; a header without zooms means 1 mm (BraTS)
+        zoom = 1.0
+    zoom = zoom if np.isfinite(zoom) and zoom > 0 else 1.0
+    return zoom * (native_pixels / options.size if options.fit == "resize" else 1.0)
 
 
 def _check_output(out: Path, force: bool) -> None:
@@ -193,6 +209,7 @@ def import_brats(
                     "channels": len(options.modalities),
                     "modalities": ",".join(options.modalities),
                     "fit": options.fit,
+                    "spacing_mm": round(result.spacing_mm, 6),
                     "source_case": Path(result.source).name,
                 }
             )
@@ -218,16 +235,4 @@ def import_brats(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return manifest
-
-
-def read_manifest(directory: Path) -> pd.DataFrame:
-    """DIR/manifest.csv as a DataFrame, with a clear error when it is missing or lacks columns."""
-    path = Path(directory) / "manifest.csv"
-    if not path.is_file():
-        raise DataError(f"{path}: expected an imported dataset manifest, found no file; run `mrisynth data import SRC --out {directory}`")
-    manifest = pd.read_csv(path)
-    missing = {"case_id", "split", "slice_index", "image", "mask", "tumor_pixels"} - set(manifest.columns)
-    if missing:
-        raise DataError(f"{path}: missing columns {sorted(missing)}; re-run `mrisynth data import`")
     return manifest

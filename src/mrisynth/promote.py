@@ -1,8 +1,10 @@
 """Promotion gate for registered generators: `champion` moves only to a better version.
 
-The metric (default `test_dice_gain`: test Dice of classic+gan minus none) is tagged on a generator
-version by the `evaluate` stage that used it. The decision and the numbers are written into the
-candidate's tags and description."""
+The metric (default `val_dice_gain_beyond_classic`: validation tumour Dice of classic+gan minus
+classic, mean over seeds) is tagged on a generator version by the `evaluate` stage that used it. It is
+a validation quantity: test-split tags (`test_*`, written for information) are never read, and a
+test metric is refused. The decision and the numbers are written into the candidate's tags and
+description."""
 from __future__ import annotations
 
 import math
@@ -36,9 +38,12 @@ def _metric(version, metric: str) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def promote(name: str, version: str | None = None, metric: str = "test_dice_gain", higher_is_better: bool = True, force: bool = False, client=None) -> Decision:
+def promote(name: str, version: str | None = None, metric: str = "val_dice_gain_beyond_classic", higher_is_better: bool = True, force: bool = False, client=None) -> Decision:
     """Compare a candidate (default alias `challenger`) with `champion`; move `champion` when better or forced."""
     import mlflow
+
+    if metric.startswith("test"):
+        raise PromotionError(f"promotion metric {metric!r}: expected a validation metric (val_*); the test split never decides promotion")
     from mlflow.exceptions import MlflowException
 
     client = client or mlflow.MlflowClient()

@@ -1,10 +1,12 @@
-"""Segmenter training: base U-Net, cross-entropy + soft Dice, best checkpoint by validation Dice.
+"""Segmenter training: base U-Net, cross-entropy + soft Dice, best checkpoint by validation Dice,
+early stopping with patience.
 
-No MLflow here; the stage passes `on_epoch` to log. Classes: BraTS 0, 1, 2, 4 -> 0..3."""
+No MLflow here; the stage passes `on_epoch` to log. Classes: BraTS 0, 1, 2, 4 -> 0..3.
+Hyper-parameters come from the `train_segmenter` params section (`config.TrainSegmenterParams`);
+callers that need other values pass `dataclasses.replace(params, ...)`."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -12,8 +14,14 @@ import keras
 import numpy as np
 from keras import ops
 
+from mrisynth.config import TrainSegmenterParams
 from mrisynth.core import models, segmetrics
 from mrisynth.core.encoding import NUM_CLASSES
+
+# On-the-fly jitter (train_segmenter.jitter: true), the same for every arm: left-right flip (p 0.5),
+# a shift of up to JITTER_SHIFT of the side (zero fill), a per-channel intensity scale in 1 +- JITTER_SCALE.
+JITTER_SHIFT = 0.08
+JITTER_SCALE = 0.1
 
 
 def ce_dice_loss(num_classes: int = NUM_CLASSES, dice_weight: float = 1.0, smooth: float = 1.0):
@@ -32,56 +40,68 @@ def ce_dice_loss(num_classes: int = NUM_CLASSES, dice_weight: float = 1.0, smoot
     return loss
 
 
-@dataclass(frozen=True)
-class SegSettings:
-    epochs: int = 20
-    batch_size: int = 8
-    depth: int = 4
-    base_filters: int = 16
-    dropout: float = 0.1
-    learning_rate: float = 1e-3
-    dice_weight: float = 1.0
-    precision: str = "float32"
-
-    @classmethod
-    def from_params(cls, params, epochs: int | None = None) -> "SegSettings":
-        """From the `train_segmenter` params section (TrainSegmenterParams)."""
-        names = ("batch_size", "depth", "base_filters", "dropout", "learning_rate", "dice_weight", "precision")
-        return cls(epochs=epochs or params.epochs, **{n: getattr(params, n) for n in names})
-
-
 def predict_classes(model: keras.Model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """(N, S, S) class indices."""
+    """(N, S, S) class indices for (N, S, S, C) images (inference mode)."""
     if len(images) == 0:
         return np.zeros(images.shape[:3], np.uint8)
-    probabilities = model.predict(images, batch_size=batch_size, verbose=0)
-    return np.argmax(probabilities, axis=-1).astype(np.uint8)
+    out = [np.argmax(np.asarray(model(images[i : i + batch_size], training=False)), axis=-1) for i in range(0, len(images), batch_size)]
+    return np.concatenate(out).astype(np.uint8)
 
 
 class _BestByValDice(keras.callbacks.Callback):
-    def __init__(self, val_images, val_classes, path: Path, on_epoch):
+    """Keeps the checkpoint with the best validation tumour Dice; stops after `patience` epochs
+    without improvement (or on a NaN loss)."""
+
+    def __init__(self, val_images, val_classes, path: Path, on_epoch, patience: int):
         super().__init__()
         self.val_images, self.val_classes, self.path, self.on_epoch = val_images, val_classes, path, on_epoch
+        self.patience = patience
         self.best, self.best_epoch, self.history = -math.inf, -1, []
+        self.stopped_early = False
 
     def on_epoch_end(self, epoch, logs=None):
         pred = predict_classes(self.model, self.val_images)
-        metrics = segmetrics.evaluate(self.val_classes, pred)
-        row = {"loss": float((logs or {}).get("loss", float("nan"))), "val_dice": metrics["dice"],
-               "val_dice_tumour": metrics["dice_tumour"], "val_mean_iou": metrics["mean_iou"], "val_accuracy": metrics["accuracy"]}
+        cm = segmetrics.confusion(self.val_classes, pred)
+        row = {"loss": float((logs or {}).get("loss", float("nan"))), "val_dice": segmetrics.mean_dice(cm, True),
+               "val_dice_tumour": segmetrics.mean_dice(cm, False), "val_mean_iou": segmetrics.mean_iou(cm, True)}
         if not math.isfinite(row["loss"]):
             self.model.stop_training = True
         improved = row["val_dice_tumour"] > self.best
         if improved:
             self.best, self.best_epoch = row["val_dice_tumour"], epoch
             self.model.save(self.path)
+        elif epoch - self.best_epoch >= self.patience:
+            self.model.stop_training = True
+            self.stopped_early = True
         self.history.append(row)
         if self.on_epoch:
             self.on_epoch(epoch + 1, row, improved)
 
 
+def jitter_fn(size: int, seed: int):
+    """A tf.data map function (image (S, S, C), classes (S, S)) -> jittered pair (see JITTER_*)."""
+    import tensorflow as tf
+
+    max_shift = int(round(JITTER_SHIFT * size))
+
+    def apply(image, classes):
+        flip = tf.random.uniform(()) < 0.5
+        image = tf.where(flip, tf.reverse(image, [1]), image)
+        classes = tf.where(flip, tf.reverse(classes, [1]), classes)
+        if max_shift > 0:
+            dy, dx = tf.unstack(tf.random.uniform((2,), -max_shift, max_shift + 1, dtype=tf.int32))
+            pad = [[max_shift, max_shift], [max_shift, max_shift]]
+            image = tf.pad(image, pad + [[0, 0]])[max_shift + dy : max_shift + dy + size, max_shift + dx : max_shift + dx + size]
+            classes = tf.pad(classes, pad)[max_shift + dy : max_shift + dy + size, max_shift + dx : max_shift + dx + size]
+        scale = tf.random.uniform((1, 1, tf.shape(image)[-1]), 1.0 - JITTER_SCALE, 1.0 + JITTER_SCALE)
+        image = tf.clip_by_value(image * scale, 0.0, 1.0)
+        return tf.ensure_shape(image, (size, size, None)), tf.ensure_shape(classes, (size, size))
+
+    return apply
+
+
 def train(
-    settings: SegSettings,
+    params: TrainSegmenterParams,
     seed: int,
     images: np.ndarray,
     classes: np.ndarray,
@@ -91,31 +111,32 @@ def train(
     on_epoch: Callable[[int, dict, bool], None] | None = None,
     steps_per_epoch: int | None = None,
 ) -> dict:
-    """Train one segmenter; the best model by validation tumour Dice is saved to out_path (.keras).
+    """Train one segmenter for at most `params.epochs` epochs, stopping after `params.patience`
+    epochs without a better validation tumour Dice; the best model is saved to out_path (.keras).
 
     steps_per_epoch: gradient updates per epoch (default: one pass over the images). Setting it to
     the same value for every arm gives each arm the same number of updates, so an arm with more
     images is not also an arm with more training."""
     import tensorflow as tf
 
-    keras.mixed_precision.set_global_policy(settings.precision)
+    keras.mixed_precision.set_global_policy(params.precision)
     keras.utils.set_random_seed(seed)
-    model = models.build_segmenter(images.shape[1], images.shape[-1], NUM_CLASSES, settings.depth, settings.base_filters, settings.dropout)
-    model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=ce_dice_loss(NUM_CLASSES, settings.dice_weight))
+    tf.config.experimental.enable_op_determinism()
+    model = models.build_segmenter(images.shape[1], images.shape[-1], NUM_CLASSES, params.depth, params.base_filters, params.dropout)
+    model.compile(optimizer=keras.optimizers.Adam(params.learning_rate), loss=ce_dice_loss(NUM_CLASSES, params.dice_weight))
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    best = _BestByValDice(val_images, val_classes, out_path, on_epoch)
-    steps = steps_per_epoch or math.ceil(len(images) / settings.batch_size)
-    data = (
-        tf.data.Dataset.from_tensor_slices((images.astype(np.float32), classes.astype(np.int32)))
-        .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-        .repeat()
-        .batch(settings.batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    model.fit(data, steps_per_epoch=steps, epochs=settings.epochs, verbose=0, callbacks=[best])
+    best = _BestByValDice(val_images, val_classes, out_path, on_epoch, params.patience)
+    steps = steps_per_epoch or math.ceil(len(images) / params.batch_size)
+    data = tf.data.Dataset.from_tensor_slices((images.astype(np.float32), classes.astype(np.int32)))
+    data = data.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).repeat()
+    if params.jitter:
+        data = data.map(jitter_fn(images.shape[1], seed), num_parallel_calls=1, deterministic=True)
+    data = data.batch(params.batch_size).prefetch(tf.data.AUTOTUNE)
+    model.fit(data, steps_per_epoch=steps, epochs=params.epochs, verbose=0, callbacks=[best])
     if best.best_epoch < 0:
         raise RuntimeError(f"segmenter training produced no checkpoint at {out_path}")
-    return {"best_epoch": best.best_epoch + 1, "best_val_dice_tumour": best.best, "history": best.history, "steps_per_epoch": steps}
+    return {"best_epoch": best.best_epoch + 1, "best_val_dice_tumour": best.best, "history": best.history,
+            "steps_per_epoch": steps, "epochs_run": len(best.history), "stopped_early": best.stopped_early}
 
 
 def load(path: Path) -> keras.Model:

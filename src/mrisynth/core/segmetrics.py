@@ -10,8 +10,11 @@ Conventions (also printed under reports/table1.md):
   we report the mean over classes.
 - Both "all classes" (background counted) and "tumour classes" (background left out) are given.
 - BraTS regions WT = {1, 2, 3}, TC = {1, 3}, ET = {3} in class indices. Region Dice and HD95 are per
-  image, then averaged: both empty -> Dice 1, HD95 0; exactly one empty -> Dice 0, HD95 = the
-  image diagonal (the largest possible distance). HD95 is in pixels of the evaluated resolution.
+  image, then averaged: both empty -> Dice 1, HD95 0; exactly one empty -> Dice 0, HD95 373.13 mm
+  (the BraTS challenges' convention: the diagonal of the 240 x 240 x 155 mm volume). HD95 is in
+  millimetres: distances use the pixel spacing (mm) of the evaluated images.
+- Per-image tumour Dice (`per_image`) = mean over the three tumour classes of the per-image class
+  Dice with the same empty convention (class absent from truth and prediction -> 1, from one -> 0).
 """
 from __future__ import annotations
 
@@ -66,34 +69,48 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
 
-def hd95(truth: np.ndarray, pred: np.ndarray) -> float:
-    """95th percentile symmetric Hausdorff distance between mask surfaces (pixels)."""
+EMPTY_HD95_MM = 373.13  # BraTS: sqrt(240^2 + 240^2 + 155^2) mm, for a region empty in exactly one mask
+
+
+def hd95(truth: np.ndarray, pred: np.ndarray, spacing: float | tuple[float, float] = 1.0, empty: float = EMPTY_HD95_MM) -> float:
+    """95th percentile symmetric Hausdorff distance between mask surfaces, in the units of `spacing`
+    (mm per pixel along each axis). Both masks empty -> 0; exactly one empty -> `empty`."""
     if not truth.any() and not pred.any():
         return 0.0
     if not truth.any() or not pred.any():
-        return float(np.hypot(*truth.shape))
+        return float(empty)
+    sampling = (spacing, spacing) if np.isscalar(spacing) else tuple(spacing)
     st, sp = _surface(truth), _surface(pred)
-    to_pred = ndimage.distance_transform_edt(~sp)[st]
-    to_truth = ndimage.distance_transform_edt(~st)[sp]
+    to_pred = ndimage.distance_transform_edt(~sp, sampling=sampling)[st]
+    to_truth = ndimage.distance_transform_edt(~st, sampling=sampling)[sp]
     return float(np.percentile(np.concatenate([to_pred, to_truth]), 95))
 
 
-def region_scores(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """Mean over images of BraTS region Dice and HD95. truth, pred: (N, H, W) class indices."""
-    out = {}
-    for region, classes in REGIONS.items():
-        dices, hds = [], []
-        for t, p in zip(truth, pred):
+def per_image(truth: np.ndarray, pred: np.ndarray, spacing: float | np.ndarray = 1.0, num_classes: int = 4) -> dict[str, np.ndarray]:
+    """Per-image scores, each (N,): dice_tumour, dice_WT/TC/ET, hd95_WT/TC/ET (mm).
+
+    truth, pred: (N, H, W) class indices; spacing: mm per pixel, one value or one per image (N,).
+    These are the units the paired statistics resample."""
+    n = len(truth)
+    spacings = np.broadcast_to(np.asarray(spacing, dtype=float), (n,))
+    out = {k: np.zeros(n) for k in ("dice_tumour", *(f"dice_{r}" for r in REGIONS), *(f"hd95_{r}" for r in REGIONS))}
+    for i, (t, p) in enumerate(zip(truth, pred)):
+        out["dice_tumour"][i] = np.mean([region_dice(t == c, p == c) for c in range(1, num_classes)])
+        for region, classes in REGIONS.items():
             tm, pm = np.isin(t, classes), np.isin(p, classes)
-            dices.append(region_dice(tm, pm))
-            hds.append(hd95(tm, pm))
-        out[f"dice_{region}"] = float(np.mean(dices)) if dices else float("nan")
-        out[f"hd95_{region}"] = float(np.mean(hds)) if hds else float("nan")
+            out[f"dice_{region}"][i] = region_dice(tm, pm)
+            out[f"hd95_{region}"][i] = hd95(tm, pm, float(spacings[i]))
     return out
 
 
-def evaluate(truth: np.ndarray, pred: np.ndarray, num_classes: int = 4) -> dict[str, float]:
-    """All split-level metrics for (N, H, W) class-index arrays."""
+def region_scores(truth: np.ndarray, pred: np.ndarray, spacing: float = 1.0) -> dict[str, float]:
+    """Mean over images of BraTS region Dice and HD95 (mm). truth, pred: (N, H, W) class indices."""
+    scores = per_image(truth, pred, spacing)
+    return {k: float(np.mean(v)) if len(v) else float("nan") for k, v in scores.items() if k != "dice_tumour"}
+
+
+def evaluate(truth: np.ndarray, pred: np.ndarray, num_classes: int = 4, spacing: float = 1.0) -> dict[str, float]:
+    """All split-level metrics for (N, H, W) class-index arrays (HD95 in the units of `spacing`)."""
     cm = confusion(truth, pred, num_classes)
     metrics = {
         "accuracy": accuracy(cm),
@@ -104,5 +121,5 @@ def evaluate(truth: np.ndarray, pred: np.ndarray, num_classes: int = 4) -> dict[
     }
     for c, value in enumerate(per_class_dice(cm)):
         metrics[f"dice_class{c}"] = float(value)
-    metrics.update(region_scores(truth, pred))
+    metrics.update(region_scores(truth, pred, spacing))
     return metrics

@@ -15,6 +15,7 @@ import pandas as pd
 from mrisynth import BRATS_LABELS
 from mrisynth.errors import DataError
 from mrisynth.io import tiff
+from mrisynth.io.manifest import read_manifest
 
 SUITE_DIR = Path(__file__).resolve().parents[3] / "expectations"
 
@@ -176,8 +177,6 @@ def validate_dataset(
     docs_root: Path | None = None,
 ) -> ValidationReport:
     """Validate an imported dataset folder; expected values default to what DIR/dataset.json recorded."""
-    from mrisynth.ingest import read_manifest
-
     manifest = read_manifest(directory)
     info = dataset_info(directory)
     counts = counts or info.get("counts") or manifest["split"].value_counts().to_dict()

@@ -101,3 +101,88 @@ def label_rgb(labels: np.ndarray) -> np.ndarray:
     out[labels == 1] = (0.9, 0.1, 0.1)
     out[labels == 4] = (1.0, 0.9, 0.1)
     return out
+
+
+# ---------------------------------------------------------------- registry and datasets
+def segmenter_signature(size: int, channels: int, classes: int):
+    """Tensor signature of a segmenter: image (-1, S, S, C) float32 -> probabilities (-1, S, S, K)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, size, size, channels), "image")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, size, size, classes), "probabilities")]),
+    )
+
+
+def register_keras_model(model, name: str, registry_name: str, signature, tags: dict[str, str]) -> str:
+    """Log a Keras model in the active run, register it under `registry_name` with `tags`; returns the version."""
+    import mlflow.keras
+
+    info = mlflow.keras.log_model(model, name=name, registered_model_name=registry_name, signature=signature)
+    version = str(info.registered_model_version)
+    tag_version(registry_name, version, tags)
+    return version
+
+
+def tag_version(registry_name: str, version: str | int, tags: dict[str, object]) -> None:
+    """Set tags on a registered model version (values stringified; floats with 6 significant digits)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        text = f"{value:.6g}" if isinstance(value, float) else str(value)
+        client.set_model_version_tag(registry_name, str(version), key, text)
+
+
+def log_metrics_to_run(run_id: str, metrics: dict[str, float]) -> None:
+    """Log metrics into an existing (possibly finished) run, e.g. test scores into each arm's child run."""
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    stamp = int(time.time() * 1000)
+    items = [Metric(k, float(v), stamp, 0) for k, v in metrics.items() if v is not None and np.isfinite(v)]
+    for start in range(0, len(items), 900):
+        mlflow.MlflowClient().log_batch(run_id, metrics=items[start : start + 900])
+
+
+def log_split_inputs(splits: dict[str, object], data_digest: str, source: str = "work/preprocessed") -> None:
+    """MLflow dataset tracking for the active run: one dataset per split (name `<split>`, digest = the
+    data.dvc hash + split size), with the split as context, so the UI's Dataset column is filled."""
+    import mlflow
+
+    for split, data in splits.items():
+        dataset = mlflow.data.from_numpy(
+            np.asarray(data.images), targets=np.asarray(data.labels), source=f"{source}/{split}.npz",
+            name=f"{split}", digest=f"{data_digest[:10]}-{split}{len(data)}")
+        mlflow.log_input(dataset, context=split)
+
+
+def run_tags(stage: str, precision: str | None = None) -> dict[str, str]:
+    """Provenance tags every stage run carries: stage, data hash, git commit, launcher (+ device/precision)."""
+    tags = {"stage": stage, "data_hash": data_hash(), "git_commit": git_commit()} | launcher_tags()
+    if precision is not None:
+        tags |= device_tags(precision)
+    return tags
+
+
+def titled_grid(grid: np.ndarray, titles: list[str], panel_width: int, gap: int = 2, legend: bool = True) -> np.ndarray:
+    """`grid` (from image_grid) with a title band over each column and, optionally, a label legend below."""
+    from PIL import Image, ImageDraw
+
+    band = 14
+    legend_h = 14 if legend else 0
+    out = Image.new("RGB", (grid.shape[1], grid.shape[0] + band + legend_h), (255, 255, 255))
+    out.paste(Image.fromarray(grid), (0, band))
+    draw = ImageDraw.Draw(out)
+    for k, title in enumerate(titles):
+        draw.text((k * (panel_width + gap) + 2, 1), title[: max(4, panel_width // 6)], fill=(0, 0, 0))
+    if legend:
+        x, y = 2, grid.shape[0] + band + 2
+        for name, colour in (("edema (2)", (0.1, 0.8, 0.2)), ("NCR/NET (1)", (0.9, 0.1, 0.1)), ("enhancing (4)", (1.0, 0.9, 0.1))):
+            draw.rectangle([x, y, x + 9, y + 9], fill=tuple(int(255 * c) for c in colour))
+            draw.text((x + 12, y), name, fill=(0, 0, 0))
+            x += 12 + 6 * len(name) + 10
+    return np.asarray(out)

@@ -1,51 +1,62 @@
-"""`evaluate` stage: the paper's Table 1 (with/without augmentation) plus BraTS region scores.
+"""`evaluate` stage: the verdict (paired statistics per question), Table 1 and BraTS region scores.
 
 Reads  work/segmenter/runs.json and checkpoints, work/preprocessed/{train,val,test}.npz,
-       reports/train_gan.json (generator version), params `evaluate`.
-Writes reports/table1.md, reports/metrics.json (`dvc metrics show/diff`), reports/test_examples.png,
-       and an MLflow run with the table, per-arm metrics, deltas and links to the arms' runs.
+       reports/train_gan.json (generator run/version), reports/gan_usefulness.json, params `evaluate`.
+Writes reports/table1.md, reports/metrics.json (`dvc metrics show/diff`), reports/per_image.csv,
+       reports/test_examples.png; an MLflow run with the table, per-arm metrics and the comparisons;
+       test/val metrics under the same names in every arm/seed child run; on the generator version a
+       VALIDATION gate metric (`val_dice_gain_beyond_classic`) and test results tagged for information.
 
-Every arm is scored on the same real slices: its 30 real training slices (Train), the validation
-split (Val) and the test split (Test). With several seeds, cells read mean ± std."""
+Every arm and seed is scored on the same real slices: its real training slices (Train), the
+validation split (Val: also the checkpoint-selection split, so optimistic) and the test split (Test:
+never read by training, tuning, checkpoint choice or promotion)."""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
 
+from mrisynth.arms import arm_slug, comparisons_for
 from mrisynth.config import load_params
-from mrisynth.core import encoding, segmetrics
+from mrisynth.core import encoding, segmetrics, stats, threshold
 from mrisynth.errors import DataError
 from mrisynth.stages import stage_main
 from mrisynth.io import arrays, tracking
-from mrisynth.stages.train_segmenter import arm_slug
 
-SPLITS = (("train", "Train"), ("val", "Val"), ("test", "Test"))
+SPLITS = (("train", "Train"), ("val", "Val (selection)"), ("test", "Test"))
+PAIRED = (("dice_tumour", "tumour Dice"), ("dice_WT", "WT Dice"), ("dice_TC", "TC Dice"), ("dice_ET", "ET Dice"))
 TABLE_ROWS = [
-    ("accuracy", "Accuracy"),
-    ("mean_iou", "Mean IoU (all 4 classes)"),
-    ("mean_iou_tumour", "Mean IoU (tumour classes)"),
-    ("dice", "Dice (all 4 classes)"),
     ("dice_tumour", "Dice (tumour classes)"),
+    ("mean_iou_tumour", "Mean IoU (tumour classes)"),
     ("dice_WT", "Dice WT"),
     ("dice_TC", "Dice TC"),
     ("dice_ET", "Dice ET"),
-    ("hd95_WT", "HD95 WT (px)"),
-    ("hd95_TC", "HD95 TC (px)"),
-    ("hd95_ET", "HD95 ET (px)"),
+    ("hd95_WT", "HD95 WT (mm)"),
+    ("hd95_TC", "HD95 TC (mm)"),
+    ("hd95_ET", "HD95 ET (mm)"),
+    ("dice_class1", "Dice NCR/NET"),
+    ("dice_class2", "Dice edema"),
+    ("dice_class3", "Dice enhancing"),
+    ("accuracy", "Accuracy (background included)"),
+    ("mean_iou", "Mean IoU (all 4 classes, background included)"),
+    ("dice", "Dice (all 4 classes, background included; the paper's row)"),
 ]
 PAPER = {"accuracy": ((0.90, 0.94), (0.92, 0.85), (0.87, 0.90)), "mean_iou": ((0.43, 0.69), (0.37, 0.58), (0.38, 0.59)),
          "dice": ((0.27, 0.71), (0.25, 0.60), (0.25, 0.66))}
 
 
-def score_arms(runs: dict, splits: dict[str, arrays.SplitArrays]) -> tuple[dict, dict]:
-    """{arm: {split: {metric: [value per seed]}}} and {arm: test predictions of the first seed}."""
+def score_arms(runs: dict, splits: dict[str, arrays.SplitArrays]) -> tuple[dict, dict, dict]:
+    """({arm: {split: {metric: [value per seed]}}}, {arm: {split: {key: (S, N) per-image array}}},
+    {arm: test predictions of the first seed})."""
     from mrisynth import segmenter
 
-    scores, examples = {}, {}
+    pooled, per_image, examples = {}, {}, {}
+    truths = {split: encoding.labels_to_classes(data.labels) for split, data in splits.items()}
     for arm, seeds in runs["arms"].items():
-        scores[arm] = {split: {} for split in splits}
+        pooled[arm] = {split: {} for split in splits}
+        rows = {split: [] for split in splits}
         for k, (seed, info) in enumerate(seeds.items()):
             path = Path(info["path"])
             if not path.is_file():
@@ -55,13 +66,16 @@ def score_arms(runs: dict, splits: dict[str, arrays.SplitArrays]) -> tuple[dict,
                 pred = segmenter.predict_classes(model, data.images)
                 if split == "test" and k == 0:
                     examples[arm] = pred
-                for metric, value in segmetrics.evaluate(encoding.labels_to_classes(data.labels), pred).items():
-                    scores[arm][split].setdefault(metric, []).append(value)
-    return scores, examples
+                spacing = float(np.median(data.spacing)) if len(data) else 1.0
+                for metric, value in segmetrics.evaluate(truths[split], pred, spacing=spacing).items():
+                    pooled[arm][split].setdefault(metric, []).append(value)
+                rows[split].append(segmetrics.per_image(truths[split], pred, data.spacing))
+        per_image[arm] = {split: {key: np.stack([r[key] for r in rows[split]]) for key in rows[split][0]} for split in splits}
+    return pooled, per_image, examples
 
 
 def summarise(scores: dict) -> dict:
-    """{arm: {split: {metric: mean, metric_std: std}}}."""
+    """{arm: {split: {metric: mean over seeds, metric_std: std over seeds}}}."""
     out = {}
     for arm, by_split in scores.items():
         out[arm] = {}
@@ -69,43 +83,123 @@ def summarise(scores: dict) -> dict:
             out[arm][split] = {}
             for metric, values in metrics.items():
                 out[arm][split][metric] = float(np.mean(values))
-                if len(values) > 1:
-                    out[arm][split][f"{metric}_std"] = float(np.std(values))
+                out[arm][split][f"{metric}_std"] = float(np.std(values))
     return out
 
 
-def _cell(summary: dict, arm: str, split: str, metric: str) -> str:
+def threshold_reference(splits: dict[str, arrays.SplitArrays]) -> dict:
+    """Fit one threshold per region on train; {region: {modality index, threshold, split: mean per-image Dice}}."""
+    train = splits["train"]
+    out = {}
+    for region in ("WT", "TC", "ET"):
+        rule = threshold.fit(train.images, encoding.labels_to_classes(train.labels), train.brain, region)
+        out[region] = {"channel": rule.channel, "threshold": rule.threshold}
+        for split, data in splits.items():
+            out[region][split] = float(np.mean(threshold.apply(rule, data.images, encoding.labels_to_classes(data.labels), data.brain))) if len(data) else float("nan")
+    return out
+
+
+def comparisons(per_image: dict, arms: list[str], split: str, n_boot: int, level: float, seed: int) -> dict:
+    """{question: {"baseline", "augmented", metric: Comparison dict}} on one split."""
+    out = {}
+    for base, aug, question in comparisons_for(arms):
+        entry = {"baseline": base, "augmented": aug}
+        for metric, _ in PAIRED:
+            entry[metric] = stats.compare(per_image[base][split][metric], per_image[aug][split][metric], n_boot, level, seed).as_dict()
+        out[question] = entry
+    return out
+
+
+def _cell(summary: dict, arm: str, split: str, metric: str, seeds: int) -> str:
     values = summary[arm][split]
-    std = values.get(f"{metric}_std")
-    return f"{values[metric]:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+    return f"{values[metric]:.3f}" + (f" ± {values[metric + '_std']:.3f}" if seeds > 1 else "")
 
 
-def table_markdown(summary: dict, arms: list[str], baseline: str, augmented: str, seeds: int, size: int) -> str:
+def verdict_lines(tests: dict) -> list[str]:
+    lines = []
+    for question, entry in tests.items():
+        c = stats.Comparison(**entry["dice_tumour"])
+        lines.append(f"- **{stats.verdict(question, 'tumour Dice', c)}** (`{entry['augmented']}` − `{entry['baseline']}`)")
+    return lines
+
+
+def table_markdown(summary: dict, arms: list[str], seeds: list, size: int, tests: dict, vals: dict, thresholds: dict,
+                   usefulness: dict | None, p, spacing: float, modalities: list[str]) -> str:
+    n_seeds = len(seeds)
+    level = f"{p.ci_level:.0%}".replace("%", " %")
+    lines = ["# Table 1: does augmentation help the segmenter?", "",
+             f"## Verdict (test split, paired over {next(iter(tests.values()))['dice_tumour']['n_images']} test images × {n_seeds} seeds)", ""]
+    lines += verdict_lines(tests)
+    lines += ["", f"Each line: mean paired difference of per-image tumour-class Dice (augmented − baseline), {level} CI from a bootstrap "
+              f"resampling test images and training seeds ({p.bootstrap} replicates, seed {p.seed}), Wilcoxon signed-rank p over images "
+              f"(seed-averaged differences). 'Shown' = the CI excludes 0. Seeds {list(seeds)}; units: Dice in [0, 1].", "",
+              "### All paired comparisons (test split)", "",
+              "| Question | " + " | ".join(title for _, title in PAIRED) + " |", "|---|" + "---|" * len(PAIRED)]
+    for question, entry in tests.items():
+        cells = []
+        for metric, _ in PAIRED:
+            c = entry[metric]
+            cells.append(f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] p={c['p_value']:.2g}")
+        lines.append(f"| {question} (`{entry['augmented']}` − `{entry['baseline']}`) | " + " | ".join(cells) + " |")
+    lines += ["", "On the validation split (the checkpoint-selection split, so optimistic; the promotion gate reads it):", "",
+              "| Question | tumour Dice difference |", "|---|---|"]
+    for question, entry in vals.items():
+        c = entry["dice_tumour"]
+        lines.append(f"| {question} | {c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] |")
+
     header = ["Metric"] + [f"{title} ({arm})" for _, title in SPLITS for arm in arms]
-    lines = ["# Table 1: segmentation without and with augmentation", "",
-             f"U-Net trained per arm ({seeds} seed{'s' if seeds > 1 else ''}{', mean ± std' if seeds > 1 else ''}); "
-             f"without = `{baseline}`, with = `{augmented}`. Evaluated at {size}x{size} on the real slices of each split.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["", "## Scores per arm", "",
+              f"U-Net per arm, {n_seeds} seed{'s' if n_seeds > 1 else ''} {list(seeds)}{' (mean ± std over seeds)' if n_seeds > 1 else ''}; "
+              f"evaluated at {size}×{size} ({spacing:.2g} mm pixels) on the real slices of each split. Tumour-class metrics lead; "
+              "rows marked 'background included' are dominated by background pixels (an all-background prediction scores high accuracy).", "",
+              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for metric, title in TABLE_ROWS:
-        lines.append("| " + " | ".join([title] + [_cell(summary, arm, split, metric) for split, _ in SPLITS for arm in arms]) + " |")
-    lines += ["", "## Paper layout (without → with)", "", "| Metric | Train | Val | Test |", "|---|---|---|---|"]
+        lines.append("| " + " | ".join([title] + [_cell(summary, arm, split, metric, n_seeds) for split, _ in SPLITS for arm in arms]) + " |")
+
+    lines += ["", "## Non-learned reference: one global intensity threshold", "",
+              "One threshold on one modality per region, fitted on the training split only (best pooled Dice over in-brain intensity quantiles); "
+              "mean per-image Dice.", "", "| Region | Modality | Threshold | Train | Val | Test |", "|---|---|---|---|---|---|"]
+    for region, t in thresholds.items():
+        lines.append(f"| {region} | {modalities[t['channel']] if t['channel'] < len(modalities) else t['channel']} | {t['threshold']:.3f} | "
+                     f"{t['train']:.3f} | {t['val']:.3f} | {t['test']:.3f} |")
+
+    lines += ["", "## GAN usefulness (Shmelkov et al. 2018)", ""]
+    if usefulness:
+        u = usefulness
+        lines += ["| Score | Val | Test |", "|---|---|---|"]
+        for key, title in (("dice_tumour", "tumour Dice"), ("dice_WT", "WT Dice"), ("dice_TC", "TC Dice"), ("dice_ET", "ET Dice")):
+            lines.append(f"| GAN-train {title} (trained on {u['gan_train_images']} synthetic pairs only, seed {u['seed']}) | "
+                         f"{u[f'val_gan_train_{key}']:.3f} | {u[f'test_gan_train_{key}']:.3f} |")
+            lines.append(f"| real-train {title} (`none` arm, mean over seeds) | {u[f'val_real_train_{key}']:.3f} | {u[f'test_real_train_{key}']:.3f} |")
+            lines.append(f"| GAN-test {title} (`none` arm on rendered images) | {u[f'val_gan_test_{key}']:.3f} | {u[f'test_gan_test_{key}']:.3f} |")
+        lines += ["", f"Diversity: mean per-pixel std across {u['diversity_samples']} dropout-active renders of each validation mask, "
+                  f"inside the brain: **{u['diversity_val']:.4f}** (intensities in [0, 1])."]
+    else:
+        lines.append("(not computed: run the `gan_usefulness` stage)")
+
+    base, aug = p.baseline, p.augmented
+    lines += ["", f"## Paper layout (without `{base}` → with `{aug}`; background-inclusive metrics as in the paper)", "",
+              "| Metric | Train | Val (selection) | Test |", "|---|---|---|---|"]
     for metric, title in (("accuracy", "Accuracy"), ("mean_iou", "Mean IoU"), ("dice", "Dice")):
-        cells = [f"{summary[baseline][s][metric]:.2f} → {summary[augmented][s][metric]:.2f}" for s, _ in SPLITS]
+        cells = [f"{summary[base][s][metric]:.2f} → {summary[aug][s][metric]:.2f}" for s, _ in SPLITS]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     lines += ["", "Paper's Table 1 for reference (its data, 256 px, real BraTS):", "", "| Metric | Train | Val | Test |", "|---|---|---|---|"]
     for metric, title in (("accuracy", "Accuracy"), ("mean_iou", "Mean IoU"), ("dice", "Dice")):
         lines.append(f"| {title} | " + " | ".join(f"{a:.2f} → {b:.2f}" for a, b in PAPER[metric]) + " |")
     lines += ["", "## Conventions", "",
-              "- Accuracy, mean IoU and Dice pool pixel counts over all images of a split; classes 0 background, 1 NCR/NET, 2 edema, 3 enhancing.",
-              "- Mean IoU leaves out a class absent from both truth and prediction. Dice uses smoothing S = 1 (an absent class scores 1).",
-              "- 'all 4 classes' counts background; 'tumour classes' leaves it out. The paper's row is the all-classes mean.",
-              "- WT/TC/ET Dice and HD95 are per image, then averaged. Both masks empty: Dice 1, HD95 0; one empty: Dice 0, HD95 = image diagonal.",
-              "- HD95 is in pixels at the evaluated resolution.", ""]
+              "- Classes 0 background, 1 NCR/NET, 2 edema, 3 enhancing (BraTS labels 0, 1, 2, 4); regions WT = {1,2,3}, TC = {1,3}, ET = {3}.",
+              "- Accuracy, mean IoU and class Dice pool pixel counts over all images of a split (mean IoU leaves out a class absent from truth "
+              "and prediction; class Dice uses smoothing 1). 'tumour classes' leaves background out.",
+              "- WT/TC/ET Dice and HD95 are per image, then averaged. Both masks empty: Dice 1, HD95 0; exactly one empty: Dice 0, "
+              f"HD95 {segmetrics.EMPTY_HD95_MM} mm (the BraTS challenges' value, the 240×240×155 mm diagonal).",
+              "- HD95 is in millimetres: pixel spacing recorded by the importer (1 mm BraTS voxels × the pad/resize factor) × the preprocess resize factor.",
+              "- The paired statistics use per-image tumour-class Dice (mean over the three tumour classes with the empty convention above).",
+              "- Val is the split each checkpoint was chosen on: its numbers are optimistic. Test is read only here, after all choices.", ""]
     return "\n".join(lines)
 
 
 def examples_png(path: Path, data: arrays.SplitArrays, predictions: dict[str, np.ndarray], count: int) -> None:
-    """Rows: test image (FLAIR) | truth | prediction per arm."""
+    """Rows: test image (FLAIR) | truth | prediction per arm, with column titles and a label legend."""
     from PIL import Image
 
     rows = []
@@ -113,7 +207,21 @@ def examples_png(path: Path, data: arrays.SplitArrays, predictions: dict[str, np
         row = [data.images[i, ..., 0], tracking.label_rgb(data.labels[i])]
         row += [tracking.label_rgb(encoding.classes_to_labels(pred[i])) for pred in predictions.values()]
         rows.append(row)
-    Image.fromarray(tracking.image_grid(rows)).save(path)
+    grid = tracking.image_grid(rows)
+    titled = tracking.titled_grid(grid, ["FLAIR (test)", "truth"] + [f"pred: {arm}" for arm in predictions], data.images.shape[2])
+    Image.fromarray(titled).save(path)
+
+
+def write_per_image(path: Path, per_image: dict, runs: dict, splits: dict) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        keys = list(next(iter(next(iter(per_image.values())).values())))
+        writer.writerow(["arm", "seed", "split", "case_id", *keys])
+        for arm, by_split in per_image.items():
+            for s, seed in enumerate(runs["arms"][arm]):
+                for split, values in by_split.items():
+                    for i, case in enumerate(splits[split].case_ids):
+                        writer.writerow([arm, seed, split, case, *(f"{values[k][s, i]:.6g}" for k in keys)])
 
 
 def run(params_path: str = "params.yaml") -> int:
@@ -125,44 +233,70 @@ def run(params_path: str = "params.yaml") -> int:
     if not runs_path.is_file():
         raise DataError(f"{runs_path}: expected the trained segmenters' registry, found no file; run `dvc repro train_segmenter`")
     runs = json.loads(runs_path.read_text())
-    splits = {name: arrays.load_split(Path(pre.out_dir), name) for name, _ in SPLITS}
-    scores, predictions = score_arms(runs, splits)
-    summary = summarise(scores)
     arms = list(runs["arms"])
-    base, aug = p.baseline, p.augmented
-    deltas = {split: {m: summary[aug][split][m] - summary[base][split][m] for m in ("accuracy", "mean_iou", "dice", "dice_tumour", "dice_WT", "dice_TC", "dice_ET")}
-              for split, _ in SPLITS}
+    missing = [a for a in (p.baseline, p.augmented) if a not in arms]
+    if missing:
+        raise DataError(f"{runs_path}: evaluate.baseline/augmented name arm(s) {missing} that were not trained (trained: {arms}); rerun `dvc repro train_segmenter`")
+    splits = {name: arrays.load_split(Path(pre.out_dir), name) for name, _ in SPLITS}
+    pooled, per_image, predictions = score_arms(runs, splits)
+    summary = summarise(pooled)
+    tests = comparisons(per_image, arms, "test", p.bootstrap, p.ci_level, p.seed)
+    vals = comparisons(per_image, arms, "val", p.bootstrap, p.ci_level, p.seed)
+    thresholds = threshold_reference(splits)
+    usefulness_path = Path("reports/gan_usefulness.json")
+    usefulness = json.loads(usefulness_path.read_text()) if usefulness_path.is_file() else None
+    seeds = list(next(iter(runs["arms"].values())))
+    spacing = float(np.median(splits["test"].spacing)) if len(splits["test"]) else 1.0
+    modalities = list(params.data.modalities)
     Path("reports").mkdir(exist_ok=True)
-    table = table_markdown(summary, arms, base, aug, len(seg.seeds), pre.size)
+    table = table_markdown(summary, arms, seeds, pre.size, tests, vals, thresholds, usefulness, p, spacing, modalities)
     Path("reports/table1.md").write_text(table)
-    metrics = {"arms": summary, "delta": deltas, "test_dice_gain": deltas["test"]["dice"]}
+    write_per_image(Path("reports/per_image.csv"), per_image, runs, splits)
+
+    def gain(split: str, base: str, aug: str) -> float | None:
+        if base in summary and aug in summary:
+            return summary[aug][split]["dice_tumour"] - summary[base][split]["dice_tumour"]
+        return None
+
+    gate = {"val_dice_gain_beyond_classic": gain("val", "classic", "classic+gan"), "val_dice_gain_gan": gain("val", "none", "gan"),
+            "val_dice_gain": gain("val", p.baseline, p.augmented)}
+    info = {"test_dice_gain_beyond_classic": gain("test", "classic", "classic+gan"), "test_dice_gain": gain("test", p.baseline, p.augmented)}
+    metrics = {"seeds": seeds, "arms": summary, "comparisons_test": tests, "comparisons_val": vals,
+               "threshold_reference": thresholds, "gan_usefulness": usefulness,
+               **{k: v for k, v in (gate | info).items() if v is not None}}
     Path("reports/metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     examples_png(Path("reports/test_examples.png"), splits["test"], predictions, p.examples)
 
-    generator_version = None
     gan_report = Path("reports/train_gan.json")
-    if gan_report.is_file():
-        generator_version = json.loads(gan_report.read_text()).get("model_version")
+    generator_version = json.loads(gan_report.read_text()).get("model_version") if gan_report.is_file() else None
     tracking.configure(seg.experiment)
+    # each arm/seed child run gets its own scores under the same names: the UI's compare view lines them up
+    for arm, seeds_info in runs["arms"].items():
+        for s, (seed, info_) in enumerate(seeds_info.items()):
+            child = {f"{split}_{metric}": values[s] for split in ("val", "test") for metric, values in pooled[arm][split].items()}
+            tracking.log_metrics_to_run(info_["run_id"], child)
     with mlflow.start_run(run_name="evaluate"):
-        link_tags = {f"run.{arm_slug(arm)}.seed{seed}": info["run_id"] for arm, seeds in runs["arms"].items() for seed, info in seeds.items()}
-        mlflow.set_tags({"stage": "evaluate", "train_segmenter_run": runs["parent_run_id"], "baseline": base, "augmented": aug,
-                         "generator_version": str(generator_version), "data_hash": tracking.data_hash(), "git_commit": tracking.git_commit()} | link_tags | tracking.launcher_tags())
+        link_tags = {f"run.{arm_slug(arm)}.seed{seed}": info_["run_id"] for arm, seeds_info in runs["arms"].items() for seed, info_ in seeds_info.items()}
+        mlflow.set_tags(tracking.run_tags("evaluate") | {"train_segmenter_run": runs["parent_run_id"], "arms": ",".join(arms),
+                                                        "generator_version": str(generator_version)} | link_tags)
         flat = {f"{split}_{metric}_{arm_slug(arm)}": value for arm, by_split in summary.items() for split, ms in by_split.items() for metric, value in ms.items()}
-        flat |= {f"delta_{split}_{metric}": value for split, ms in deltas.items() for metric, value in ms.items()}
-        flat["test_dice_gain"] = deltas["test"]["dice"]
-        mlflow.log_metrics(flat)
-        mlflow.log_artifact("reports/table1.md")
-        mlflow.log_artifact("reports/metrics.json")
-        mlflow.log_artifact("reports/test_examples.png")
+        for name, table_ in (("test", tests), ("val", vals)):
+            for question, entry in table_.items():
+                key = f"{arm_slug(entry['augmented'])}_vs_{arm_slug(entry['baseline'])}"
+                for metric, _ in PAIRED:
+                    flat |= {f"{name}_diff_{metric}_{key}": entry[metric]["mean"], f"{name}_diff_{metric}_{key}_ci_low": entry[metric]["low"],
+                             f"{name}_diff_{metric}_{key}_ci_high": entry[metric]["high"], f"{name}_diff_{metric}_{key}_p": entry[metric]["p_value"]}
+        flat |= {f"threshold_{split}_dice_{region}": t[split] for region, t in thresholds.items() for split in ("train", "val", "test")}
+        flat |= {k: v for k, v in (gate | info).items() if v is not None}
+        mlflow.log_metrics({k: float(v) for k, v in flat.items() if v is not None and np.isfinite(v)})
+        for artifact in ("reports/table1.md", "reports/metrics.json", "reports/test_examples.png", "reports/per_image.csv"):
+            mlflow.log_artifact(artifact)
         evaluate_run = mlflow.active_run().info.run_id
-    if generator_version is not None:  # the promotion gate reads the metric from the generator version
-        client = mlflow.MlflowClient()
-        name = params.train_gan.registry_name
-        client.set_model_version_tag(name, str(generator_version), "test_dice_gain", f"{deltas['test']['dice']:.6g}")
-        client.set_model_version_tag(name, str(generator_version), "test_dice_tumour_gain", f"{deltas['test']['dice_tumour']:.6g}")
-        client.set_model_version_tag(name, str(generator_version), "evaluate_run_id", evaluate_run)
-    print(table.split("## Conventions")[0])
+    if generator_version is not None:
+        # the promotion gate reads only the val_* tags; test results are tagged for information
+        tags = {k: v for k, v in (gate | info).items() if v is not None} | {"evaluate_run_id": evaluate_run}
+        tracking.tag_version(params.train_gan.registry_name, generator_version, tags)
+    print(table.split("## Scores per arm")[0])
     return 0
 
 

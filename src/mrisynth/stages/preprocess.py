@@ -34,10 +34,17 @@ def build_split(data_dir: Path, manifest, split: str, size: int) -> arrays.Split
     images_arr = np.stack(images) if images else np.zeros((0, size, size, channels), np.float32)
     labels_arr = np.stack(labels) if labels else np.zeros((0, size, size), np.uint8)
     brain = images_arr.any(axis=-1)
+    if "spacing_mm" in rows:
+        native = rows["spacing_mm"].to_numpy(dtype=np.float32)
+    else:
+        print(f"preprocess: {data_dir}/manifest.csv records no spacing_mm (older import); assuming 1 mm pixels (BraTS)", file=sys.stderr)
+        native = np.ones(len(rows), np.float32)
+    heights = rows["height"].to_numpy(dtype=np.float32) if "height" in rows else np.full(len(rows), size, np.float32)
     return arrays.SplitArrays(
         images=images_arr, labels=labels_arr, brain=brain,
         conditioning=encoding.conditioning(labels_arr, brain),
         case_ids=rows["case_id"].to_numpy(dtype=str),
+        spacing=(native * heights / size).astype(np.float32),
     )
 
 
@@ -58,6 +65,7 @@ def run(params_path: str = "params.yaml") -> int:
         arrays.save_split(out_dir / f"{split}.npz", split_arrays)
         metrics[f"{split}_images"] = len(split_arrays)
         metrics[f"{split}_tumor_fraction"] = float((split_arrays.labels > 0).mean()) if len(split_arrays) else 0.0
+        metrics[f"{split}_spacing_mm"] = float(np.median(split_arrays.spacing)) if len(split_arrays) else 0.0
     Path("reports").mkdir(exist_ok=True)
     Path("reports/preprocess.json").write_text(json.dumps(metrics, indent=2) + "\n")
     counts = ", ".join(f"{split} {metrics[split + '_images']}" for split in SPLITS)

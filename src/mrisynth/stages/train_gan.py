@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mrisynth import generation
 from mrisynth.config import as_flat_dict, load_params
 from mrisynth.core import encoding
 from mrisynth.stages import stage_main
@@ -143,7 +144,7 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
             print(f"epoch {result.epoch}/{p.epochs}: g_loss {result.metrics['g_loss']:.4f} d_loss {result.metrics['d_loss']:.4f} "
                   f"val_g_loss {result.metrics['val_g_loss']:.4f} val_ssim {result.metrics['val_ssim']:.3f} ({result.seconds:.1f} s){' *best*' if result.improved else ''}")
             if result.epoch % p.grid_every == 0 or result.epoch == p.epochs:
-                generated = trainer_.generate(val.conditioning[:grid_rows])
+                generated = generation.render(trainer_.generator, val.conditioning[:grid_rows])
                 grid = tracking.image_grid(grid_panels(val.images[:grid_rows], val.labels[:grid_rows], generated))
                 mlflow.log_image(grid, artifact_file=f"grids/epoch_{result.epoch:03d}.png")
 
@@ -169,6 +170,7 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
                             "data_hash": tags["data_hash"], "git_commit": tags["git_commit"], "size": pre.size, "run_id": state.run_id},
                            val.conditioning[:1])
         summary["model_version"] = int(version)
+        summary["run_id"] = state.run_id
         write_reports(state, summary)
     print(f"train_gan: best epoch {summary['best_epoch']} (val_g_loss {state.best_val:.4f}); "
           f"registered {p.registry_name} version {version} as @{ALIAS}")

@@ -10,7 +10,10 @@ machines) can share one study through `tune.storage` (PostgreSQL for machines, S
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
+import os
 import random
 import tempfile
 import time
@@ -57,18 +60,47 @@ def storage(url: str):
     raise ConfigError(f"tune.storage={url!r}: expected sqlite:///file.db, postgresql://user:pw@host/db or journal:<file>")
 
 
-def make_study(t):
+def study_scope(params, train, val) -> str:
+    """12 hex digits naming what a trial's value depends on: the training/validation arrays, every
+    parameter that shapes a trial, and the package's source code. Part of the study name, so a study
+    left in the storage by other data, settings or code never decides alpha."""
+    from mrisynth.gan import arrays_key
+
+    t = params.tune
+    shaping = {
+        "tune": {k: v for k, v in dataclasses.asdict(t).items() if k not in ("n_trials", "storage", "study_name", "out")},
+        "train_gan": {k: v for k, v in dataclasses.asdict(params.train_gan).items()
+                      if k not in ("alpha", "alpha_file", "epochs", "grid_every", "grid_images", "out_dir", "model_path", "restart", "experiment", "registry_name")},
+        "size": params.preprocess.size,
+        "augment": dataclasses.asdict(params.augment) if t.objective == "downstream" else None,
+        "train_segmenter": dataclasses.asdict(params.train_segmenter) if t.objective == "downstream" else None,
+        "data": arrays_key(train, val),
+    }
+    digest = hashlib.sha256(json.dumps(shaping, sort_keys=True, default=str).encode())
+    package = Path(__file__).resolve().parents[1]
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def make_study(t, scope: str | None = None, worker: bool = False):
+    """The study `<study_name>-<scope>` in the shared storage (created when absent).
+
+    The main process samples with `tune.seed`; each worker adds its process id, so parallel workers
+    never propose the same alpha sequence."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     shared = storage(t.storage)
+    name = f"{t.study_name}-{scope}" if scope else t.study_name
+    seed = t.seed + (os.getpid() if worker else 0)
     for attempt in range(6):  # concurrent workers may both try to create the study
         try:
             return optuna.create_study(
-                study_name=t.study_name,
+                study_name=name,
                 storage=shared,
                 direction="minimize" if t.objective == "image" else "maximize",
-                sampler=optuna.samplers.TPESampler(seed=t.seed),
+                sampler=optuna.samplers.TPESampler(seed=seed),
                 pruner=optuna.pruners.MedianPruner(n_startup_trials=t.prune_startup_trials, n_warmup_steps=t.prune_warmup_epochs),
                 load_if_exists=True,
             )
@@ -113,19 +145,18 @@ def objective_image(trial, params, alpha: float, train, val, log) -> float:
 
 def objective_downstream(trial, params, alpha: float, train, val, log) -> float:
     """Short GAN training, GAN augmentation of the training split, a short segmenter; value = best validation Dice."""
-    from mrisynth import segmenter
+    from mrisynth import augmentation, segmenter
     from mrisynth.core import encoding
-    from mrisynth.stages import augment
 
     trainer = _gan(params, alpha, train, params.tune.epochs)
     with tempfile.TemporaryDirectory(prefix="tune-gan-") as tmp:
         trainer.fit(train, val, Path(tmp))
-        samples, _ = augment.synthesise(train, trainer.generator, params.augment, ("gan",))
+        samples, _ = augmentation.synthesise(train, trainer.generator, params.augment, ("gan",))
     gan_images = [s for s in samples if s.kind in ("real", "gan")]
     images = np.stack([s.image for s in gan_images]).astype(np.float32)
     classes = encoding.labels_to_classes(np.stack([s.labels for s in gan_images]))
     s = params.train_segmenter
-    settings = segmenter.SegSettings.from_params(s, params.tune.segmenter_epochs)
+    settings = dataclasses.replace(s, epochs=params.tune.segmenter_epochs)
 
     def on_epoch(epoch, row, improved):
         log({"val_dice_tumour": row["val_dice_tumour"], "seg_loss": row["loss"]}, epoch)
@@ -162,7 +193,7 @@ def _log_study_artifacts(study) -> None:
         mlflow.log_artifacts(tmp, artifact_path="optuna")
 
 
-def optimise(params, n_trials: int, parent_name: str = "tune"):
+def optimise(params, n_trials: int, parent_name: str = "tune", worker: bool = False):
     """Run n_trials trials of the study (shared through its storage), each a nested MLflow run."""
     import mlflow
     import optuna
@@ -171,11 +202,12 @@ def optimise(params, n_trials: int, parent_name: str = "tune"):
 
     t, pre = params.tune, params.preprocess
     train, val = (arrays.load_split(Path(pre.out_dir), s) for s in ("train", "val"))
-    study = make_study(t)
+    scope = study_scope(params, train, val)
+    study = make_study(t, scope, worker)
     tracking.configure(params.train_gan.experiment)
     objective_fn = objective_image if t.objective == "image" else objective_downstream
     with mlflow.start_run(run_name=parent_name, log_system_metrics=False) as parent:
-        mlflow.set_tags({"stage": "tune", "study": t.study_name, "storage": t.storage.split("@")[-1], "data_hash": tracking.data_hash()} | tracking.launcher_tags())
+        mlflow.set_tags({"stage": "tune", "study": study.study_name, "study_scope": scope, "storage": t.storage.split("@")[-1], "data_hash": tracking.data_hash()} | tracking.launcher_tags())
         mlflow.log_params(as_flat_dict(t) | {"n_trials_this_run": n_trials})
 
         def objective(trial):
@@ -208,18 +240,18 @@ def run(params_path: str = "params.yaml", worker: bool = False, n_trials: int | 
         write_alpha(out, {"alpha": params.train_gan.alpha, "source": "params.yaml (tune.n_trials: 0)"})
         print(f"tune: n_trials 0, using train_gan.alpha = {params.train_gan.alpha}")
         return 0
-    study, run_id = optimise(params, trials, "tune worker" if worker else "tune")
+    study, run_id = optimise(params, trials, "tune worker" if worker else "tune", worker)
     if worker:
-        print(f"tune worker: study {t.study_name} now has {len(study.trials)} trials")
+        print(f"tune worker: study {study.study_name} now has {len(study.trials)} trials")
         return 0
     import optuna
 
     completed = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
     if not completed:
-        raise MrisynthError(f"tune: no trial of study {t.study_name!r} completed (all pruned or failed); raise tune.epochs or n_trials")
+        raise MrisynthError(f"tune: no trial of study {study.study_name!r} completed (all pruned or failed); raise tune.epochs or n_trials")
     best = study.best_trial
     write_alpha(out, {"alpha": best.params["alpha"], "source": "optuna", "objective": t.objective, "value": best.value,
-                      "trial": best.number, "study": t.study_name, "completed_trials": len(completed),
+                      "trial": best.number, "study": study.study_name, "completed_trials": len(completed),
                       "pruned_trials": sum(tr.state == optuna.trial.TrialState.PRUNED for tr in study.trials), "mlflow_run_id": run_id})
     print(f"tune: best alpha {best.params['alpha']:.4g} ({t.objective} objective {best.value:.5f}, trial {best.number}) -> {out}")
     return 0

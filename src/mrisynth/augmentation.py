@@ -1,0 +1,125 @@
+"""Growing the training split: classic transforms and GAN synthesis, with provenance (SPEC section 4).
+
+`plan` says how many samples of each kind to make, `synthesise` makes them (classic: rotation,
+shift, scale, flip + brightness on image and mask together; GAN: label maps from transformed training
+masks or a training tumour recombined into another case's brain, rendered by the generator, with
+dropout active by default), `write` stores them with a provenance manifest."""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mrisynth import generation
+from mrisynth.core import encoding, transforms
+from mrisynth.errors import DataError
+from mrisynth.io import arrays, tiff
+
+
+@dataclass
+class Sample:
+    image: np.ndarray
+    labels: np.ndarray
+    kind: str
+    source_cases: str
+    transforms: str
+    in_mix: bool
+
+
+def plan(n_train: int, factor: int, synthetic_fraction: float, arms: tuple[str, ...]) -> dict[str, int]:
+    """How many classic and GAN samples to make, and how many of each go into the classic+gan set."""
+    new = (factor - 1) * n_train
+    gan_mix = int(round(synthetic_fraction * new))
+    classic_mix = new - gan_mix
+    return {
+        "classic_mix": classic_mix,
+        "gan_mix": gan_mix,
+        "classic_total": new if "classic" in arms else classic_mix,
+        "gan_total": new if "gan" in arms else gan_mix,
+    }
+
+
+def load_generator(path: Path, size: int, channels: int):
+    """The trained generator, checked against the data's shapes (clear errors naming model and shapes)."""
+    import keras
+
+    if not Path(path).is_file():
+        raise DataError(f"{path}: generator not found; run `dvc repro train_gan` first")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:
+        raise DataError(f"{path}: cannot load the generator ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); retrain with `dvc repro train_gan`") from exc
+    expected_in, expected_out = (None, size, size, encoding.CONDITION_CHANNELS), (None, size, size, channels)
+    if tuple(model.input_shape) != expected_in or tuple(model.output_shape) != expected_out:
+        raise DataError(
+            f"{path}: generator maps {tuple(model.input_shape)} -> {tuple(model.output_shape)}, but the data needs "
+            f"{expected_in} -> {expected_out}; retrain it at preprocess.size {size} (`dvc repro train_gan`)"
+        )
+    return model
+
+
+def synthesise(train: arrays.SplitArrays, generator, params, arms: tuple[str, ...]) -> tuple[list[Sample], dict]:
+    rng = np.random.default_rng(params.seed)
+    ranges = transforms.ClassicRanges(params.rotation, params.shift, tuple(params.scale), params.flip, params.brightness)
+    n = len(train)
+    counts = plan(n, params.factor, params.synthetic_fraction, arms)
+    ids = [str(c) for c in train.case_ids]
+    samples = [Sample(train.images[i], train.labels[i], "real", ids[i], "identity", True) for i in range(n)]
+    for k in range(counts["classic_total"]):
+        src = k % n
+        image, labels, desc = transforms.classic(train.images[src], train.labels[src], rng, ranges)
+        samples.append(Sample(image, labels, "classic", ids[src], desc, k < counts["classic_mix"]))
+
+    label_maps, brains, provenance = [], [], []
+    fallbacks = 0
+    for k in range(counts["gan_total"]):
+        placed = None
+        if n > 1 and rng.random() < params.recombine_fraction:
+            donor, host = rng.choice(n, size=2, replace=False)
+            placed = transforms.recombine(train.labels[donor], train.brain[host], rng, ranges)
+            if placed is None:
+                fallbacks += 1
+            else:
+                labels, desc = placed
+                label_maps.append(labels)
+                brains.append(train.brain[host] | (labels > 0))
+                provenance.append((f"{ids[donor]}+{ids[host]}", f"recombine:{desc}"))
+        if placed is None:
+            src = int(rng.integers(n))
+            geometry = transforms.sample_geometry(rng, ranges, train.labels.shape[1])
+            labels = transforms.warp(train.labels[src], geometry, is_mask=True)
+            brain = transforms.warp(train.brain[src].astype(np.uint8), geometry, is_mask=True).astype(bool) | (labels > 0)
+            label_maps.append(labels)
+            brains.append(brain)
+            provenance.append((ids[src], f"mask:{geometry.describe()}"))
+    if label_maps:
+        images = generation.render_labels(generator, np.stack(label_maps), np.stack(brains), sample=params.sample_dropout, seed=params.seed)
+        for k, (image, labels, (source, desc)) in enumerate(zip(images, label_maps, provenance)):
+            samples.append(Sample(image, labels, "gan", source, desc, k < counts["gan_mix"]))
+    return samples, counts | {"recombination_fallbacks": fallbacks}
+
+
+def write(out_dir: Path, samples: list[Sample], sample_dropout: bool = False) -> pd.DataFrame:
+    """Write the samples as TIFFs and manifest.csv (provenance: kind, source_cases, transforms, in_mix, dropout_sampling)."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    rows = []
+    for k, s in enumerate(samples):
+        case_id = f"aug_{k + 1:05d}"
+        image_rel, mask_rel = f"images/{case_id}.tif", f"masks/{case_id}.tif"
+        tiff.write_image(out_dir / image_rel, s.image.astype(np.float32))
+        tiff.write_mask(out_dir / mask_rel, s.labels.astype(np.uint8))
+        rows.append({
+            "case_id": case_id, "split": "train", "slice_index": -1, "image": image_rel, "mask": mask_rel,
+            "tumor_pixels": int(np.count_nonzero(s.labels)), "height": s.image.shape[0], "width": s.image.shape[1],
+            "channels": s.image.shape[2], "kind": s.kind, "source_cases": s.source_cases, "transforms": s.transforms,
+            "in_mix": bool(s.in_mix), "dropout_sampling": bool(s.kind == "gan" and sample_dropout),
+        })
+    manifest = pd.DataFrame(rows)
+    manifest.to_csv(out_dir / "manifest.csv", index=False, lineterminator="\n")
+    return manifest
+
+

@@ -1,0 +1,83 @@
+"""`gan_usefulness` stage: GAN-train, GAN-test and diversity of the trained generator (see mrisynth.usefulness).
+
+Reads  work/preprocessed/{train,val,test}.npz, models/generator.keras, work/augmented/ (the GAN
+       samples), work/segmenter/runs.json (the `none` segmenters), params `gan_usefulness`,
+       `train_segmenter`, `preprocess`, reports/train_gan.json (generator run and version).
+Writes work/gan_usefulness/gan_train.keras, reports/gan_usefulness.json; the scores are logged as
+       metrics on the generator's MLflow run and as tags on its registered version.
+
+The GAN-train segmenter uses the `train_segmenter` settings, the first seed and the same number of
+updates per epoch as the arms; its checkpoint is chosen on the real validation split (never test)."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mrisynth import generation, usefulness
+from mrisynth.arms import synthetic_only
+from mrisynth.augmentation import load_generator
+from mrisynth.config import load_params
+from mrisynth.core import encoding
+from mrisynth.errors import DataError
+from mrisynth.stages import stage_main
+from mrisynth.io import arrays, tracking
+
+
+def run(params_path: str = "params.yaml") -> int:
+    from mrisynth import segmenter
+
+    params = load_params(params_path)
+    g, seg, pre = params.gan_usefulness, params.train_segmenter, params.preprocess
+    started = time.perf_counter()
+    splits = {name: arrays.load_split(Path(pre.out_dir), name) for name in ("train", "val", "test")}
+    generator = load_generator(Path(params.train_gan.model_path), pre.size, splits["train"].images.shape[-1])
+    runs_path = Path(seg.out_dir) / "runs.json"
+    if not runs_path.is_file():
+        raise DataError(f"{runs_path}: expected the trained segmenters' registry, found no file; run `dvc repro train_segmenter`")
+    runs = json.loads(runs_path.read_text())
+    real_models = [segmenter.load(Path(info["path"])) for info in runs["arms"]["none"].values()]
+
+    # GAN-train: synthetic pairs only, selected on real validation images
+    images, classes = synthetic_only(Path(params.augment.out_dir))
+    val_classes = encoding.labels_to_classes(splits["val"].labels)
+    largest = max(len(splits["train"]) * params.augment.factor, len(images))
+    steps = seg.steps_per_epoch or (math.ceil(largest / seg.batch_size) if seg.equal_steps else None)
+    out_dir = Path("work/gan_usefulness")
+    result = segmenter.train(seg, seg.seeds[0], images, classes, splits["val"].images, val_classes, out_dir / "gan_train.keras", None, steps)
+    gan_train_model = segmenter.load(out_dir / "gan_train.keras")
+    report: dict[str, object] = {"seed": seg.seeds[0], "gan_train_images": len(images), "gan_train_best_epoch": result["best_epoch"]}
+    for split in ("val", "test"):
+        data = splits[split]
+        gt = usefulness.scores(gan_train_model, data.images, encoding.labels_to_classes(data.labels))
+        gtest = usefulness.gan_test(real_models, generator, data, g.seed)
+        for key in usefulness.KEYS:
+            report[f"{split}_gan_train_{key}"] = gt[key]
+            report[f"{split}_real_train_{key}"] = gtest[f"real_{key}"]
+            report[f"{split}_gan_test_{key}"] = gtest[f"gan_test_{key}"]
+    report["diversity_val"] = generation.diversity(generator, splits["val"].conditioning, g.diversity_samples, g.seed)
+    report["diversity_samples"] = g.diversity_samples
+    report["seconds"] = round(time.perf_counter() - started, 1)
+
+    Path("reports").mkdir(exist_ok=True)
+    Path("reports/gan_usefulness.json").write_text(json.dumps(report, indent=2) + "\n")
+    gan_report = Path("reports/train_gan.json")
+    info = json.loads(gan_report.read_text()) if gan_report.is_file() else {}
+    numbers = {k: float(v) for k, v in report.items() if isinstance(v, (int, float)) and k not in ("seed", "seconds")}
+    if info.get("run_id"):
+        tracking.configure(params.train_gan.experiment)
+        tracking.log_metrics_to_run(info["run_id"], numbers)
+    if info.get("model_version") is not None:
+        tracking.configure(params.train_gan.experiment)
+        tracking.tag_version(params.train_gan.registry_name, info["model_version"],
+                             {k: v for k, v in numbers.items() if k.startswith(("val_gan", "test_gan", "diversity"))})
+    print(f"gan_usefulness: GAN-train val tumour Dice {report['val_gan_train_dice_tumour']:.3f} (real-trained {report['val_real_train_dice_tumour']:.3f}); "
+          f"GAN-test val {report['val_gan_test_dice_tumour']:.3f}; diversity {report['diversity_val']:.4f} (std of [0,1] intensities)")
+    return 0
+
+
+def main() -> None:
+    stage_main(run)

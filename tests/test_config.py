@@ -1,0 +1,66 @@
+"""One typed config: every bad value is one ConfigError line naming the key, before any work starts."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from mrisynth import arms
+from mrisynth.config import ARMS, ConfigError, Params, load_params
+
+
+def _write(tmp_path: Path, overrides: dict) -> Path:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in overrides.items():
+        params.setdefault(section, {}).update(values)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_repository_params_load_and_defaults_match_dataclasses():
+    params = load_params(REPO / "params.yaml")
+    assert params.train_segmenter.arms == ARMS == arms.ARMS and len(params.train_segmenter.seeds) >= 3
+    assert params.tune.n_trials > 0 and params.promote.metric.startswith("val_")
+    assert params.augment.sample_dropout is True and params.train_segmenter.jitter is False
+    # the dataclass defaults are the documented defaults (one source of truth for code that builds Params())
+    defaults = Params()
+    assert defaults.train_segmenter.arms == params.train_segmenter.arms
+    assert defaults.train_gan.epochs == params.train_gan.epochs and defaults.train_gan.precision == params.train_gan.precision
+
+
+@pytest.mark.parametrize("overrides, key, found", [
+    ({"train_gan": {"learning_rate": "1e-4x"}}, "train_gan.learning_rate", "'1e-4x'"),
+    ({"train_gan": {"epochs": 2.5}}, "train_gan.epochs", "2.5"),
+    ({"train_gan": {"epochs": -1}}, "train_gan.epochs", "-1"),
+    ({"train_gan": {"precision": "fp8"}}, "train_gan.precision", "'fp8'"),
+    ({"preprocess": {"size": 96}}, "preprocess.size", "96"),
+    ({"train_segmenter": {"arms": ["none"]}}, "train_segmenter.arms", "['none']"),
+    ({"train_segmenter": {"arms": ["none", "mixup"]}}, "train_segmenter.arms", "mixup"),
+    ({"train_segmenter": {"seeds": []}}, "train_segmenter.seeds", "[]"),
+    ({"train_segmenter": {"arms": ["none", "classic"]}}, "evaluate.augmented", "classic+gan"),
+    ({"train_segmenter": {"jitter": "yes"}}, "train_segmenter.jitter", "'yes'"),
+    ({"promote": {"metric": "test_dice_gain"}}, "promote.metric", "test_dice_gain"),
+    ({"augment": {"sample_dropout": 1}}, "augment.sample_dropout", "1"),
+    ({"gan_usefulness": {"diversity_samples": 1}}, "gan_usefulness.diversity_samples", "1"),
+    ({"evaluate": {"ci_level": 95}}, "ci_level", "95"),
+    ({"train_gan": {"lerning_rate": 1e-4}}, "lerning_rate", "unknown key"),
+])
+def test_bad_values_name_the_key(tmp_path, overrides, key, found):
+    with pytest.raises(ConfigError) as err:
+        load_params(_write(tmp_path, overrides))
+    message = str(err.value)
+    assert key in message and found in message and "\n" not in message
+
+
+def test_stage_entry_point_prints_one_config_error_line_and_exits_2(tmp_path):
+    path = _write(tmp_path, {"train_gan": {"learning_rate": "1e-4x"}})
+    r = subprocess.run([sys.executable, str(REPO / "pipelines" / "train_gan.py"), "--params", str(path)],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "train_gan.learning_rate: expected a number, found '1e-4x'" in lines[0]
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "work").exists() and not (tmp_path / "mlflow.db").exists()  # nothing started

@@ -1,0 +1,62 @@
+"""Import rules that keep the layers honest (fmind/mlops-python-package style):
+
+- core: pure; imports only mrisynth.core, mrisynth.errors and the package's constants;
+- io: side effects; imports only core, io, errors (and third-party packages);
+- stages: orchestration; a stage never imports another stage (only `mrisynth.stages.stage_main`);
+- library modules never import stages."""
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mrisynth"
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, imported mrisynth module or module.name) for every import in the file, at any depth."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("mrisynth")]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mrisynth"):
+            found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+    return found
+
+
+def _modules(folder: str) -> list[Path]:
+    return sorted((PACKAGE / folder).glob("*.py")) if folder else sorted(PACKAGE.glob("*.py"))
+
+
+def _allowed(name: str, prefixes: tuple[str, ...]) -> bool:
+    return name.startswith(prefixes) or name in ("mrisynth.MODALITIES", "mrisynth.BRATS_LABELS")
+
+
+@pytest.mark.parametrize("folder, prefixes", [
+    ("core", ("mrisynth.core", "mrisynth.errors")),
+    ("io", ("mrisynth.core", "mrisynth.io", "mrisynth.errors")),
+])
+def test_lower_layers_import_only_lower_layers(folder, prefixes):
+    bad = [f"{path.name}:{line} imports {name}" for path in _modules(folder) for line, name in _imports(path) if not _allowed(name, prefixes)]
+    assert not bad, bad
+
+
+def test_stages_do_not_import_each_other():
+    bad = []
+    for path in _modules("stages"):
+        for line, name in _imports(path):
+            if name.startswith("mrisynth.stages") and name != "mrisynth.stages.stage_main":
+                bad.append(f"stages/{path.name}:{line} imports {name}")
+    assert not bad, bad
+
+
+def test_library_modules_do_not_import_stages():
+    bad = [f"{path.name}:{line} imports {name}" for folder in ("", "core", "io") for path in _modules(folder)
+           for line, name in _imports(path) if name.startswith("mrisynth.stages") and path.name != "cli.py"]
+    assert not bad, bad
+
+
+def test_mlflow_calls_live_behind_io_tracking_in_stages_that_were_moved():
+    # the stages that this rule covers talk to MLflow only through mrisynth.io.tracking
+    for stage in ("train_segmenter", "gan_usefulness"):
+        text = (PACKAGE / "stages" / f"{stage}.py").read_text()
+        assert "MlflowClient" not in text and "mlflow.keras" not in text, stage
