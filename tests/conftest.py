@@ -86,7 +86,7 @@ def make_tiny_project(root: Path, brats_root: Path, extra_params: dict | None = 
     import_brats(brats_root, root / "data", {"train": 4, "val": 2, "test": 2}, 1, ImportOptions(size=64))
     params = {
         "preprocess": {"data_dir": "data", "out_dir": "work/preprocessed", "size": 64},
-        "train_gan": {"epochs": 2, "batch_size": 2, "width": 0.25, "grid_every": 1, "grid_images": 2,
+        "train_gan": {"epochs": 2, "batch_size": 2, "width": 0.25, "grid_every": 1, "grid_images": 2, "alpha_file": None,
                       "precision": "float32", "experiment": "tiny", "registry_name": "tiny-generator"},
     }
     for section, values in (extra_params or {}).items():
@@ -96,8 +96,9 @@ def make_tiny_project(root: Path, brats_root: Path, extra_params: dict | None = 
 
 
 @pytest.fixture(scope="session")
-def tiny_project(tmp_path_factory):
-    """A tiny project with preprocess already run; MLflow points at its own SQLite file."""
+def tiny_project_base(tmp_path_factory):
+    """A tiny project with preprocess already run; MLflow points at its own SQLite file for the session.
+    Tests use `tiny_project` (function scope: the working directory is set and restored per test)."""
     from mrisynth.stages import preprocess
 
     base = tmp_path_factory.mktemp("project")
@@ -105,16 +106,14 @@ def tiny_project(tmp_path_factory):
     for i in range(1, 9):
         write_tiny_case(tiny_tree, f"BraTS20_Training_{i:03d}", seed=i)
     project = make_tiny_project(base / "repo", tiny_tree)
-    old = os.getcwd()
-    os.chdir(project)
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        assert preprocess.run("params.yaml") == 0
+        with _cwd(project):
+            assert preprocess.run("params.yaml") == 0
         yield project
     finally:
-        os.chdir(old)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -123,10 +122,59 @@ def tiny_project(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def trained(tiny_project):
-    """The tiny project after `train_gan` (2 epochs at 64 px)."""
+def trained_base(tiny_project_base):
+    """The tiny project after `train_gan` (2 epochs at 64 px). Read-only for tests: a test that writes
+    project files uses `trained_copy`."""
     from mrisynth.stages import train_gan
 
-    os.chdir(tiny_project)
-    assert train_gan.run("params.yaml") == 0
-    return tiny_project
+    with _cwd(tiny_project_base):
+        assert train_gan.run("params.yaml") == 0
+    return tiny_project_base
+
+
+@pytest.fixture
+def tiny_project(tiny_project_base, monkeypatch):
+    monkeypatch.chdir(tiny_project_base)
+    return tiny_project_base
+
+
+@pytest.fixture
+def trained(trained_base, monkeypatch):
+    monkeypatch.chdir(trained_base)
+    return trained_base
+
+
+@pytest.fixture
+def trained_copy(trained_base, tmp_path, monkeypatch):
+    """A private copy of the trained project (files and MLflow store) as the working directory."""
+    import shutil
+
+    import mlflow
+
+    copy = tmp_path / "trained"
+    shutil.copytree(trained_base, copy, ignore=shutil.ignore_patterns("brats"))
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{copy / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{copy / 'mlflow.db'}")
+    yield copy
+    mlflow.set_tracking_uri(f"sqlite:///{trained_base / 'mlflow.db'}")
+
+
+@pytest.fixture(autouse=True)
+def _restore_working_directory():
+    """No test leaves the process in another directory."""
+    before = os.getcwd()
+    yield
+    os.chdir(before)
+
+
+class _cwd:
+    def __init__(self, path):
+        self.path, self.before = path, None
+
+    def __enter__(self):
+        self.before = os.getcwd()
+        os.chdir(self.path)
+
+    def __exit__(self, *exc):
+        os.chdir(self.before)

@@ -18,7 +18,7 @@ TINY_PARAMS = {
     "tune": {"n_trials": 2, "epochs": 1, "storage": "sqlite:///optuna.db"},
     "train_gan": {"epochs": 1, "batch_size": 2, "width": 0.25, "grid_every": 1, "grid_images": 2, "precision": "float32"},
     "augment": {"factor": 3},
-    "train_segmenter": {"seeds": [1, 2], "epochs": 2, "patience": 1, "batch_size": 4, "depth": 2, "base_filters": 4, "precision": "float32"},
+    "train_segmenter": {"seeds": [1, 2], "epochs": 2, "min_epochs": 1, "patience": 1, "batch_size": 4, "depth": 2, "base_filters": 4, "precision": "float32"},
     "gan_usefulness": {"diversity_samples": 2},
     "evaluate": {"examples": 2, "bootstrap": 200},
 }
@@ -97,7 +97,7 @@ def test_tiny_dvc_repro_produces_table1_and_mlflow_runs(tmp_path):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert {c.data.tags["augmentation"] for c in children} == {"none", "classic", "gan", "classic+gan"} and len(children) == 8
     for child in children:  # same metric names in every arm's run: the UI's compare view lines them up
-        assert {"test_dice_tumour", "test_dice_WT", "val_dice_tumour", "test_hd95_WT"} <= set(child.data.metrics)
+        assert {"test_dice_tumour", "test_dice_WT", "best_val_dice_tumour", "best_val_dice_WT", "test_hd95_WT"} <= set(child.data.metrics)
         assert {i.dataset.name for i in client.get_run(child.info.run_id).inputs.dataset_inputs} == {"train", "val"}
     evaluation = by_name["evaluate"]
     assert "val_dice_gain_beyond_classic" in evaluation.data.metrics

@@ -59,12 +59,15 @@ def _cmd_default(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from mrisynth.io.gx import validate_dataset
+    from mrisynth.io.gx import dataset_info, validate_dataset
 
     counts = None
     if any(v is not None for v in (args.train, args.val, args.test)):
-        counts = {"train": args.train or 0, "val": args.val or 0, "test": args.test or 0}
+        # a count not given keeps the value recorded at import (DIR/dataset.json), not 0
+        recorded = dataset_info(Path(args.dir)).get("counts") or {}
+        counts = {s: getattr(args, s) if getattr(args, s) is not None else int(recorded.get(s, 0)) for s in ("train", "val", "test")}
     docs_root = Path(args.docs) if args.docs else Path(args.dir).resolve().parent / "reports" / "gx_docs"
+    print(f"validate: Data Docs go to {docs_root} (--docs to choose)")
     report = validate_dataset(Path(args.dir), counts=counts, size=args.size, channels=args.channels, docs_root=docs_root)
     print(report.summary())
     return 0 if report.success else 1
@@ -97,47 +100,50 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mrisynth.config import DataParams
+
+    d = DataParams()  # CLI defaults come from the one typed config
     parser = argparse.ArgumentParser(prog="mrisynth", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="make or import BraTS-format data").add_subparsers(dest="data_command", required=True)
     ph = data.add_parser("phantom", help="write realistic phantom cases in the BraTS 2020 layout")
     ph.add_argument("out", help="output folder (acts as MICCAI_BraTS2020_TrainingData)")
-    ph.add_argument("--cases", type=int, default=72)
-    ph.add_argument("--seed", type=int, default=2020)
-    ph.add_argument("--workers", type=int, default=2)
+    ph.add_argument("--cases", type=int, default=d.phantom_cases, help=f"number of cases (default {d.phantom_cases})")
+    ph.add_argument("--seed", type=int, default=d.seed, help=f"random seed; same seed, same bytes (default {d.seed})")
+    ph.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     ph.set_defaults(func=_cmd_phantom)
 
     im = data.add_parser("import", help="sample, slice and normalise a BraTS 2020 folder into TIFF splits")
     im.add_argument("src", help="BraTS 2020 training folder (or its parent), or a phantom folder")
-    im.add_argument("--out", required=True)
-    im.add_argument("--train", type=int, default=30)
-    im.add_argument("--val", type=int, default=10)
-    im.add_argument("--test", type=int, default=25)
-    im.add_argument("--seed", type=int, default=2020)
-    im.add_argument("--size", type=int, default=256)
-    im.add_argument("--modalities", default=",".join(MODALITIES))
-    im.add_argument("--slice", default="max-tumor", help="max-tumor | max-brain | center | an axial index")
-    im.add_argument("--fit", default="pad", choices=["pad", "resize"])
+    im.add_argument("--out", required=True, help="output folder (must be empty unless --force)")
+    im.add_argument("--train", type=int, default=d.train, help=f"training cases (default {d.train})")
+    im.add_argument("--val", type=int, default=d.val, help=f"validation cases (default {d.val})")
+    im.add_argument("--test", type=int, default=d.test, help=f"test cases (default {d.test})")
+    im.add_argument("--seed", type=int, default=d.seed, help=f"split seed (default {d.seed})")
+    im.add_argument("--size", type=int, default=d.size, help=f"output side in pixels (default {d.size})")
+    im.add_argument("--modalities", default=",".join(d.modalities), help=f"comma-separated, from {','.join(MODALITIES)}")
+    im.add_argument("--slice", default=d.slice, help="max-tumor | max-brain | center | an axial index")
+    im.add_argument("--fit", default=d.fit, choices=["pad", "resize"], help="pad (lossless, 240 -> 256) or resize")
     im.add_argument("--skip-invalid", action="store_true", help="skip bad cases (listed in DIR/rejected.csv)")
     im.add_argument("--force", action="store_true", help="replace an output folder that already holds data")
-    im.add_argument("--workers", type=int, default=2)
+    im.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     im.set_defaults(func=_cmd_import)
 
     de = data.add_parser("default", help="recreate the shipped default dataset (params.yaml: data)")
-    de.add_argument("--params", default="params.yaml")
-    de.add_argument("--out", default=None)
-    de.add_argument("--force", action="store_true")
-    de.add_argument("--workers", type=int, default=2)
+    de.add_argument("--params", default="params.yaml", help="parameter file whose `data` section describes the dataset")
+    de.add_argument("--out", default=None, help="output folder (default: params data.out)")
+    de.add_argument("--force", action="store_true", help="replace an existing dataset")
+    de.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     de.set_defaults(func=_cmd_default)
 
     va = sub.add_parser("validate", help="run the Great Expectations suite over an imported dataset")
-    va.add_argument("dir")
-    va.add_argument("--train", type=int)
-    va.add_argument("--val", type=int)
-    va.add_argument("--test", type=int)
-    va.add_argument("--size", type=int)
-    va.add_argument("--channels", type=int)
+    va.add_argument("dir", help="an imported dataset folder (with manifest.csv)")
+    va.add_argument("--train", type=int, help="expected training count (default: as recorded in DIR/dataset.json)")
+    va.add_argument("--val", type=int, help="expected validation count (default: as recorded)")
+    va.add_argument("--test", type=int, help="expected test count (default: as recorded)")
+    va.add_argument("--size", type=int, help="expected side in pixels (default: as recorded)")
+    va.add_argument("--channels", type=int, help="expected channels (default: as recorded)")
     va.add_argument("--docs", help="GX project folder for Data Docs (default: <DIR>/../reports/gx_docs)")
     va.set_defaults(func=_cmd_validate)
 

@@ -64,13 +64,13 @@ class TrainGanParams:
     experiment: str = "mrisynth"
     registry_name: str = "mrisynth-generator"
     alpha: float = 100.0
-    alpha_file: str | None = None  # a tuned alpha (JSON {"alpha": ...}) that overrides `alpha` when present
-    epochs: int = 50
+    alpha_file: str | None = "work/tune/best_alpha.json"  # a tuned alpha (JSON {"alpha": ...}) that overrides `alpha` when present
+    epochs: int = 30
     batch_size: int = 4
     learning_rate: float = 1e-4
     beta_1: float = 0.5
     dropout: float = 0.3
-    width: float = 1.0
+    width: float = 0.5
     precision: str = "mixed_bfloat16"
     seed: int = 42
     checkpoint_every: int = 10  # write the resume state every N epochs (and at the end); the best checkpoint on every improvement
@@ -98,11 +98,11 @@ OBJECTIVES = ("image", "downstream")
 class TuneParams:
     """Optuna study over train_gan.alpha. n_trials 0 = use train_gan.alpha as is (no tuning)."""
 
-    n_trials: int = 4
+    n_trials: int = 3
     alpha_low: float = 1.0
     alpha_high: float = 300.0
     objective: str = "image"        # image: min validation L1 in the brain; downstream: max validation Dice
-    epochs: int = 3                 # GAN epochs per trial
+    epochs: int = 2                 # GAN epochs per trial
     segmenter_epochs: int = 5       # downstream objective: segmenter epochs per trial
     storage: str = "sqlite:///optuna.db"  # or postgresql://user:pw@host/db, or journal:<file>
     study_name: str = "mrisynth-alpha"
@@ -166,17 +166,19 @@ class TrainSegmenterParams:
 
     arms: tuple[str, ...] = ARMS
     seeds: tuple[int, ...] = (1, 2, 3)
-    epochs: int = 40          # the most epochs; training stops earlier after `patience` epochs without a better val Dice
-    patience: int = 6
+    epochs: int = 20          # the most epochs; training stops earlier after `patience` epochs without a better val Dice
+    min_epochs: int = 10      # no early stopping before this epoch (augmented arms start slower than `none`)
+    patience: int = 4
+    min_delta: float = 0.005  # an epoch counts as an improvement for early stopping only if val tumour Dice rises by more
     jitter: bool = False      # on-the-fly flip/shift/intensity jitter for every arm (none included); off as in the paper
-    batch_size: int = 8
+    batch_size: int = 4
     depth: int = 4
-    base_filters: int = 16
+    base_filters: int = 8
     dropout: float = 0.1
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     dice_weight: float = 1.0
     equal_steps: bool = True  # every arm gets the same number of updates per epoch (False: one pass per arm, as the paper)
-    steps_per_epoch: int = 0  # > 0: this many updates per epoch for every arm (an "epoch" = a validation/early-stopping period)
+    steps_per_epoch: int = 25  # > 0: this many updates per epoch for every arm (an "epoch" = a validation/early-stopping period)
     precision: str = "mixed_bfloat16"
     experiment: str = "mrisynth"
     registry_name: str = "mrisynth-segmenter"
@@ -184,6 +186,10 @@ class TrainSegmenterParams:
 
     def check(self) -> None:
         _positive(self, "epochs", "patience", "batch_size", "depth", "base_filters", "learning_rate")
+        if not 1 <= self.min_epochs <= self.epochs:
+            raise ConfigError(f"train_segmenter.min_epochs: expected 1..epochs ({self.epochs}), found {self.min_epochs}")
+        if self.min_delta < 0:
+            raise ConfigError(f"train_segmenter.min_delta: expected >= 0, found {self.min_delta}")
         if self.steps_per_epoch < 0:
             raise ConfigError(f"train_segmenter.steps_per_epoch: expected 0 (derive from the data) or a positive count, found {self.steps_per_epoch}")
         unknown = [a for a in self.arms if a not in ARMS]
@@ -205,6 +211,7 @@ class GanUsefulnessParams:
 
     diversity_samples: int = 4      # renders of the same validation mask with dropout active
     seed: int = 11
+    out_dir: str = "work/gan_usefulness"  # the GAN-train segmenter
 
     def check(self) -> None:
         if self.diversity_samples < 2:

@@ -49,14 +49,16 @@ def predict_classes(model: keras.Model, images: np.ndarray, batch_size: int = 16
 
 
 class _BestByValDice(keras.callbacks.Callback):
-    """Keeps the checkpoint with the best validation tumour Dice; stops after `patience` epochs
-    without improvement (or on a NaN loss)."""
+    """Keeps the checkpoint with the best validation tumour Dice; stops after `patience` epochs in
+    which that Dice never rose more than `min_delta` above the level of the last such improvement
+    (or on a NaN loss)."""
 
-    def __init__(self, val_images, val_classes, path: Path, on_epoch, patience: int):
+    def __init__(self, val_images, val_classes, path: Path, on_epoch, patience: int, min_delta: float = 0.0, min_epochs: int = 1):
         super().__init__()
         self.val_images, self.val_classes, self.path, self.on_epoch = val_images, val_classes, path, on_epoch
-        self.patience = patience
+        self.patience, self.min_delta, self.min_epochs = patience, min_delta, min_epochs
         self.best, self.best_epoch, self.history = -math.inf, -1, []
+        self.level, self.level_epoch = -math.inf, -1   # early-stopping reference
         self.stopped_early = False
 
     def on_epoch_end(self, epoch, logs=None):
@@ -70,7 +72,9 @@ class _BestByValDice(keras.callbacks.Callback):
         if improved:
             self.best, self.best_epoch = row["val_dice_tumour"], epoch
             self.model.save(self.path)
-        elif epoch - self.best_epoch >= self.patience:
+        if row["val_dice_tumour"] > self.level + self.min_delta:
+            self.level, self.level_epoch = row["val_dice_tumour"], epoch
+        elif epoch + 1 >= self.min_epochs and epoch - self.level_epoch >= self.patience:
             self.model.stop_training = True
             self.stopped_early = True
         self.history.append(row)
@@ -100,6 +104,35 @@ def jitter_fn(size: int, seed: int):
     return apply
 
 
+_COMPILED: dict[tuple, keras.Model] = {}
+
+
+def _fresh_model(params: TrainSegmenterParams, seed: int, size: int, channels: int) -> keras.Model:
+    """A compiled U-Net with the initial weights of `seed`.
+
+    Tracing the train step costs several seconds; the verdict trains 13 U-Nets of one architecture,
+    so a compiled model is kept per architecture and reset for each run: every variable (weights,
+    BatchNorm statistics, the dropout seed state) from a newly built model with this seed, the
+    optimizer's moments and step count to zero. The result equals a newly built and compiled model
+    (tests/test_segmenter.py)."""
+    keras.utils.set_random_seed(seed)
+    fresh = models.build_segmenter(size, channels, NUM_CLASSES, params.depth, params.base_filters, params.dropout)
+    key = (size, channels, params.depth, params.base_filters, params.dropout, params.learning_rate, params.dice_weight, params.precision)
+    model = _COMPILED.get(key)
+    if model is None:
+        fresh.compile(optimizer=keras.optimizers.Adam(params.learning_rate), loss=ce_dice_loss(NUM_CLASSES, params.dice_weight))
+        _COMPILED.clear()  # one architecture at a time
+        _COMPILED[key] = fresh
+        return fresh
+    for target, source in zip(model.variables, fresh.variables, strict=True):
+        target.assign(source)
+    for variable in model.optimizer.variables:
+        if not variable.path.endswith("learning_rate"):
+            variable.assign(np.zeros(variable.shape, variable.dtype))
+    keras.utils.set_random_seed(seed)  # the same random stream as a newly built model would see
+    return model
+
+
 def train(
     params: TrainSegmenterParams,
     seed: int,
@@ -111,8 +144,9 @@ def train(
     on_epoch: Callable[[int, dict, bool], None] | None = None,
     steps_per_epoch: int | None = None,
 ) -> dict:
-    """Train one segmenter for at most `params.epochs` epochs, stopping after `params.patience`
-    epochs without a better validation tumour Dice; the best model is saved to out_path (.keras).
+    """Train one segmenter for at most `params.epochs` epochs, stopping (not before `params.min_epochs`)
+    after `params.patience` epochs without a validation tumour Dice gain above `params.min_delta`; the best model (highest
+    validation tumour Dice) is saved to out_path (.keras).
 
     steps_per_epoch: gradient updates per epoch (default: one pass over the images). Setting it to
     the same value for every arm gives each arm the same number of updates, so an arm with more
@@ -120,12 +154,10 @@ def train(
     import tensorflow as tf
 
     keras.mixed_precision.set_global_policy(params.precision)
-    keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
-    model = models.build_segmenter(images.shape[1], images.shape[-1], NUM_CLASSES, params.depth, params.base_filters, params.dropout)
-    model.compile(optimizer=keras.optimizers.Adam(params.learning_rate), loss=ce_dice_loss(NUM_CLASSES, params.dice_weight))
+    model = _fresh_model(params, seed, images.shape[1], images.shape[-1])
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    best = _BestByValDice(val_images, val_classes, out_path, on_epoch, params.patience)
+    best = _BestByValDice(val_images, val_classes, out_path, on_epoch, params.patience, params.min_delta, params.min_epochs)
     steps = steps_per_epoch or math.ceil(len(images) / params.batch_size)
     data = tf.data.Dataset.from_tensor_slices((images.astype(np.float32), classes.astype(np.int32)))
     data = data.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).repeat()

@@ -99,6 +99,7 @@ def verdict(question: str, metric: str, c: Comparison) -> str:
         conclusion = f"shown ({outcome})"
     else:
         conclusion = "not shown"
-    p = "n/a" if not np.isfinite(c.p_value) else (f"{c.p_value:.2g}" if c.p_value >= 0.001 else "< 0.001")
-    return (f"{question}: {c.mean:+.3f} {metric} ({c.level:.0%} CI {c.low:+.3f} … {c.high:+.3f}, p = {p}; "
-            f"{c.n_images} images × {c.n_seeds} seeds) — {conclusion}").replace("95%", "95 %")
+    p = "p = n/a" if not np.isfinite(c.p_value) else (f"p = {c.p_value:.2g}" if c.p_value >= 0.001 else "p < 0.001")
+    level = f"{c.level:.0%}".replace("%", " %")
+    return (f"{question}: {c.mean:+.3f} {metric} ({level} CI {c.low:+.3f} … {c.high:+.3f}, {p}; "
+            f"{c.n_images} images × {c.n_seeds} seeds) — {conclusion}")

@@ -1,0 +1,1 @@
+"""Side effects: NIfTI/TIFF/array files, the dataset manifest, Great Expectations, MLflow tracking."""

@@ -117,9 +117,13 @@ def segmenter_signature(size: int, channels: int, classes: int):
 
 def register_keras_model(model, name: str, registry_name: str, signature, tags: dict[str, str]) -> str:
     """Log a Keras model in the active run, register it under `registry_name` with `tags`; returns the version."""
+    import keras
     import mlflow.keras
+    import tensorflow
 
-    info = mlflow.keras.log_model(model, name=name, registered_model_name=registry_name, signature=signature)
+    # explicit requirements: MLflow's inference of them loads the model in a subprocess (~6 s per model)
+    requirements = [f"tensorflow-cpu=={tensorflow.__version__}", f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"]
+    info = mlflow.keras.log_model(model, name=name, registered_model_name=registry_name, signature=signature, pip_requirements=requirements)
     version = str(info.registered_model_version)
     tag_version(registry_name, version, tags)
     return version

@@ -71,6 +71,10 @@ def score_arms(runs: dict, splits: dict[str, arrays.SplitArrays]) -> tuple[dict,
                     pooled[arm][split].setdefault(metric, []).append(value)
                 rows[split].append(segmetrics.per_image(truths[split], pred, data.spacing))
         per_image[arm] = {split: {key: np.stack([r[key] for r in rows[split]]) for key in rows[split][0]} for split in splits}
+        for split in splits:  # region scores: per image with each image's own spacing, then averaged
+            for key, values in per_image[arm][split].items():
+                if key != "dice_tumour" and values.shape[1]:
+                    pooled[arm][split][key] = [float(v) for v in values.mean(axis=1)]
     return pooled, per_image, examples
 
 
@@ -103,6 +107,10 @@ def comparisons(per_image: dict, arms: list[str], split: str, n_boot: int, level
     """{question: {"baseline", "augmented", metric: Comparison dict}} on one split."""
     out = {}
     for base, aug, question in comparisons_for(arms):
+        if per_image[base][split]["dice_tumour"].shape != per_image[aug][split]["dice_tumour"].shape:
+            raise DataError(f"evaluate: arms {base!r} and {aug!r} were trained with different seeds; pairing needs the same seeds (rerun `dvc repro train_segmenter`)")
+        if per_image[base][split]["dice_tumour"].shape[1] == 0:
+            continue  # an empty split has nothing to compare
         entry = {"baseline": base, "augmented": aug}
         for metric, _ in PAIRED:
             entry[metric] = stats.compare(per_image[base][split][metric], per_image[aug][split][metric], n_boot, level, seed).as_dict()
@@ -132,7 +140,8 @@ def table_markdown(summary: dict, arms: list[str], seeds: list, size: int, tests
     lines += verdict_lines(tests)
     lines += ["", f"Each line: mean paired difference of per-image tumour-class Dice (augmented − baseline), {level} CI from a bootstrap "
               f"resampling test images and training seeds ({p.bootstrap} replicates, seed {p.seed}), Wilcoxon signed-rank p over images "
-              f"(seed-averaged differences). 'Shown' = the CI excludes 0. Seeds {list(seeds)}; units: Dice in [0, 1].", "",
+              f"(seed-averaged differences). 'Shown' = the CI excludes 0. The p-value treats the trained seeds as fixed while the CI also "
+              f"carries seed-to-seed variation, so a small p can stand next to 'not shown': the CI decides. Seeds {list(seeds)}; units: Dice in [0, 1].", "",
               "### All paired comparisons (test split)", "",
               "| Question | " + " | ".join(title for _, title in PAIRED) + " |", "|---|" + "---|" * len(PAIRED)]
     for question, entry in tests.items():
@@ -224,6 +233,17 @@ def write_per_image(path: Path, per_image: dict, runs: dict, splits: dict) -> No
                         writer.writerow([arm, seed, split, case, *(f"{values[k][s, i]:.6g}" for k in keys)])
 
 
+def _json_safe(value):
+    """NaN/inf -> None, recursively (strict JSON for reports/metrics.json)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def run(params_path: str = "params.yaml") -> int:
     import mlflow
 
@@ -264,16 +284,18 @@ def run(params_path: str = "params.yaml") -> int:
     metrics = {"seeds": seeds, "arms": summary, "comparisons_test": tests, "comparisons_val": vals,
                "threshold_reference": thresholds, "gan_usefulness": usefulness,
                **{k: v for k, v in (gate | info).items() if v is not None}}
-    Path("reports/metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    Path("reports/metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
     examples_png(Path("reports/test_examples.png"), splits["test"], predictions, p.examples)
 
     gan_report = Path("reports/train_gan.json")
     generator_version = json.loads(gan_report.read_text()).get("model_version") if gan_report.is_file() else None
     tracking.configure(seg.experiment)
-    # each arm/seed child run gets its own scores under the same names: the UI's compare view lines them up
+    # each arm/seed child run gets its own scores under the same names: the UI's compare view lines them up.
+    # Validation scores of the chosen checkpoint go under best_val_* (val_* are the per-epoch training curves).
     for arm, seeds_info in runs["arms"].items():
         for s, (seed, info_) in enumerate(seeds_info.items()):
-            child = {f"{split}_{metric}": values[s] for split in ("val", "test") for metric, values in pooled[arm][split].items()}
+            child = {f"{'best_val' if split == 'val' else split}_{metric}": values[s]
+                     for split in ("val", "test") for metric, values in pooled[arm][split].items()}
             tracking.log_metrics_to_run(info_["run_id"], child)
     with mlflow.start_run(run_name="evaluate"):
         link_tags = {f"run.{arm_slug(arm)}.seed{seed}": info_["run_id"] for arm, seeds_info in runs["arms"].items() for seed, info_ in seeds_info.items()}

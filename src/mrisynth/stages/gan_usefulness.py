@@ -3,7 +3,7 @@
 Reads  work/preprocessed/{train,val,test}.npz, models/generator.keras, work/augmented/ (the GAN
        samples), work/segmenter/runs.json (the `none` segmenters), params `gan_usefulness`,
        `train_segmenter`, `preprocess`, reports/train_gan.json (generator run and version).
-Writes work/gan_usefulness/gan_train.keras, reports/gan_usefulness.json; the scores are logged as
+Writes <gan_usefulness.out_dir>/gan_train.keras, reports/gan_usefulness.json; the scores are logged as
        metrics on the generator's MLflow run and as tags on its registered version.
 
 The GAN-train segmenter uses the `train_segmenter` settings, the first seed and the same number of
@@ -46,7 +46,7 @@ def run(params_path: str = "params.yaml") -> int:
     val_classes = encoding.labels_to_classes(splits["val"].labels)
     largest = max(len(splits["train"]) * params.augment.factor, len(images))
     steps = seg.steps_per_epoch or (math.ceil(largest / seg.batch_size) if seg.equal_steps else None)
-    out_dir = Path("work/gan_usefulness")
+    out_dir = Path(g.out_dir)
     result = segmenter.train(seg, seg.seeds[0], images, classes, splits["val"].images, val_classes, out_dir / "gan_train.keras", None, steps)
     gan_train_model = segmenter.load(out_dir / "gan_train.keras")
     report: dict[str, object] = {"seed": seg.seeds[0], "gan_train_images": len(images), "gan_train_best_epoch": result["best_epoch"]}

@@ -145,7 +145,9 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
                   f"val_g_loss {result.metrics['val_g_loss']:.4f} val_ssim {result.metrics['val_ssim']:.3f} ({result.seconds:.1f} s){' *best*' if result.improved else ''}")
             if result.epoch % p.grid_every == 0 or result.epoch == p.epochs:
                 generated = generation.render(trainer_.generator, val.conditioning[:grid_rows])
-                grid = tracking.image_grid(grid_panels(val.images[:grid_rows], val.labels[:grid_rows], generated))
+                titles = ["mask"] + [f"{name} {kind}" for name in (("FLAIR", "T1ce") if channels >= 3 else ("ch0",)) for kind in ("real", "generated")]
+                grid = tracking.titled_grid(tracking.image_grid(grid_panels(val.images[:grid_rows], val.labels[:grid_rows], generated)),
+                                            titles, pre.size)
                 mlflow.log_image(grid, artifact_file=f"grids/epoch_{result.epoch:03d}.png")
 
         try:

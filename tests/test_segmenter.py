@@ -1,0 +1,74 @@
+"""Segmenter training: a reused compiled model equals a newly built one; early stopping; jitter keeps pairs aligned."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from mrisynth import segmenter
+from mrisynth.config import TrainSegmenterParams
+
+P = TrainSegmenterParams(epochs=2, patience=5, batch_size=2, depth=2, base_filters=4, precision="float32", learning_rate=1e-3)
+
+
+def _data(seed=0, n=6, size=32):
+    rng = np.random.default_rng(seed)
+    images = rng.random((n, size, size, 2)).astype(np.float32)
+    classes = np.zeros((n, size, size), np.uint8)
+    classes[:, 8:16, 8:16] = 1
+    classes[:, 10:14, 10:14] = 3
+    images[..., 0] += classes / 3
+    return images, classes
+
+
+def _weights(path):
+    return [np.asarray(w) for w in segmenter.load(path).get_weights()]
+
+
+def test_reused_compiled_model_trains_like_a_new_one(tmp_path):
+    images, classes = _data()
+    segmenter._COMPILED.clear()
+    first = segmenter.train(P, 5, images, classes, images[:2], classes[:2], tmp_path / "a.keras", steps_per_epoch=3)
+    segmenter.train(P, 9, images, classes, images[:2], classes[:2], tmp_path / "other.keras", steps_per_epoch=3)  # another seed in between
+    again = segmenter.train(P, 5, images, classes, images[:2], classes[:2], tmp_path / "b.keras", steps_per_epoch=3)  # reused model
+    segmenter._COMPILED.clear()
+    fresh = segmenter.train(P, 5, images, classes, images[:2], classes[:2], tmp_path / "c.keras", steps_per_epoch=3)  # newly built
+    assert first["history"] == again["history"] == fresh["history"]
+    for a, b in zip(_weights(tmp_path / "a.keras"), _weights(tmp_path / "c.keras")):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(tmp_path, monkeypatch):
+    images, classes = _data()
+    scores = iter([0.5, 0.6, 0.55, 0.58, 0.59, 0.9, 0.9])
+    monkeypatch.setattr(segmenter.segmetrics, "mean_dice", lambda cm, include_background=True: next(scores) if not include_background else 0.0)
+    params = dataclasses.replace(P, epochs=7, patience=3, min_epochs=1, min_delta=0.0)
+    result = segmenter.train(params, 1, images, classes, images[:2], classes[:2], tmp_path / "m.keras", steps_per_epoch=1)
+    assert result["best_epoch"] == 2 and result["epochs_run"] == 5 and result["stopped_early"]
+    # min_delta: gains of at most 0.05 do not reset patience (the checkpoint still follows the best score)
+    scores2 = iter([0.5, 0.52, 0.53, 0.54, 0.9, 0.9])
+    monkeypatch.setattr(segmenter.segmetrics, "mean_dice", lambda cm, include_background=True: next(scores2) if not include_background else 0.0)
+    params = dataclasses.replace(P, epochs=6, patience=3, min_epochs=1, min_delta=0.05)
+    result = segmenter.train(params, 1, images, classes, images[:2], classes[:2], tmp_path / "n.keras", steps_per_epoch=1)
+    assert result["best_epoch"] == 4 and result["epochs_run"] == 4 and result["stopped_early"]
+    # min_epochs: no stop before it, whatever the scores
+    scores3 = iter([0.5, 0.4, 0.4, 0.4, 0.4, 0.4])
+    monkeypatch.setattr(segmenter.segmetrics, "mean_dice", lambda cm, include_background=True: next(scores3) if not include_background else 0.0)
+    params = dataclasses.replace(P, epochs=6, patience=1, min_epochs=5, min_delta=0.0)
+    result = segmenter.train(params, 1, images, classes, images[:2], classes[:2], tmp_path / "o.keras", steps_per_epoch=1)
+    assert result["epochs_run"] == 5 and result["best_epoch"] == 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_jitter_moves_image_and_mask_together(seed):
+    import tensorflow as tf
+
+    tf.random.set_seed(seed)
+    size = 32
+    image = np.zeros((size, size, 2), np.float32)
+    classes = np.zeros((size, size), np.int32)
+    image[5:12, 20:26, :] = 0.8
+    classes[5:12, 20:26] = 2
+    out_image, out_classes = segmenter.jitter_fn(size, seed)(tf.constant(image), tf.constant(classes))
+    out_image, out_classes = out_image.numpy(), out_classes.numpy()
+    assert out_classes.sum() > 0 and set(np.unique(out_classes)) <= {0, 2}
+    np.testing.assert_array_equal(out_image[..., 0] > 0.5, out_classes == 2)  # still aligned after flip/shift/scale
