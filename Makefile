@@ -45,6 +45,7 @@ test: setup
 bench: setup
 	python bench/bench_data.py
 	python bench/bench_gan.py
+	python bench/bench_segmenter.py
 
 # Recompute each stage's code deps and params in dvc.yaml from the imports (tests/test_dvc_graph.py checks them).
 dvc-graph: setup
