@@ -4,6 +4,8 @@ Default store: the embedded SQLite file `sqlite:///mlflow.db` with artifacts in 
 MLFLOW_TRACKING_URI overrides it (e.g. a shared tracking server)."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import platform
 import subprocess
@@ -24,6 +26,26 @@ def configure_uri() -> str:
     return uri
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str):
+    """An exclusive lock beside an SQLite store while it is created or migrated.
+
+    MLflow builds the schema of a new `sqlite:///` file on first use; two processes doing so at once
+    (parallel tune workers on one machine) collide ("table experiments already exists"). Servers
+    (http://, postgresql://) serialise this themselves, so no lock is taken for them."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def configure(experiment: str) -> str:
     """Point MLflow at the tracking store and select (creating if needed) the experiment. Returns the URI."""
     import mlflow
@@ -34,12 +56,13 @@ def configure(experiment: str) -> str:
     launcher = os.environ.pop("MLFLOW_RUN_ID", None)
     if launcher:
         os.environ["MRISYNTH_LAUNCHER_RUN_ID"] = launcher
-    if mlflow.get_experiment_by_name(experiment) is None:
-        artifact_root = None
-        if uri.startswith("sqlite:"):
-            artifact_root = (Path(os.environ.get("MLFLOW_ARTIFACT_ROOT", "mlartifacts")) / experiment).resolve().as_uri()
-        mlflow.create_experiment(experiment, artifact_location=artifact_root)
-    mlflow.set_experiment(experiment)
+    with _store_lock(uri):  # schema creation and experiment creation are both first-come races
+        if mlflow.get_experiment_by_name(experiment) is None:
+            artifact_root = None
+            if uri.startswith("sqlite:"):
+                artifact_root = (Path(os.environ.get("MLFLOW_ARTIFACT_ROOT", "mlartifacts")) / experiment).resolve().as_uri()
+            mlflow.create_experiment(experiment, artifact_location=artifact_root)
+        mlflow.set_experiment(experiment)
     return uri
 
 
