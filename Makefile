@@ -32,7 +32,7 @@ run: data
 # The paper profile as a named DVC experiment: 256 px, GAN 100 epochs (paper filters), segmenter up to 50
 # epochs without early stopping (patience 50) and one pass per arm per epoch as the paper, 30 -> 300,
 # the verdict's four arms x three seeds, the paper-sized segmenter (16 base filters, batch 8, lr 1e-3).
-PAPER_OVERRIDES := -S preprocess.size=256 -S train_gan.epochs=100 -S train_gan.width=1.0 \
+PAPER_OVERRIDES := -S preprocess.image_size=256 -S train_gan.epochs=100 -S train_gan.width=1.0 \
   -S train_segmenter.epochs=50 -S train_segmenter.patience=50 -S train_segmenter.steps_per_epoch=0 \
   -S train_segmenter.equal_steps=false -S train_segmenter.base_filters=16 -S train_segmenter.batch_size=8 \
   -S train_segmenter.learning_rate=0.001 -S 'train_segmenter.seeds=[1,2,3]' -S augment.factor=10

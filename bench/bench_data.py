@@ -1,6 +1,7 @@
-"""Benchmark of the data path (not a test): phantom seconds per full-size case, and a 65-case import.
+"""Benchmark of the data path (not a test): phantom seconds per full-size case (version 2, the default,
+next to version 1), and a 65-case import.
 
-Budgets (issue 2): phantom <= 3 s per 240x240x155 case; importing 65 cases <= 120 s.
+Budgets (issues 2, 9): phantom <= 3 s per 240x240x155 case on one core; importing 65 cases <= 120 s.
 Usage: python bench/bench_data.py [--cases 65] [--workers 2]"""
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mrisynth.core import phantom
+from mrisynth.core import phantom, phantom_v2
 from mrisynth.io import brats
 from mrisynth.ingest import ImportOptions, import_brats, make_phantom
 
@@ -20,15 +21,20 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=65)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    phantom._templates()  # one-off template load, not per case
+    phantom._templates()  # one-off template and location-table loads, not per case
+    phantom_v2._location_tables()
     with tempfile.TemporaryDirectory() as tmp:
-        per_case = []
-        for i in range(5):  # serial, one core: make + write one case
-            start = time.perf_counter()
-            case = phantom.make_case(1, i)
-            brats.write_case(Path(tmp) / "serial", f"BraTS20_Training_{i + 1:03d}", case.volumes, case.seg, phantom.BRATS_AFFINE)
-            per_case.append(time.perf_counter() - start)
-        print(f"phantom, one core: median {statistics.median(per_case):.2f} s/case (min {min(per_case):.2f}, max {max(per_case):.2f}); budget 3 s")
+        times = {1: [], 2: []}
+        for i in range(5):  # serial, one core: make + write one case, the two versions interleaved
+            for version, make in ((1, phantom.make_case), (2, phantom_v2.make_case)):
+                start = time.perf_counter()
+                case = make(1, i)
+                brats.write_case(Path(tmp) / f"serial{version}", f"BraTS20_Training_{i + 1:03d}", case.volumes, case.seg, phantom.BRATS_AFFINE)
+                times[version].append(time.perf_counter() - start)
+        for version, per_case in times.items():
+            print(f"phantom v{version}, one core: median {statistics.median(per_case):.2f} s/case "
+                  f"(min {min(per_case):.2f}, max {max(per_case):.2f}, 5 cases); budget 3 s")
+        print(f"phantom v2 / v1 time ratio: {statistics.median(times[2]) / statistics.median(times[1]):.2f}")
         start = time.perf_counter()
         make_phantom(Path(tmp) / "raw", args.cases, seed=1, workers=args.workers)
         made = time.perf_counter() - start

@@ -85,7 +85,7 @@ def make_tiny_project(root: Path, brats_root: Path, extra_params: dict | None = 
 
     import_brats(brats_root, root / "data", {"train": 4, "val": 2, "test": 2}, 1, ImportOptions(size=64))
     params = {
-        "preprocess": {"data_dir": "data", "out_dir": "work/preprocessed", "size": 64},
+        "preprocess": {"data_dir": "data", "out_dir": "work/preprocessed", "image_size": 64},
         "train_gan": {"epochs": 2, "batch_size": 2, "width": 0.25, "grid_every": 1, "grid_images": 2, "alpha_file": None,
                       "precision": "float32", "experiment": "tiny", "registry_name": "tiny-generator"},
     }

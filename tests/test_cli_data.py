@@ -35,7 +35,7 @@ def test_phantom_import_validate_end_to_end(tmp_path):
 
 def _write_params(tmp_path: Path, data_dir: Path, size: int) -> Path:
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"preprocess": {"data_dir": str(data_dir), "out_dir": str(tmp_path / "pre"), "size": size}}))
+    params.write_text(yaml.safe_dump({"preprocess": {"data_dir": str(data_dir), "out_dir": str(tmp_path / "pre"), "image_size": size}}))
     return params
 
 

@@ -34,7 +34,7 @@ def test_repository_params_load_and_defaults_match_dataclasses():
     ({"train_gan": {"epochs": 2.5}}, "train_gan.epochs", "2.5"),
     ({"train_gan": {"epochs": -1}}, "train_gan.epochs", "-1"),
     ({"train_gan": {"precision": "fp8"}}, "train_gan.precision", "'fp8'"),
-    ({"preprocess": {"size": 96}}, "preprocess.size", "96"),
+    ({"preprocess": {"image_size": 96}}, "preprocess.image_size", "96"),
     ({"train_segmenter": {"arms": ["none"]}}, "train_segmenter.arms", "['none']"),
     ({"train_segmenter": {"arms": ["none", "mixup"]}}, "train_segmenter.arms", "mixup"),
     ({"train_segmenter": {"seeds": []}}, "train_segmenter.seeds", "[]"),
@@ -45,6 +45,8 @@ def test_repository_params_load_and_defaults_match_dataclasses():
     ({"gan_usefulness": {"diversity_samples": 1}}, "gan_usefulness.diversity_samples", "1"),
     ({"evaluate": {"ci_level": 95}}, "ci_level", "95"),
     ({"train_gan": {"lerning_rate": 1e-4}}, "lerning_rate", "unknown key"),
+    ({"preprocess": {"size": 128}}, "size -> image_size", "run cache"),
+    ({"data": {"phantom_version": 3}}, "data.phantom_version", "3"),
 ])
 def test_bad_values_name_the_key(tmp_path, overrides, key, found):
     with pytest.raises(ConfigError) as err:

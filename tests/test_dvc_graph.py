@@ -353,3 +353,12 @@ def test_dvc_status_marks_exactly_the_stages_that_import_an_edited_module(tmp_pa
         append(root / module, "# edited\n")
         expected |= users[module]
         assert changed() == expected, module
+
+
+def test_stage_commands_use_the_projects_interpreter_without_the_venv_on_path():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert all(stage["cmd"].startswith("sh pipelines/python pipelines/") for stage in stages.values())
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp")}  # as `.venv/bin/dvc repro` without activation
+    ran = subprocess.run(["sh", "pipelines/python", "-c", "import mrisynth, sys; print(sys.prefix)"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr

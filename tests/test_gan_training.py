@@ -144,19 +144,27 @@ def test_stage_outputs_and_mlflow_run(trained):
 
 
 def test_registered_generator_predicts_images(trained):
+    from mrisynth.serving import Generator
+
+    # plain MLflow (the Keras flavor's pyfunc; no mrisynth code needed): [0, 1] images
     model = mlflow.pyfunc.load_model("models:/tiny-generator@challenger")
     val = arrays.load_split(trained / "work" / "preprocessed", "val")
-    images = model.predict(val.conditioning)
+    images = np.asarray(model.predict(val.conditioning))
     assert images.shape == (2, 64, 64, 4) and images.dtype == np.float32
     assert 0.0 <= images.min() and images.max() <= 1.0
     signature = model.metadata.signature
     assert tuple(signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 64, 64, 4)
+    # mrisynth's loader: the same images inside the brain, validated input
+    generator = Generator.load("models:/tiny-generator@challenger")
+    ours = generator.predict(val.conditioning)
+    brain = val.conditioning[..., 3:] > 0
+    np.testing.assert_allclose(ours, np.where(brain, images, 0.0), atol=1e-6)
     bad = val.conditioning.copy()
     bad[0, 0, 0, 0] = 0.5
     with pytest.raises(InputError, match="expected only 0 and 1"):
-        model.predict(bad)
-    with pytest.raises(Exception, match="shape"):
-        model.predict(np.zeros((1, 32, 32, 4), np.float32))
+        generator.predict(bad)
+    with pytest.raises(InputError, match="shape"):
+        generator.predict(np.zeros((1, 32, 32, 4), np.float32))
 
 
 def test_bad_data_stops_the_stage(trained, capsys):

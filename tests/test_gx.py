@@ -48,8 +48,25 @@ def test_broken_data_fails_with_named_expectations(tiny_brats, tmp_path, capsys)
     text = "\n".join(report.failures)
     for column in ("labels_ok", "nan_count", "max", "has_mask", "splits_of_case", "split_count == split_expected"):
         assert column in text, column
+    # each failure names the case, the file and the offending value
+    labels = next(f for f in report.failures if "labels_ok" in f)
+    assert f"{manifest.loc[0, 'case_id']} mask {manifest.loc[0, 'mask']}: label 3 not in {{0, 1, 2, 4}}" in labels, labels
+    assert f"{manifest.loc[1, 'case_id']} image {manifest.loc[1, 'image']}: max=1.5" in text, text
+    assert f"{manifest.loc[2, 'case_id']}: mask {manifest.loc[2, 'mask']} is missing" in text, text
     assert main(["validate", str(out), "--docs", str(tmp_path / "docs")]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_unreadable_file_is_reported_as_unreadable_not_as_labels(tiny_brats, tmp_path):
+    out = _dataset(tiny_brats, tmp_path)
+    manifest = pd.read_csv(out / "manifest.csv")
+    mask_path = out / manifest.loc[0, "mask"]
+    mask_path.write_bytes(mask_path.read_bytes()[:20])  # truncated TIFF
+    report = validate_dataset(out)
+    assert not report.success
+    text = "\n".join(report.failures)
+    assert "readable" in text and f"{manifest.loc[0, 'case_id']}: " in text and "unreadable" in text
+    assert "labels_ok" not in text, text
 
 
 def test_wrong_size_and_counts_fail(tiny_brats, tmp_path):

@@ -1,4 +1,5 @@
 """Importer: layout, splits, seeding, every bad input (error text and nothing written), skip-invalid."""
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -169,3 +170,20 @@ def test_parallel_import_matches_serial(tiny_brats, tmp_path):
     a = _import(tiny_brats, tmp_path / "a", workers=1)
     b = _import(tiny_brats, tmp_path / "b", workers=2)
     assert a.equals(b)
+
+
+def test_force_onto_a_file_is_one_line_and_killed_import_leftovers_are_cleaned(tiny_brats, tmp_path):
+    target = tmp_path / "data"
+    target.write_text("not a folder")
+    with pytest.raises(DataError, match="exists and is a file"):
+        import_brats(tiny_brats, target, {"train": 2}, 1, ImportOptions(size=64), force=True)
+    target.unlink()
+    # a killed import left its temporary folder (its pid no longer runs); a live one's is kept
+    dead = tmp_path / ".data.tmp-999999999-abc"
+    dead.mkdir()
+    (dead / "half.tif").write_bytes(b"partial")
+    live = tmp_path / f".data.tmp-{os.getpid()}-xyz"
+    live.mkdir()
+    import_brats(tiny_brats, target, {"train": 2}, 1, ImportOptions(size=64))
+    assert not dead.exists() and live.exists()
+    assert (target / "manifest.csv").is_file() and (target / "card.json").is_file()

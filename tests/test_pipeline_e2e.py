@@ -14,7 +14,7 @@ from conftest import REPO, write_tiny_case
 from mrisynth.ingest import ImportOptions, import_brats
 
 TINY_PARAMS = {
-    "preprocess": {"size": 64},
+    "preprocess": {"image_size": 64},
     "tune": {"n_trials": 2, "epochs": 1, "storage": "sqlite:///optuna.db"},
     "train_gan": {"epochs": 1, "batch_size": 2, "width": 0.25, "grid_every": 1, "grid_images": 2, "precision": "float32"},
     "augment": {"factor": 3},
@@ -124,3 +124,23 @@ def test_tiny_dvc_repro_produces_table1_and_mlflow_runs(tmp_path):
     assert len(evaluations) == 2 and all("val_dice_gain_beyond_classic" in r.data.metrics for r in evaluations)
     launcher = next(r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("mlflow.project.entryPoint") == "evaluate")
     assert any(r.data.tags.get("launched_by_run") == launcher.info.run_id for r in evaluations)
+
+    # the dataset card's numbers: DVC metrics and an MLflow `preprocess` run
+    card = json.loads((repo / "reports" / "data_card.json").read_text())
+    assert {"threshold_WT_dice_test", "threshold_ET_dice_val", "data_et_absent", "data_wt_area_mm2_p50"} <= set(card)
+    preprocess_run = by_name["preprocess"]
+    assert preprocess_run.data.metrics["threshold_WT_dice_test"] == pytest.approx(card["threshold_WT_dice_test"])
+
+    # DVC's run cache must not restore outputs of another image size (it ignores params named `size`)
+    def npz_side() -> int:
+        import numpy as np
+        with np.load(repo / "work" / "preprocessed" / "train.npz") as saved:
+            return int(saved["images"].shape[1])
+
+    for side in (32, 64, 32):
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        params["preprocess"]["image_size"] = side
+        (repo / "params.yaml").write_text(yaml.safe_dump(params))
+        ran = subprocess.run([str(bin_dir / "dvc"), "repro", "preprocess"], cwd=repo, capture_output=True, text=True, env=env)
+        assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
+        assert npz_side() == side, f"image_size {side}: dvc restored {npz_side()} px arrays\n{ran.stdout[-1500:]}"

@@ -219,49 +219,123 @@ def champion(promo):
     return promo[-1]
 
 
-def test_served_champion_answers_and_rejects(champion, trained):
+def _start_server(trained, *extra) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", "models:/promo-generator@champion",
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=trained, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None:
-                    pytest.fail(server.stdout.read())
-                time.sleep(1)
-        else:
-            pytest.fail("server did not start")
-        from mrisynth.io import arrays
+    server = subprocess.Popen([sys.executable, "-m", "mrisynth.cli", "serve", "--model", "models:/promo-generator@champion",
+                               "--port", str(port), *map(str, extra)], cwd=trained, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                return server, f"http://127.0.0.1:{port}"
+        except OSError:
+            if server.poll() is not None:
+                pytest.fail(server.stdout.read())
+            time.sleep(1)
+    server.kill()
+    pytest.fail("server did not start")
 
+
+def _rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def test_served_champion_answers_and_rejects(champion, trained):
+    from mrisynth.io import arrays
+
+    server, base = _start_server(trained, "--max-batch", 4)
+    try:
         val = arrays.load_split(trained / "work" / "preprocessed", "val")
-        url = f"http://127.0.0.1:{port}/invocations"
+        url = f"{base}/invocations"
         status, body = _post(url, {"inputs": val.conditioning[:1].tolist()})
         assert status == 200, body
         images = np.asarray(body["predictions"])
         assert images.shape == (1, 64, 64, 4) and 0 <= images.min() and images.max() <= 1
+        assert np.all(images[0][val.conditioning[0, ..., 3] == 0] == 0)  # nothing outside the brain
 
         bad_values = val.conditioning[:1].copy()
         bad_values[0, 0, 0, 0] = 0.5
         for payload, expected in (
             ({"inputs": bad_values.tolist()}, "expected only 0 and 1"),
             ({"inputs": np.zeros((1, 32, 32, 4)).tolist()}, "shape"),
-            ({"inputs": [["a", "b"]]}, "Invalid input"),  # refused by MLflow's schema check before our code
+            ({"inputs": [["a", "b"]]}, "expected numbers"),
+            ({"wrong": 1}, "key 'inputs'"),
         ):
             status, body = _post(url, payload)
-            assert 400 <= status < 500, (status, body)
-            assert expected in body.get("message", "")
-            assert "Traceback" not in json.dumps(body) and "stack_trace" not in body
+            assert status == 400, (status, body)
+            assert expected in body.get("message", "") and len(body["message"]) < 300  # short, no input dump
+            assert "Traceback" not in json.dumps(body)
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_oversized_requests_are_refused_at_once_and_the_server_stays_up(champion, trained):
+    from mrisynth.io import arrays
+
+    server, base = _start_server(trained, "--max-batch", 2)
+    try:
+        url = f"{base}/invocations"
+        val = arrays.load_split(trained / "work" / "preprocessed", "val")
+        one = {"inputs": val.conditioning[:1].tolist()}
+        assert _post(url, one)[0] == 200
+        before = _rss_mb(server.pid)
+        # a 25 MB body is over the byte limit: 413 before the body is read, with or without Expect: 100-continue
+        port = int(base.rsplit(":", 1)[1])
+        for expect in ("Expect: 100-continue\r\n", ""):
+            started = time.time()
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+                conn.sendall((f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                              f"Content-Length: 25000000\r\n{expect}\r\n").encode())  # headers only: the body never comes
+                chunks = []
+                while chunk := conn.recv(65536):  # the server closes the connection after its answer
+                    chunks.append(chunk)
+                reply = b"".join(chunks).decode()
+            assert reply.startswith("HTTP/1.1 413") and "exceeds the limit" in reply, reply
+            assert time.time() - started < 10
+        # three images fit the byte limit but not the batch limit
+        status, body = _post(url, {"inputs": np.zeros((3, 64, 64, 4)).tolist()})
+        assert status == 413 and "limit is 2" in body["message"]
+        assert _rss_mb(server.pid) - before < 100  # the refused work never happened
+        assert _post(url, one)[0] == 200  # and the next normal request is served
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_loading_a_registered_generator_runs_no_code_from_the_artifact_store(champion, trained, tmp_path):
+    """The old format kept a cloudpickled `python_model.pkl`; a replaced pickle ran code on load.
+    Plant one (and a malicious MLmodel loader entry) and show that nothing runs."""
+    import pickle
+
+    from mrisynth.serving import Generator, InputError
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("promo-generator", "champion")
+    local = Path(mlflow.artifacts.download_artifacts(version.source))
+    assert "python_function" in (local / "MLmodel").read_text() and "keras" in (local / "MLmodel").read_text()
+    assert not list(local.rglob("*.pkl")) and not list(local.rglob("*.pickle"))  # nothing pickled was logged
+    # plant the pickle where the old pyfunc format kept it, in the artifact store itself
+    store_dir = Path(mlflow.artifacts.download_artifacts(version.source, dst_path=str(tmp_path / "planted")))
+    (store_dir / "python_model.pkl").write_bytes(pickle.dumps(Evil()))
+    (store_dir / "artifacts").mkdir(exist_ok=True)
+    generator = Generator.load(str(store_dir))
+    generator.predict(np.zeros((1, 64, 64, 4), np.float32))
+    assert not marker.exists()
+    # a model that only offers the pickled pyfunc is refused, not loaded
+    (store_dir / "MLmodel").write_text("flavors:\n  python_function:\n    python_model: python_model.pkl\n    loader_module: mlflow.pyfunc.model\n")
+    with pytest.raises(InputError, match="expected the `keras` flavor"):
+        Generator.load(str(store_dir))
+    assert not marker.exists()
 
 
 def test_generate_writes_tiff_and_nifti(champion, trained, tmp_path):
@@ -276,7 +350,10 @@ def test_generate_writes_tiff_and_nifti(champion, trained, tmp_path):
     assert len(tifs) == 2
     image = tifffile.imread(tifs[0])
     assert image.shape == (64, 64, 4) and image.dtype == np.float32
-    assert nib.load(str(out / f"{tifs[0].stem}.nii.gz")).shape == (64, 64, 1, 4)
+    for c, modality in enumerate(("flair", "t1", "t1ce", "t2")):  # one NIfTI per modality, BraTS naming, spacing kept
+        nifti = nib.load(str(out / f"{tifs[0].stem}_{modality}.nii.gz"))
+        assert nifti.shape == (64, 64, 1) and nifti.header.get_zooms() == (1.0, 1.0, 1.0)
+        np.testing.assert_allclose(np.asarray(nifti.dataobj)[..., 0], image[..., c])
 
     # masks of another size are fitted to the model's 64 x 64 input: smaller padded, larger resized
     for side, how in ((32, "pad"), (96, "resize")):
@@ -291,6 +368,8 @@ def test_generate_writes_tiff_and_nifti(champion, trained, tmp_path):
                             "--masks", str(masks), "--brain", str(brains), "--out", str(tmp_path / f"o{side}")], cwd=trained, capture_output=True, text=True)
         assert r.returncode == 0 and f"{side}x{side} -> 64x64 ({how})" in r.stdout, r.stdout + r.stderr
         assert tifffile.imread(tmp_path / f"o{side}" / "x.tif").shape == (64, 64, 4)
+        expected_mm = 1.5 if how == "resize" else 1.0  # 96 px resized to 64: each pixel covers 1.5 mm
+        assert nib.load(str(tmp_path / f"o{side}" / "x_t1ce.nii.gz")).header.get_zooms()[:2] == (expected_mm, expected_mm)
 
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mrisynth.config import ARMS  # noqa: F401  (one definition; re-exported for callers of this module)
 from mrisynth.core import encoding
 from mrisynth.errors import DataError
 from mrisynth.io import arrays, tiff
 
-ARMS = ("none", "classic", "gan", "classic+gan")
 
 # (baseline arm, augmented arm, question) — each comparison answers one question of the verdict.
 COMPARISONS = (

@@ -56,7 +56,7 @@ def load_generator(path: Path, size: int, channels: int):
     if tuple(model.input_shape) != expected_in or tuple(model.output_shape) != expected_out:
         raise DataError(
             f"{path}: generator maps {tuple(model.input_shape)} -> {tuple(model.output_shape)}, but the data needs "
-            f"{expected_in} -> {expected_out}; retrain it at preprocess.size {size} (`dvc repro train_gan`)"
+            f"{expected_in} -> {expected_out}; retrain it at preprocess.image_size {size} (`dvc repro train_gan`)"
         )
     return model
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -13,8 +14,19 @@ from mrisynth.errors import MrisynthError
 def _cmd_phantom(args: argparse.Namespace) -> int:
     from mrisynth.ingest import make_phantom
 
-    ids = make_phantom(Path(args.out), args.cases, args.seed, workers=args.workers)
+    ids = make_phantom(Path(args.out), args.cases, args.seed, workers=args.workers, version=args.version)
     print(f"wrote {len(ids)} phantom cases ({ids[0]} .. {ids[-1]}) to {args.out}")
+    return 0
+
+
+def _cmd_card(args: argparse.Namespace) -> int:
+    from mrisynth.core import datacard
+    from mrisynth.io import card
+
+    built = card.build(Path(args.dir))
+    if args.write:
+        card.write(Path(args.dir), built)
+    print(json.dumps(built, indent=2) if args.json else datacard.markdown(built), end="" if not args.json else "\n")
     return 0
 
 
@@ -22,7 +34,7 @@ def _import_options(args: argparse.Namespace):
     from mrisynth.ingest import ImportOptions
 
     modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
-    return ImportOptions(size=args.size, modalities=modalities, slice_rule=args.slice, fit=args.fit)
+    return ImportOptions(size=args.size, modalities=modalities, slice_rule=args.slice, fit=args.fit, layout=args.layout)
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
@@ -49,11 +61,11 @@ def _cmd_default(args: argparse.Namespace) -> int:
     data = load_params(args.params).data
     out = Path(args.out or data.out)
     with tempfile.TemporaryDirectory(prefix="mrisynth-phantom-") as raw:
-        make_phantom(Path(raw), data.phantom_cases, data.seed, workers=args.workers)
-        options = ImportOptions(size=data.size, modalities=data.modalities, slice_rule=data.slice, fit=data.fit)
+        make_phantom(Path(raw), data.phantom_cases, data.seed, workers=args.workers, version=data.phantom_version)
+        options = ImportOptions(size=data.image_size, modalities=data.modalities, slice_rule=data.slice, fit=data.fit)
         counts = {"train": data.train, "val": data.val, "test": data.test}
         manifest = import_brats(Path(raw), out, counts, data.seed, options, force=args.force, workers=args.workers,
-                                source_label=f"phantom(cases={data.phantom_cases}, seed={data.seed})")
+                                source_label=f"phantom(version={data.phantom_version}, cases={data.phantom_cases}, seed={data.seed})")
     print(f"default dataset: {len(manifest)} slices from {data.phantom_cases} phantom cases (seed {data.seed}) in {out}")
     return 0
 
@@ -89,6 +101,24 @@ def _cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from mrisynth.export import export
+
+    target = export(Path(args.dir), Path(args.out), args.format, args.arm, Path(args.augmented) if args.augmented else None,
+                    args.dataset_id, args.name, args.force)
+    print(f"exported {args.dir} ({args.format}, arm {args.arm}) to {target}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from mrisynth.server import serve
+
+    if args.max_batch < 1:
+        raise MrisynthError(f"--max-batch {args.max_batch}: expected at least 1")
+    serve(args.model, args.host, args.port, args.max_batch, args.max_bytes)
+    return 0
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from mrisynth.generate import generate
     from mrisynth.io import tracking
@@ -112,19 +142,29 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--cases", type=int, default=d.phantom_cases, help=f"number of cases (default {d.phantom_cases})")
     ph.add_argument("--seed", type=int, default=d.seed, help=f"random seed; same seed, same bytes (default {d.seed})")
     ph.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    ph.add_argument("--version", type=int, default=d.phantom_version, choices=[1, 2],
+                    help=f"2: realistic variety (core/phantom_v2.py), 1: the original easy phantom (default {d.phantom_version})")
     ph.set_defaults(func=_cmd_phantom)
 
-    im = data.add_parser("import", help="sample, slice and normalise a BraTS 2020 folder into TIFF splits")
+    ca = data.add_parser("card", help="the dataset card of an imported folder: grades, sub-regions, areas, contrasts, threshold baseline")
+    ca.add_argument("dir", help="imported dataset folder (with manifest.csv)")
+    ca.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    ca.add_argument("--write", action="store_true", help="(re)write DIR/card.json and DIR/card.md")
+    ca.set_defaults(func=_cmd_card)
+
+    im = data.add_parser("import", help="sample, slice and normalise a BraTS 2020/2021/2023 folder into TIFF splits")
     im.add_argument("src", help="BraTS 2020 training folder (or its parent), or a phantom folder")
     im.add_argument("--out", required=True, help="output folder (must be empty unless --force)")
     im.add_argument("--train", type=int, default=d.train, help=f"training cases (default {d.train})")
     im.add_argument("--val", type=int, default=d.val, help=f"validation cases (default {d.val})")
     im.add_argument("--test", type=int, default=d.test, help=f"test cases (default {d.test})")
     im.add_argument("--seed", type=int, default=d.seed, help=f"split seed (default {d.seed})")
-    im.add_argument("--size", type=int, default=d.size, help=f"output side in pixels (default {d.size})")
+    im.add_argument("--size", type=int, default=d.image_size, help=f"output side in pixels (default {d.image_size})")
     im.add_argument("--modalities", default=",".join(d.modalities), help=f"comma-separated, from {','.join(MODALITIES)}")
-    im.add_argument("--slice", default=d.slice, help="max-tumor | max-brain | center | an axial index")
+    im.add_argument("--slice", default=d.slice, help="max-tumor | random-tumor (seeded; any slice with >= 25%% of the largest tumour area) | max-brain | center | an axial index")
     im.add_argument("--fit", default=d.fit, choices=["pad", "resize"], help="pad (lossless, 240 -> 256) or resize")
+    im.add_argument("--layout", default=None, choices=["brats2020", "brats2021", "brats2023"],
+                    help="BraTS release layout (default: detected from the case folder names)")
     im.add_argument("--skip-invalid", action="store_true", help="skip bad cases (listed in DIR/rejected.csv)")
     im.add_argument("--force", action="store_true", help="replace an output folder that already holds data")
     im.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
@@ -160,6 +200,27 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--brain", help="folder of brain-mask TIFFs with the same names (default: the split's images)")
     ge.add_argument("--out", required=True)
     ge.set_defaults(func=_cmd_generate)
+
+    ex = sub.add_parser("export", help="write an imported dataset (and an augmented arm) as nnU-Net v2, MONAI or plain NIfTI")
+    ex.add_argument("dir", help="imported dataset folder (manifest.csv), e.g. data")
+    ex.add_argument("--format", required=True, choices=["nnunet", "monai", "nifti"])
+    ex.add_argument("--out", required=True, help="output folder (nnunet: nnUNet_raw; the dataset goes to OUT/DatasetNNN_NAME)")
+    ex.add_argument("--arm", default="none", choices=["none", "classic", "gan", "classic+gan"],
+                    help="training set: the real slices (none) or an augmented arm from --augmented")
+    ex.add_argument("--augmented", default="work/augmented", help="augmented set of the arms (default work/augmented)")
+    ex.add_argument("--dataset-id", type=int, default=501, help="nnU-Net dataset id (default 501)")
+    ex.add_argument("--name", default="MriSynth", help="nnU-Net dataset name (default MriSynth)")
+    ex.add_argument("--force", action="store_true", help="replace an existing export")
+    ex.set_defaults(func=_cmd_export)
+
+    se = sub.add_parser("serve", help="serve a registered generator over HTTP (validated, bounded; no code from the artifact store runs)")
+    se.add_argument("--model", required=True, help="e.g. models:/mrisynth-generator@champion")
+    se.add_argument("--host", default="127.0.0.1")
+    se.add_argument("--port", type=int, default=5001)
+    se.add_argument("--max-batch", type=int, default=16, help="most images per request; more -> HTTP 413 (default 16)")
+    se.add_argument("--max-bytes", type=int, default=None,
+                    help="largest request body; larger -> HTTP 413 before reading it (default: max-batch images of JSON)")
+    se.set_defaults(func=_cmd_serve)
     return parser
 
 

@@ -20,18 +20,21 @@ class DataParams:
     """The shipped default data: phantom cases imported into `out` (versioned by data.dvc)."""
 
     out: str = "data"
+    phantom_version: int = 2
     phantom_cases: int = 72
     seed: int = 2020
     train: int = 30
     val: int = 10
     test: int = 25
-    size: int = 256
+    image_size: int = 256
     modalities: tuple[str, ...] = MODALITIES
     slice: str = "max-tumor"
     fit: str = "pad"
 
     def check(self) -> None:
-        _positive(self, "phantom_cases", "train", "size")
+        _positive(self, "phantom_cases", "train", "image_size")
+        if self.phantom_version not in (1, 2):
+            raise ConfigError(f"data.phantom_version: expected 1 (original) or 2 (realistic), found {self.phantom_version}")
         if self.val < 0 or self.test < 0:
             raise ConfigError("data.val and data.test must be >= 0")
         if self.phantom_cases < self.train + self.val + self.test:
@@ -46,13 +49,21 @@ class PreprocessParams:
 
     data_dir: str = "data"
     out_dir: str = "work/preprocessed"
-    size: int = 128
+    image_size: int = 128
+    experiment: str = "mrisynth"  # MLflow experiment of the `preprocess` run (dataset card numbers)
 
     def check(self) -> None:
-        _positive(self, "size")
-        if self.size < 16 or self.size & (self.size - 1):
-            raise ConfigError(f"preprocess.size: expected a power of two >= 16 (the GAN halves the image down to 1x1, e.g. 64, 128, 256), found {self.size}")
+        _positive(self, "image_size")
+        if self.image_size < 16 or self.image_size & (self.image_size - 1):
+            raise ConfigError(f"preprocess.image_size: expected a power of two >= 16 (the GAN halves the image down to 1x1, e.g. 64, 128, 256), found {self.image_size}")
 
+
+# Old key -> new key. `size` was renamed because DVC 3's run cache drops every param named `size`
+# from its hash (dvc/stage/cache.py), so a changed size could restore outputs of another size.
+RENAMED = {"size": "image_size"}
+# Keys that are no longer parameters, and what replaces them.
+REMOVED = {"restart": "`restart` is no longer a tracked parameter (setting it back would retrain): pass "
+                      "`python pipelines/train_gan.py --restart` or set MRISYNTH_RESTART=1 for one run"}
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
@@ -78,7 +89,6 @@ class TrainGanParams:
     grid_images: int = 4
     out_dir: str = "work/gan"
     model_path: str = "models/generator.keras"
-    restart: bool = False
 
     def check(self) -> None:
         _positive(self, "epochs", "batch_size", "learning_rate", "width", "grid_every", "grid_images", "checkpoint_every")
@@ -90,7 +100,7 @@ class TrainGanParams:
             raise ConfigError(f"train_gan.precision={self.precision!r}: expected one of {PRECISIONS}")
 
 
-ARMS = ("none", "classic", "gan", "classic+gan")  # the same tuple as mrisynth.arms.ARMS (checked in tests)
+ARMS = ("none", "classic", "gan", "classic+gan")  # the augmentation arms (mrisynth.arms builds their data)
 OBJECTIVES = ("image", "downstream")
 
 
@@ -304,6 +314,13 @@ def section_from_dict(cls, raw: dict | None, where: str):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(raw) - names
+    renamed = {k: RENAMED[k] for k in unknown if k in RENAMED and RENAMED[k] in names}
+    removed = [REMOVED[k] for k in sorted(unknown) if k in REMOVED]
+    if removed:
+        raise ConfigError(f"{where}: " + "; ".join(removed))
+    if renamed:
+        raise ConfigError(f"{where}: key(s) renamed: " + ", ".join(f"{old} -> {new}" for old, new in sorted(renamed.items()))
+                          + " (DVC's run cache ignores any parameter named `size`, so it could restore stale outputs)")
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; expected some of {sorted(names)}")
     values = {}

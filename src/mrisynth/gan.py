@@ -4,15 +4,26 @@ No MLflow here: the `train_gan` stage passes an `on_epoch` callback that does th
 
 Checkpoint folder (`out_dir`):
     state.json                 epoch done, best validation loss, fingerprint of the parameters, run id
-    last_generator.weights.h5  / last_discriminator.weights.h5 / last_optimizers.npz  (resume)
+    resume/epoch-NNNN/         one complete resume state: generator/discriminator weights, optimizer
+                               variables and RNG (dropout seed-generator) state, state.json, and
+                               MANIFEST.json (sha256 of every file) written last; the folder is built
+                               under a temporary name and renamed into place, so a kill leaves either
+                               the old states or a complete new one. The newest KEEP_STATES are kept.
     best_generator.keras       the generator with the lowest validation loss so far
+
+Resuming verifies the newest state's checksums and falls back to an older complete one with a
+one-line warning. Data order is seeded per epoch and the RNG state is restored, so an interrupted and
+resumed run ends with the same weights as an uninterrupted one on the same machine.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import os
 import shutil
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +90,57 @@ class TrainState:
     fingerprint: dict = field(default_factory=dict)
     run_id: str | None = None
     history: list[dict] = field(default_factory=list)
+    resume_from: str | None = None  # the verified resume folder this state was loaded from
+
+
+RESUME_DIR = "resume"
+KEEP_STATES = 2
+MANIFEST = "MANIFEST.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _rng_variables(model: keras.Model) -> list:
+    """The model's variables that are not weights: Keras seed-generator states (dropout noise)."""
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
+def verify_resume(folder: Path) -> str | None:
+    """None when `folder` is a complete resume state whose files match its manifest, else the problem."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return "no MANIFEST.json (the write was cut short)"
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError) as exc:
+        return f"unreadable MANIFEST.json ({exc})"
+    for name, checksum in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if _sha256(path) != checksum:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def latest_resume(out_dir: Path) -> tuple[Path, "TrainState"] | None:
+    """The newest verified resume state under out_dir/resume, warning (one line each) about broken ones."""
+    root = Path(out_dir) / RESUME_DIR
+    for folder in sorted(root.glob("epoch-*"), reverse=True) if root.is_dir() else []:
+        problem = verify_resume(folder)
+        if problem is None:
+            state = TrainState(**json.loads((folder / "state.json").read_text()))
+            state.resume_from = str(folder)
+            return folder, state
+        print(f"warning: resume state {folder} is unusable ({problem}); trying an older one", file=sys.stderr)
+    return None
 
 
 def arrays_key(*splits: SplitArrays) -> str:
@@ -164,22 +226,48 @@ class GanTrainer:
         return metrics
 
     # ------------------------------------------------------------------ checkpoints
-    def save_last(self, out_dir: Path, state: TrainState) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.generator.save_weights(out_dir / "last_generator.weights.h5")
-        self.discriminator.save_weights(out_dir / "last_discriminator.weights.h5")
-        optimizer_state = {f"g{i}": np.asarray(v) for i, v in enumerate(self.g_opt.variables)}
-        optimizer_state |= {f"d{i}": np.asarray(v) for i, v in enumerate(self.d_opt.variables)}
-        np.savez(out_dir / "last_optimizers.npz", **optimizer_state)
-        save_state(out_dir, state)
+    def _variables(self) -> dict[str, list]:
+        return {"g": list(self.g_opt.variables), "d": list(self.d_opt.variables),
+                "gr": _rng_variables(self.generator), "dr": _rng_variables(self.discriminator)}
 
-    def load_last(self, out_dir: Path) -> None:
-        self.generator.load_weights(out_dir / "last_generator.weights.h5")
-        self.discriminator.load_weights(out_dir / "last_discriminator.weights.h5")
-        with np.load(out_dir / "last_optimizers.npz") as saved:
-            for prefix, optimizer in (("g", self.g_opt), ("d", self.d_opt)):
-                for i, variable in enumerate(optimizer.variables):
+    def save_last(self, out_dir: Path, state: TrainState) -> Path:
+        """Write a complete resume state atomically (see module doc); returns its folder."""
+        root = Path(out_dir) / RESUME_DIR
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-epoch-{state.epoch:04d}-", dir=root))
+        self.generator.save_weights(tmp / "generator.weights.h5")
+        self.discriminator.save_weights(tmp / "discriminator.weights.h5")
+        arrays = {f"{prefix}{i}": np.asarray(v) for prefix, variables in self._variables().items() for i, v in enumerate(variables)}
+        np.savez(tmp / "variables.npz", **arrays)
+        (tmp / "state.json").write_text(json.dumps({**state.__dict__, "resume_from": None}, indent=2, default=float))
+        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        (tmp / MANIFEST).write_text(json.dumps({"epoch": state.epoch, "files": files}, indent=2))
+        final = root / f"epoch-{state.epoch:04d}"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        save_state(Path(out_dir), state)
+        for old in sorted(root.glob("epoch-*"))[:-KEEP_STATES]:
+            shutil.rmtree(old, ignore_errors=True)
+        for leftover in root.glob(".tmp-epoch-*"):  # cut-short writes of earlier processes
+            shutil.rmtree(leftover, ignore_errors=True)
+        return final
+
+    def load_last(self, out_dir: Path, folder: Path | None = None) -> Path:
+        """Load a resume state: `folder`, or the newest verified one under out_dir. Returns its folder."""
+        if folder is None:
+            found = latest_resume(out_dir)
+            if found is None:
+                raise TrainingError(f"{Path(out_dir) / RESUME_DIR}: no complete resume state; rerun with --restart to start over")
+            folder = found[0]
+        folder = Path(folder)
+        self.generator.load_weights(folder / "generator.weights.h5")
+        self.discriminator.load_weights(folder / "discriminator.weights.h5")
+        with np.load(folder / "variables.npz") as saved:
+            for prefix, variables in self._variables().items():
+                for i, variable in enumerate(variables):
                     variable.assign(saved[f"{prefix}{i}"])
+        return folder
 
     # ------------------------------------------------------------------ loop
     def prepare(self, train: SplitArrays, val: SplitArrays, out_dir: Path, restart: bool = False) -> TrainState:
@@ -206,7 +294,7 @@ class GanTrainer:
         if state is None:
             state = self.prepare(train, val, out_dir, restart)
         if state.epoch > 0:
-            self.load_last(out_dir)
+            self.load_last(out_dir, Path(state.resume_from) if state.resume_from else None)
             best_record = out_dir / "best.json"
             if best_record.is_file():  # the best checkpoint may be newer than the resume state
                 record = json.loads(best_record.read_text())
@@ -222,13 +310,11 @@ class GanTrainer:
                 result = self._train_step(cond, real)
                 values = {k: float(v) for k, v in result.items()}
                 bad = [k for k, v in values.items() if not math.isfinite(v)]
-                if bad:
-                    state.completed = False
-                    save_state(out_dir, state)
+                if bad:  # state.json stays as the last resume checkpoint wrote it (its epoch matches those weights)
                     raise TrainingError(
                         f"epoch {epoch + 1}, step {step + 1}: {', '.join(bad)} is {values[bad[0]]}; training stopped. "
                         f"The best checkpoint (epoch {state.best_epoch + 1}) is kept in {out_dir / 'best_generator.keras'}; "
-                        "lower the learning rate or alpha, or use precision float32, and rerun with restart"
+                        "lower the learning rate or alpha, or use precision float32, and rerun with --restart"
                     )
                 for k, v in values.items():
                     sums[k] = sums.get(k, 0.0) + v
@@ -255,13 +341,19 @@ class GanTrainer:
 def save_state(out_dir: Path, state: TrainState) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / "state.json.tmp"
-    tmp.write_text(json.dumps(state.__dict__, indent=2, default=float))
+    tmp.write_text(json.dumps({**state.__dict__, "resume_from": None}, indent=2, default=float))
     tmp.replace(out_dir / "state.json")
 
 
 def load_state(out_dir: Path) -> TrainState | None:
     path = Path(out_dir) / "state.json"
-    return TrainState(**json.loads(path.read_text())) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return TrainState(**json.loads(path.read_text()))
+    except (ValueError, TypeError):
+        print(f"warning: {path} is unreadable; ignoring it", file=sys.stderr)
+        return None
 
 
 def prepare_state(out_dir: Path, fingerprint: dict, restart: bool) -> TrainState:
@@ -273,10 +365,12 @@ def prepare_state(out_dir: Path, fingerprint: dict, restart: bool) -> TrainState
             details = ", ".join(f"{k}: {previous.fingerprint.get(k)!r} -> {fingerprint.get(k)!r}" for k in changed)
             raise ConfigError(
                 f"{out_dir / 'state.json'}: an interrupted run (epoch {previous.epoch}) was trained with other parameters ({details}); "
-                "restore them to resume, or set train_gan.restart: true (or pass --restart) to start over"
+                "restore them to resume, or pass --restart (or set MRISYNTH_RESTART=1) to start over"
             )
-        if (out_dir / "last_generator.weights.h5").is_file():
-            return previous
+        found = latest_resume(out_dir)
+        if found is not None:
+            return found[1]
+        print(f"warning: {out_dir}: no complete resume state for the interrupted run (epoch {previous.epoch}); starting over", file=sys.stderr)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)

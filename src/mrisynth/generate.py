@@ -4,8 +4,10 @@ Masks: DIR/<name>.tif, uint8 (H, W) BraTS labels, any size: masks smaller than t
 centre-padded, larger ones resized (nearest neighbour) to the model's size S (said once on stdout);
 the images come out at S x S. Brain masks: --brain DIR/<name>.tif (non-zero =
 brain), or, for an imported split (`.../<split>/masks`), the matching images (`.../<split>/images`,
-brain = any channel > 0). Output: OUT/<name>.tif float32 (H, W, C) in [0, 1] and OUT/<name>.nii.gz
-float32 (H, W, 1, C)."""
+brain = any channel > 0). Output: OUT/<name>.tif float32 (H, W, C) in [0, 1] and one NIfTI per
+modality, OUT/<name>_<modality>.nii.gz (BraTS naming), float32 (H, W, 1) with the pixel spacing: the
+imported split's `spacing_mm` for that case (times the resize factor when a mask was resized), else
+`spacing` (1 mm). Modality names: the imported dataset's (dataset.json), else flair, t1, t1ce, t2."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from mrisynth import MODALITIES
 from mrisynth.core import encoding, slicing
 from mrisynth.errors import DataError
 from mrisynth.io import tiff
@@ -30,17 +33,46 @@ def _brain_for(mask_path: Path, brain_dir: Path | None) -> np.ndarray:
     raise DataError(f"{mask_path}: no brain mask; pass --brain DIR (DIR/{mask_path.name}, non-zero = brain) or use an imported split's masks folder")
 
 
-def generate(model_uri: str, masks_dir: Path, out_dir: Path, brain_dir: Path | None = None, batch_size: int = 8) -> list[Path]:
-    import mlflow
+def _dataset_facts(masks_dir: Path) -> tuple[list[str] | None, dict[str, float]]:
+    """(modality names, {mask file name: spacing_mm}) when masks_dir is an imported split's masks folder."""
+    import json
+
+    import pandas as pd
+
+    root = masks_dir.parent.parent
+    modalities, spacing = None, {}
+    if (root / "dataset.json").is_file():
+        modalities = json.loads((root / "dataset.json").read_text()).get("modalities")
+    if (root / "manifest.csv").is_file():
+        manifest = pd.read_csv(root / "manifest.csv")
+        if "spacing_mm" in manifest:
+            spacing = {Path(m).name: float(s) for m, s in zip(manifest["mask"], manifest["spacing_mm"])}
+    return modalities, spacing
+
+
+def _save_modalities(image: np.ndarray, names: list[str], spacing: float, out_dir: Path, stem: str) -> None:
+    for c, name in enumerate(names):
+        nifti = nib.Nifti1Image(image[:, :, c : c + 1].astype(np.float32), np.diag([spacing, spacing, 1.0, 1.0]))
+        nifti.header.set_xyzt_units("mm", "sec")
+        nifti.header.set_zooms((spacing, spacing, 1.0))
+        nib.save(nifti, str(out_dir / f"{stem}_{name}.nii.gz"))
+
+
+def generate(model_uri: str, masks_dir: Path, out_dir: Path, brain_dir: Path | None = None, batch_size: int = 8,
+             spacing: float = 1.0) -> list[Path]:
+    from mrisynth.serving import Generator, InputError
 
     masks_dir, out_dir = Path(masks_dir), Path(out_dir)
     paths = sorted(masks_dir.glob("*.tif"))
     if not paths:
         raise DataError(f"{masks_dir}: expected label masks (*.tif), found none")
-    model = mlflow.pyfunc.load_model(model_uri)
-    spec = model.metadata.get_input_schema().inputs[0]
-    size = int(spec.shape[1])
-    conditions, fitted = [], set()
+    try:
+        model = Generator.load(model_uri)  # safe: Keras flavor with safe_mode, no pickles
+    except InputError as exc:
+        raise DataError(str(exc.message)) from exc
+    size = model.size
+    modalities, spacings = _dataset_facts(masks_dir)
+    conditions, fitted, pixel_mm = [], set(), []
     for path in paths:
         labels = tiff.read_mask(path)
         if labels.ndim != 2:
@@ -52,20 +84,26 @@ def generate(model_uri: str, masks_dir: Path, out_dir: Path, brain_dir: Path | N
         brain = _brain_for(path, Path(brain_dir) if brain_dir else None)
         if brain.shape != labels.shape:
             raise DataError(f"{path}: brain mask shape {brain.shape} differs from the label map's {labels.shape}")
+        mm = spacings.get(path.name, spacing)
         if labels.shape != (size, size):
             method = "pad" if max(labels.shape) <= size else "resize"
+            if method == "resize":
+                mm *= labels.shape[0] / size
             fitted.add(f"{labels.shape[0]}x{labels.shape[1]} -> {size}x{size} ({method})")
             labels = slicing.fit(labels, size, method, is_mask=True)
             brain = slicing.fit(brain.astype(np.uint8), size, method, is_mask=True).astype(bool)
         conditions.append(encoding.conditioning(labels, brain))
+        pixel_mm.append(mm)
     for note in sorted(fitted):
         print(f"generate: masks fitted to the model's input size: {note}")
     cond = np.stack(conditions)
     images = np.concatenate([model.predict(cond[i : i + batch_size]) for i in range(0, len(cond), batch_size)])
     out_dir.mkdir(parents=True, exist_ok=True)
+    channels = images.shape[-1]
+    names = modalities if modalities and len(modalities) == channels else (list(MODALITIES) if channels == len(MODALITIES) else [f"ch{c}" for c in range(channels)])
     written = []
-    for path, image in zip(paths, images):
+    for path, image, mm in zip(paths, images, pixel_mm):
         tiff.write_image(out_dir / path.name, image.astype(np.float32))
-        nib.save(nib.Nifti1Image(image[:, :, None, :].astype(np.float32), np.eye(4)), str(out_dir / f"{path.stem}.nii.gz"))
+        _save_modalities(image, names, mm, out_dir, path.stem)
         written.append(out_dir / path.name)
     return written

@@ -11,8 +11,12 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import multiprocessing
+import os
+import re
 import shutil
 import tempfile
+import zlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +27,7 @@ from mrisynth import MODALITIES
 from mrisynth.core import phantom, slicing
 from mrisynth.errors import DataError
 from mrisynth.io import brats, tiff
-from mrisynth.io.manifest import read_manifest  # noqa: F401  (re-exported: part of this module's API)
-
-SPLITS = ("train", "val", "test")
+from mrisynth.io.manifest import SPLITS, read_manifest  # noqa: F401  (re-exported: part of this module's API)
 
 
 def _pool(workers: int) -> cf.Executor:
@@ -43,23 +45,54 @@ def _map(function, items: list, workers: int):
 
 
 # ---------------------------------------------------------------- phantom
-def _phantom_case(args: tuple[Path, int, int]) -> tuple[str, str]:
-    root, seed, index = args
+PHANTOM_VERSIONS = (1, 2)
+CASE_INFO = "phantom_cases.csv"  # per-case facts (grade, location, site, ...) for the dataset card
+
+
+def _phantom_case(args: tuple[Path, int, int, int]) -> dict:
+    root, seed, index, version = args
     case_id = f"BraTS20_Training_{index + 1:03d}"
-    case = phantom.make_case(seed, index)
+    if version == 1:
+        case = phantom.make_case(seed, index)
+    else:
+        from mrisynth.core import phantom_v2
+
+        case = phantom_v2.make_case(seed, index)
     brats.write_case(root, case_id, case.volumes, case.seg, phantom.BRATS_AFFINE)
-    return case_id, case.grade
+    return {"case_id": case_id, **case.info}
 
 
-def make_phantom(out: Path, cases: int, seed: int, workers: int = 1) -> list[str]:
-    """Write `cases` phantom cases into OUT in the BraTS 2020 training layout (plus name_mapping.csv)."""
+def make_phantom(out: Path, cases: int, seed: int, workers: int = 1, version: int = 2) -> list[str]:
+    """Write `cases` phantom cases into OUT in the BraTS 2020 training layout, plus name_mapping.csv
+    (with each case's grade, as BraTS ships it) and phantom_cases.csv (grade, location, site, ...)."""
     if cases < 1:
         raise DataError(f"--cases must be at least 1, got {cases}")
+    if version not in PHANTOM_VERSIONS:
+        raise DataError(f"--version {version}: expected one of {list(PHANTOM_VERSIONS)} (2 = the realistic default, 1 = the easy original)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = list(_map(_phantom_case, [(out, seed, i) for i in range(cases)], workers))
-    brats.write_name_mapping(out, rows)
-    return [case_id for case_id, _ in rows]
+    rows = list(_map(_phantom_case, [(out, seed, i, version) for i in range(cases)], workers))
+    brats.write_name_mapping(out, [(r["case_id"], r["grade"]) for r in rows])
+    pd.DataFrame(rows).to_csv(out / CASE_INFO, index=False, lineterminator="\n")
+    return [r["case_id"] for r in rows]
+
+
+def case_facts(src: Path) -> dict[str, dict]:
+    """Per-case facts a source folder ships: grade from name_mapping.csv (BraTS 2020 has it), and
+    location/site/... from phantom_cases.csv. Missing files or columns give no entry."""
+    facts: dict[str, dict] = {}
+    root = brats.find_root(Path(src))
+    mapping = root / "name_mapping.csv"
+    if mapping.is_file():
+        table = pd.read_csv(mapping)
+        if {"Grade", "BraTS_2020_subject_ID"} <= set(table.columns):
+            for grade, case_id in zip(table["Grade"], table["BraTS_2020_subject_ID"]):
+                facts.setdefault(str(case_id), {})["grade"] = str(grade)
+    info = root / CASE_INFO
+    if info.is_file():
+        for row in pd.read_csv(info).to_dict("records"):
+            facts.setdefault(str(row.pop("case_id")), {}).update(row)
+    return facts
 
 
 # ---------------------------------------------------------------- import
@@ -69,6 +102,8 @@ class ImportOptions:
     modalities: tuple[str, ...] = MODALITIES
     slice_rule: str = "max-tumor"
     fit: str = "pad"
+    seed: int = 0  # seeds the random-tumor slice rule (per case: this seed and the case id)
+    layout: str | None = None  # brats2020 | brats2021 | brats2023; None: detected from the folder names
 
     def __post_init__(self) -> None:
         if self.size < 16:
@@ -78,6 +113,8 @@ class ImportOptions:
             raise DataError(f"--modalities {','.join(self.modalities)}: expected distinct names from {','.join(MODALITIES)}")
         if self.fit not in ("pad", "resize"):
             raise DataError(f"--fit {self.fit}: expected 'pad' or 'resize'")
+        if self.layout is not None and self.layout not in brats.LAYOUTS:
+            raise DataError(f"--layout {self.layout}: expected one of {', '.join(brats.LAYOUTS)}")
         if self.slice_rule not in slicing.SLICE_RULES and not str(self.slice_rule).isdigit():
             raise DataError(f"--slice {self.slice_rule}: expected one of {', '.join(slicing.SLICE_RULES)} or an integer")
 
@@ -104,7 +141,7 @@ def _process_case(args: tuple[brats.CaseFiles, ImportOptions]) -> SliceResult:
         result.error = str(exc)
         return result
     brain = slicing.brain_mask(volumes)
-    index = slicing.choose_slice(seg, brain, options.slice_rule)
+    index = slicing.choose_slice(seg, brain, options.slice_rule, rng=np.random.default_rng([options.seed, zlib.crc32(case.case_id.encode())]))
     image = np.stack([slicing.normalise_volume(v, brain)[:, :, index] for v in volumes], axis=-1)
     result.slice_index = index
     result.image = slicing.fit(image, options.size, options.fit, is_mask=False).astype(np.float32)
@@ -127,7 +164,23 @@ def _pixel_spacing(case: brats.CaseFiles, options: ImportOptions, native_pixels:
     return zoom * (native_pixels / options.size if options.fit == "resize" else 1.0)
 
 
+def _remove_stale_tmp(out: Path) -> None:
+    """Delete `.OUT.tmp-PID-*` folders left by imports whose process no longer runs (killed mid-write)."""
+    for leftover in out.parent.glob(f".{out.name}.tmp-*"):
+        match = re.match(rf"\.{re.escape(out.name)}\.tmp-(\d+)-", leftover.name)
+        if not match or not leftover.is_dir():
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(leftover, ignore_errors=True)
+        except PermissionError:  # another user's live process
+            pass
+
+
 def _check_output(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is a file, not a folder; choose a folder path (--force only replaces a dataset folder)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise DataError(f"{out}: output folder already holds data; choose an empty folder or pass --force to replace it")
 
@@ -153,12 +206,15 @@ def import_brats(
         if n < 0 or split not in SPLITS:
             raise DataError(f"split {split}={n}: expected a count >= 0 for one of {', '.join(SPLITS)}")
     requested = sum(counts.values())
-    cases = brats.discover(Path(src), options.modalities)
+    cases = brats.discover(Path(src), options.modalities, options.layout)
+    layout = brats.LAYOUTS[cases[0].layout if cases else "brats2020"]
     if len(cases) < requested:
         raise DataError(
             f"{src}: {requested} cases requested ({', '.join(f'{k} {v}' for k, v in counts.items())}), found only {len(cases)} case folders"
         )
     order = [cases[i] for i in np.random.default_rng(seed).permutation(len(cases))]
+    facts = case_facts(Path(src))
+    options = dataclasses.replace(options, seed=seed)
 
     valid: list[SliceResult] = []
     rejected: list[SliceResult] = []
@@ -188,7 +244,8 @@ def import_brats(
     splits = [s for s in SPLITS for _ in range(counts.get(s, 0))]
     rows = []
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    _remove_stale_tmp(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         for split, result in zip(splits, valid):
             image_rel = f"{split}/images/{result.case_id}.tif"
@@ -211,6 +268,10 @@ def import_brats(
                     "fit": options.fit,
                     "spacing_mm": round(result.spacing_mm, 6),
                     "source_case": Path(result.source).name,
+                    "grade": facts.get(result.case_id, {}).get("grade", "unknown"),
+                    "location": facts.get(result.case_id, {}).get("location", "unknown"),
+                    "site": facts.get(result.case_id, {}).get("site", "unknown"),
+                    "release": layout.name,
                 }
             )
         manifest = pd.DataFrame(rows)
@@ -223,8 +284,14 @@ def import_brats(
             "slice": options.slice_rule,
             "fit": options.fit,
             "source": source_label or Path(src).name,
+            "release": layout.name,
+            "label_convention": layout.convention,
+            "label_mapping": {str(k): v for k, v in layout.to_internal.items()},
         }
         (tmp / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
+        from mrisynth.io import card
+
+        card.write(tmp, card.build(tmp, manifest))
         if rejected:
             pd.DataFrame([{"case_id": r.case_id, "reason": r.error} for r in rejected]).to_csv(
                 tmp / "rejected.csv", index=False, lineterminator="\n"

@@ -82,8 +82,10 @@ class _BestByValDice(keras.callbacks.Callback):
             self.on_epoch(epoch + 1, row, improved)
 
 
-def jitter_fn(size: int, seed: int):
-    """A tf.data map function (image (S, S, C), classes (S, S)) -> jittered pair (see JITTER_*)."""
+def jitter_fn(size: int):
+    """A tf.data map function (image (S, S, C), classes (S, S)) -> jittered pair (see JITTER_*).
+
+    Its random ops draw from TensorFlow's global seed, which `train` sets per run (seeded, repeatable)."""
     import tensorflow as tf
 
     max_shift = int(round(JITTER_SHIFT * size))
@@ -162,7 +164,7 @@ def train(
     data = tf.data.Dataset.from_tensor_slices((images.astype(np.float32), classes.astype(np.int32)))
     data = data.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).repeat()
     if params.jitter:
-        data = data.map(jitter_fn(images.shape[1], seed), num_parallel_calls=1, deterministic=True)
+        data = data.map(jitter_fn(images.shape[1]), num_parallel_calls=1, deterministic=True)
     data = data.batch(params.batch_size).prefetch(tf.data.AUTOTUNE)
     model.fit(data, steps_per_epoch=steps, epochs=params.epochs, verbose=0, callbacks=[best])
     if best.best_epoch < 0:

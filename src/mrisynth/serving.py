@@ -1,11 +1,10 @@
-"""The registered generator as an MLflow pyfunc model: validated conditioning in, [0, 1] images out.
+"""The registered generator: a Keras-flavor MLflow model (no pickles), loaded and served safely.
 
 Input (the documented encoding, see mrisynth.core.encoding): float32 (N, S, S, 4), channels
 NCR/NET (label 1), edema (2), enhancing (4), brain mask; values 0 or 1; the three tumour channels
 are mutually exclusive and lie inside the brain. Output: float32 (N, S, S, C) images in [0, 1]."""
 from __future__ import annotations
 
-import mlflow.pyfunc
 import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
@@ -45,20 +44,59 @@ def check_conditioning(batch, size: int) -> np.ndarray:
     return array
 
 
-class GeneratorModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper around the Keras generator checkpoint (artifact 'generator')."""
+SERVED_LAYER = "to_unit_range"
+DEFAULT_MAX_BATCH = 16
 
-    def load_context(self, context) -> None:
+
+def export_model(generator):
+    """The generator as registered: a plain Keras model (standard layers only, so `safe_mode`
+    loading executes no code) whose output is already mapped from tanh to [0, 1] images (float32)."""
+    import keras
+
+    out = keras.layers.Rescaling(0.5, offset=0.5, dtype="float32", name="tanh_to_unit")(generator.output)
+    out = keras.layers.ReLU(max_value=1.0, dtype="float32", name=SERVED_LAYER)(out)
+    return keras.Model(generator.input, out, name="mrisynth_generator")
+
+
+class Generator:
+    """A registered generator, loaded without executing anything from the artifact store.
+
+    The model version is read as data: MLmodel (YAML) must name the `keras` flavor, and the Keras
+    file is opened with `safe_mode=True` (no lambdas, no custom objects). Pickled Python objects that
+    older registrations carried (`python_model.pkl`) are never opened. `predict` validates the
+    conditioning (`check_conditioning`), runs in batches and zeroes everything outside the brain."""
+
+    def __init__(self, model, source: str = ""):
+        self.model = model
+        self.size = int(model.input_shape[1])
+        self.channels = int(model.output_shape[-1])
+        self.source = source
+
+    @classmethod
+    def load(cls, model_uri: str) -> "Generator":
         import keras
+        import mlflow
+        import yaml
+        from pathlib import Path
 
-        self.model = keras.models.load_model(context.artifacts["generator"], compile=False)
-        self.size = int(self.model.input_shape[1])
+        local = Path(mlflow.artifacts.download_artifacts(model_uri))
+        mlmodel = local / "MLmodel"
+        if not mlmodel.is_file():
+            raise InputError(f"{model_uri}: no MLmodel file in {local}; expected an MLflow model logged by `train_gan`")
+        flavors = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {})
+        if "keras" not in flavors:
+            raise InputError(f"{model_uri}: expected the `keras` flavor (safe to load), found flavors {sorted(flavors)}; "
+                             "models registered before this version carry a pickled pyfunc - re-run `dvc repro train_gan`")
+        data = flavors["keras"].get("data", "data")
+        path = local / data / "model.keras"
+        if not path.is_file():
+            raise InputError(f"{model_uri}: expected the Keras file {path}, found none")
+        model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
+        return cls(model, model_uri)
 
-    def predict(self, context, model_input, params=None):
-        if isinstance(model_input, dict):  # a named tensor signature delivers {"conditioning": array}
-            if set(model_input) != {"conditioning"}:
-                raise InputError(f"expected one input named 'conditioning', found {sorted(model_input)}")
-            model_input = model_input["conditioning"]
-        batch = check_conditioning(model_input, self.size)
-        outputs = [np.asarray(self.model(batch[i : i + 8], training=False), dtype=np.float32) for i in range(0, len(batch), 8)]
-        return np.clip((np.concatenate(outputs) + 1.0) / 2.0, 0.0, 1.0)
+    def predict(self, conditioning, batch_size: int = 8) -> np.ndarray:
+        batch = check_conditioning(conditioning, self.size)
+        outputs = [np.asarray(self.model(batch[i : i + batch_size], training=False), dtype=np.float32)
+                   for i in range(0, len(batch), batch_size)]
+        images = np.concatenate(outputs) if outputs else np.zeros((0, self.size, self.size, self.channels), np.float32)
+        return np.clip(images * batch[..., -1:], 0.0, 1.0).astype(np.float32)

@@ -8,7 +8,7 @@ skull-stripped (zero outside the brain), like BraTS 2020 at 240x240x155, 1 mm.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -39,12 +39,15 @@ class PhantomCase:
     """One subject: int16 modality volumes and a uint8 BraTS label volume, all SHAPE.
 
     `tissue` is the dominant normal tissue per voxel (0 outside, 1 CSF, 2 GM, 3 WM): ground truth
-    for checking contrasts, not part of the BraTS output."""
+    for checking contrasts, not part of the BraTS output. `info` holds per-case facts for the
+    dataset card (grade, location, site, ...); `extra` holds version-2 ground-truth maps for tests."""
 
     volumes: dict[str, np.ndarray]
     seg: np.ndarray
     grade: str
     tissue: np.ndarray
+    info: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
 
 
 @lru_cache(maxsize=1)
@@ -225,4 +228,4 @@ def make_case(seed: int, index: int) -> PhantomCase:
     tissue = np.zeros(SHAPE, dtype=np.uint8)
     tissue[_REGION] = np.where(mask, np.argmax(maps[:3], axis=0) + 1, 0)
     grade = "HGG" if (labels == 1).any() else "LGG"
-    return PhantomCase(volumes=volumes, seg=seg, grade=grade, tissue=tissue)
+    return PhantomCase(volumes=volumes, seg=seg, grade=grade, tissue=tissue, info={"grade": grade, "phantom_version": 1})

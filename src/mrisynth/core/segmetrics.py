@@ -109,8 +109,11 @@ def region_scores(truth: np.ndarray, pred: np.ndarray, spacing: float = 1.0) -> 
     return {k: float(np.mean(v)) if len(v) else float("nan") for k, v in scores.items() if k != "dice_tumour"}
 
 
-def evaluate(truth: np.ndarray, pred: np.ndarray, num_classes: int = 4, spacing: float = 1.0) -> dict[str, float]:
-    """All split-level metrics for (N, H, W) class-index arrays (HD95 in the units of `spacing`)."""
+def evaluate(truth: np.ndarray, pred: np.ndarray, num_classes: int = 4, spacing: float = 1.0, regions: bool = True) -> dict[str, float]:
+    """All split-level metrics for (N, H, W) class-index arrays (HD95 in the units of `spacing`).
+
+    regions=False leaves out the BraTS region scores (Dice/HD95 per WT/TC/ET), for callers that
+    compute them per image anyway (`per_image`), so HD95 is not computed twice."""
     cm = confusion(truth, pred, num_classes)
     metrics = {
         "accuracy": accuracy(cm),
@@ -121,5 +124,6 @@ def evaluate(truth: np.ndarray, pred: np.ndarray, num_classes: int = 4, spacing:
     }
     for c, value in enumerate(per_class_dice(cm)):
         metrics[f"dice_class{c}"] = float(value)
-    metrics.update(region_scores(truth, pred, spacing))
+    if regions:
+        metrics.update(region_scores(truth, pred, spacing))
     return metrics

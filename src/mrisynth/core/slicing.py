@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-SLICE_RULES = ("max-tumor", "max-brain", "center")
+SLICE_RULES = ("max-tumor", "random-tumor", "max-brain", "center")
+RANDOM_TUMOR_FRACTION = 0.25  # random-tumor: any slice whose tumour area is at least this share of the largest
 
 
 def brain_mask(volumes: np.ndarray) -> np.ndarray:
@@ -12,11 +13,13 @@ def brain_mask(volumes: np.ndarray) -> np.ndarray:
     return np.any(volumes != 0, axis=0)
 
 
-def choose_slice(seg: np.ndarray, brain: np.ndarray, rule: str | int = "max-tumor") -> int:
+def choose_slice(seg: np.ndarray, brain: np.ndarray, rule: str | int = "max-tumor", rng: np.random.Generator | None = None) -> int:
     """Axial index (last axis) of the slice to keep.
 
     max-tumor: the slice with the most tumour voxels (ties: the one nearest the tumour's centre;
-    a case without tumour falls back to max-brain). max-brain: the most brain voxels.
+    a case without tumour falls back to max-brain). random-tumor: a slice drawn with `rng` (required)
+    among those whose tumour area is at least RANDOM_TUMOR_FRACTION of the largest (no tumour:
+    max-brain). max-brain: the most brain voxels.
     center: the middle of the brain's axial extent. An int is taken as given (bounds-checked).
     """
     depth = seg.shape[-1]
@@ -25,6 +28,14 @@ def choose_slice(seg: np.ndarray, brain: np.ndarray, rule: str | int = "max-tumo
         if not 0 <= index < depth:
             raise ValueError(f"slice index {index} is outside 0..{depth - 1}")
         return index
+    if rule == "random-tumor":
+        if rng is None:
+            raise ValueError("slice rule 'random-tumor' needs a seeded rng")
+        area = (seg > 0).sum(axis=(0, 1))
+        if area.max() > 0:
+            eligible = np.flatnonzero(area >= RANDOM_TUMOR_FRACTION * area.max())
+            return int(eligible[rng.integers(len(eligible))])
+        rule = "max-brain"
     if rule == "max-tumor":
         area = (seg > 0).sum(axis=(0, 1))
         if area.max() > 0:

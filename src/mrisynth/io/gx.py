@@ -58,7 +58,8 @@ def image_metadata(directory: Path, manifest: pd.DataFrame, expected_counts: dic
     for column in columns:
         if column not in table:
             table[column] = np.nan
-    table["labels_ok"] = table["labels_ok"].fillna(False).astype(bool)
+    # a mask that could not be read is reported by `readable`, not as a label error; a missing one by `has_mask`
+    table["labels_ok"] = table["labels_ok"].fillna(True).astype(bool)
     table["splits_of_case"] = table.groupby("case_id")["split"].transform("nunique")
     table["split_count"] = table.groupby("split")["split"].transform("size")
     table["split_expected"] = table["split"].map(lambda s: expected_counts.get(s, 0))
@@ -93,7 +94,40 @@ def load_suite(*names: str, suite_dir: Path = SUITE_DIR) -> dict:
     return {"name": "_and_".join(names), "meta": suites[0].get("meta", {}), "expectations": [e for s in suites for e in s["expectations"]]}
 
 
-def _describe_failure(result) -> str:
+MAX_NAMED = 5  # offending rows named per failed expectation
+
+
+def _offenders(result, table: pd.DataFrame | None, column: str | None) -> str:
+    """'case file: value' for the rows an expectation flagged (GX's unexpected index list)."""
+    info = result.result or {}
+    index = info.get("partial_unexpected_index_list") or info.get("unexpected_index_list") or []
+    if table is None or not index:
+        return ""
+    names = []
+    for i in index[:MAX_NAMED]:
+        i = i.get("index", i) if isinstance(i, dict) else i
+        if i not in table.index:
+            continue
+        row = table.loc[i]
+        case = row.get("case_id", f"row {i}")
+        if column == "labels_ok":
+            bad = [v for v in str(row.get("mask_labels", "")).split(",") if v and int(float(v)) not in BRATS_LABELS]
+            names.append(f"{case} mask {row.get('mask')}: label {', '.join(bad) or '?'} not in {{{', '.join(map(str, BRATS_LABELS))}}}")
+        elif column in ("readable",):
+            names.append(f"{case}: {row.get('image')} or {row.get('mask')} is unreadable (truncated or not a TIFF)")
+        elif column == "has_mask":
+            names.append(f"{case}: mask {row.get('mask')} is missing")
+        elif column is not None and column.startswith("mask"):
+            names.append(f"{case} mask {row.get('mask')}: {column}={row.get(column)}")
+        elif column is not None and column in table:
+            names.append(f"{case} image {row.get('image')}: {column}={row.get(column)}")
+        else:
+            names.append(f"{case} ({row.get('split')})")
+    more = len(index) - len(names)
+    return "; ".join(names) + (f"; and {more} more" if more > 0 else "")
+
+
+def _describe_failure(result, table: pd.DataFrame | None = None) -> str:
     config = result.expectation_config
     kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id",)}
     target = kwargs.get("column") or (f"{kwargs.get('column_A')} == {kwargs.get('column_B')}" if "column_A" in kwargs else "table")
@@ -102,8 +136,10 @@ def _describe_failure(result) -> str:
     found = []
     if "observed_value" in info:
         found.append(f"observed {info['observed_value']}")
+    named = _offenders(result, table, kwargs.get("column") or kwargs.get("column_A"))
     if info.get("unexpected_count"):
-        found.append(f"{info['unexpected_count']} unexpected, e.g. {info.get('partial_unexpected_list', [])[:5]}")
+        found.append(f"{info['unexpected_count']} unexpected: {named}" if named else
+                     f"{info['unexpected_count']} unexpected, e.g. {info.get('partial_unexpected_list', [])[:MAX_NAMED]}")
     bounds = {k: kwargs[k] for k in ("value_set", "min_value", "max_value", "value") if k in kwargs}
     return f"{config.type} on {target} ({notes}): expected {bounds or 'pairs equal'}, found {'; '.join(found) or 'failure'}"
 
@@ -155,7 +191,7 @@ def validate_table(
     failures, stats = [], {}
     for validation in run.run_results.values():
         stats = dict(validation.statistics)
-        failures += [_describe_failure(r) for r in validation.results if not r.success]
+        failures += [_describe_failure(r, table) for r in validation.results if not r.success]
     docs = None
     if docs_root is not None:
         sites = context.get_docs_sites_urls()

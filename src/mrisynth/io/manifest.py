@@ -7,6 +7,8 @@ import pandas as pd
 
 from mrisynth.errors import DataError
 
+SPLITS = ("train", "val", "test")
+
 
 def read_manifest(directory: Path) -> pd.DataFrame:
     """DIR/manifest.csv as a DataFrame, with a clear error when it is missing or lacks columns."""

@@ -1,16 +1,84 @@
 """One module per DVC stage; each exposes `run(...) -> exit code` and `main()` (its entry point)."""
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 from typing import Callable
 
 from mrisynth.errors import MrisynthError
 
+EXIT_SIGTERM = 143
+EXIT_SIGINT = 130
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt("SIGTERM")
+
+
+LAUNCHERS = ("dvc", "mlflow")
+
+
+def _ancestors(max_depth: int = 4) -> list[int]:
+    """The processes between this one and its launcher (`dvc repro`, `mlflow run`), launcher included,
+    from /proc; just the parent when no launcher is found within max_depth; [] without /proc."""
+    chain, pid = [], os.getppid()
+    while pid > 1 and len(chain) < max_depth:
+        chain.append(pid)
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                words = [os.path.basename(w.decode(errors="replace")) for w in handle.read().split(b"\0")[:3]]
+            if any(w in LAUNCHERS for w in words):
+                return chain
+            with open(f"/proc/{pid}/stat") as handle:
+                pid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return chain[:1]
+
+
+def _watch_launcher(interval: float = 1.0) -> None:
+    """Stop this stage (as SIGTERM would) when a launching process dies - e.g. `dvc repro` killed -
+    so no orphaned stage later registers models while dvc.lock stays stale."""
+    watched = _ancestors()
+
+    def watch():
+        event = threading.Event()
+        while not event.wait(interval):
+            for pid in watched:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    print(f"stage: launcher process {pid} is gone; stopping", file=sys.stderr)
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+                except PermissionError:
+                    pass
+
+    if watched:
+        threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
+
 
 def stage_main(run: Callable[[], int]) -> None:
-    """Run a stage and exit with its code; a user-facing error prints one readable block and exits 2."""
+    """Run a stage and exit with its code; a user-facing error prints one readable block and exits 2.
+
+    SIGTERM is handled like Ctrl-C (KeyboardInterrupt): stages end their MLflow runs as KILLED and
+    keep a consistent resume state; the exit code is 143 (SIGTERM) or 130 (SIGINT)."""
+    terminated = {"flag": False}
+
+    def on_term(signum, frame):
+        terminated["flag"] = True
+        _on_sigterm(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+    if os.environ.get("MRISYNTH_WATCH_LAUNCHER", "1") != "0":
+        _watch_launcher()
     try:
         sys.exit(run())
     except MrisynthError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("stage interrupted" + (" (SIGTERM)" if terminated["flag"] else ""), file=sys.stderr)
+        sys.exit(EXIT_SIGTERM if terminated["flag"] else EXIT_SIGINT)

@@ -38,12 +38,12 @@ def run(params_path: str = "params.yaml") -> int:
     started = time.perf_counter()
     train = arrays.load_split(Path(pre.out_dir), "train")
     channels = train.images.shape[-1]
-    generator = load_generator(Path(params.train_gan.model_path), pre.size, channels)
+    generator = load_generator(Path(params.train_gan.model_path), pre.image_size, channels)
     samples, counts = synthesise(train, generator, p, params.train_segmenter.arms)
     out_dir = Path(p.out_dir)
     manifest = write(out_dir, samples, p.sample_dropout)
     expected_mix = p.factor * len(train)
-    report = validate(out_dir, manifest, expected_mix, pre.size, channels)
+    report = validate(out_dir, manifest, expected_mix, pre.image_size, channels)
     print(report.summary())
     if not report.success:
         print(f"augment: {out_dir} failed validation; segmenter training not started", file=sys.stderr)

@@ -34,7 +34,7 @@ def run(params_path: str = "params.yaml") -> int:
     g, seg, pre = params.gan_usefulness, params.train_segmenter, params.preprocess
     started = time.perf_counter()
     splits = {name: arrays.load_split(Path(pre.out_dir), name) for name in ("train", "val", "test")}
-    generator = load_generator(Path(params.train_gan.model_path), pre.size, splits["train"].images.shape[-1])
+    generator = load_generator(Path(params.train_gan.model_path), pre.image_size, splits["train"].images.shape[-1])
     runs_path = Path(seg.out_dir) / "runs.json"
     if not runs_path.is_file():
         raise DataError(f"{runs_path}: expected the trained segmenters' registry, found no file; run `dvc repro train_segmenter`")

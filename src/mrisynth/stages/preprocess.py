@@ -2,7 +2,8 @@
 
 Reads  data/ (manifest.csv + TIFF splits), params `preprocess`.
 Writes work/preprocessed/{train,val,test}.npz, reports/preprocess.json (metrics),
-       reports/gx_docs (Data Docs). Stops with exit 1 and the GX summary if validation fails."""
+       reports/data_card.json (the dataset card's numbers as metrics; also an MLflow `preprocess` run
+       with card.md/card.json), reports/gx_docs (Data Docs). Stops with exit 1 and the GX summary if validation fails."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ import numpy as np
 
 from mrisynth.config import load_params
 from mrisynth.core import encoding, slicing
-from mrisynth.ingest import SPLITS, read_manifest
+from mrisynth.io.manifest import SPLITS, read_manifest
 from mrisynth.stages import stage_main
 from mrisynth.io import arrays, gx, tiff
 
@@ -58,19 +59,40 @@ def run(params_path: str = "params.yaml") -> int:
         return 1
     manifest = read_manifest(data_dir)
     out_dir = Path(params.out_dir)
-    metrics = {"size": params.size, "gx_evaluated": report.statistics.get("evaluated_expectations"),
+    metrics = {"image_size": params.image_size, "gx_evaluated": report.statistics.get("evaluated_expectations"),
                "gx_successful": report.statistics.get("successful_expectations")}
     for split in SPLITS:
-        split_arrays = build_split(data_dir, manifest, split, params.size)
+        split_arrays = build_split(data_dir, manifest, split, params.image_size)
         arrays.save_split(out_dir / f"{split}.npz", split_arrays)
         metrics[f"{split}_images"] = len(split_arrays)
         metrics[f"{split}_tumor_fraction"] = float((split_arrays.labels > 0).mean()) if len(split_arrays) else 0.0
         metrics[f"{split}_spacing_mm"] = float(np.median(split_arrays.spacing)) if len(split_arrays) else 0.0
     Path("reports").mkdir(exist_ok=True)
     Path("reports/preprocess.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    log_card(data_dir, params.experiment)
     counts = ", ".join(f"{split} {metrics[split + '_images']}" for split in SPLITS)
-    print(f"preprocess: wrote {counts} at {params.size}px to {out_dir}")
+    print(f"preprocess: wrote {counts} at {params.image_size}px to {out_dir}")
     return 0
+
+
+def log_card(data_dir: Path, experiment: str) -> dict:
+    """The dataset card of data_dir (written at import; rebuilt for older imports) to
+    reports/data_card.json (flat numbers, DVC metrics) and to an MLflow `preprocess` run."""
+    import mlflow
+
+    from mrisynth.core import datacard
+    from mrisynth.io import card, tracking
+
+    built = card.load_or_build(data_dir)
+    flat = datacard.flat_metrics(built)
+    Path("reports/data_card.json").write_text(json.dumps(flat, indent=2) + "\n")
+    tracking.configure(experiment)
+    with mlflow.start_run(run_name="preprocess", log_system_metrics=False):
+        mlflow.set_tags(tracking.run_tags("preprocess") | {"data_source": built["source"]})
+        mlflow.log_metrics(flat)
+        mlflow.log_dict(built, "data_card/card.json")
+        mlflow.log_text(datacard.markdown(built), "data_card/card.md")
+    return built
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ Writes models/generator.keras (best checkpoint), work/gan/ (resume state, persis
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import shutil
 import sys
@@ -69,28 +70,29 @@ def write_reports(state, metrics: dict) -> None:
 
 
 def register(params, best: Path, size: int, channels: int, run_id: str, tags: dict, example: np.ndarray) -> str:
-    """Log the best generator as a pyfunc model, register it and point alias `challenger` at it."""
+    """Log the best generator with MLflow's Keras flavor (no pickled Python: loading runs no code from
+    the artifact store), register it and point alias `challenger` at it. The logged model maps the
+    generator's tanh output to [0, 1] images, so it is servable without mrisynth installed."""
+    import keras
     import mlflow
+    import mlflow.keras
+    import tensorflow
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from mrisynth.serving import GeneratorModel
+    from mrisynth.serving import export_model
 
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, size, size, encoding.CONDITION_CHANNELS), "conditioning")]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, size, size, channels), "image")]),
     )
-    import keras
-    import tensorflow
-
-    info = mlflow.pyfunc.log_model(
+    served = export_model(keras.models.load_model(best, compile=False))
+    info = mlflow.keras.log_model(
+        served,
         name="generator",
-        python_model=GeneratorModel(),
-        artifacts={"generator": str(best)},
-        signature=signature,
-        input_example=example,
+        signature=signature,  # no input_example: MLflow 3.17's keras flavor fails to write it (its folder does not exist yet)
         registered_model_name=params.registry_name,
-        pip_requirements=[f"tensorflow-cpu=={tensorflow.__version__}", f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}", "mrisynth"],
+        pip_requirements=[f"tensorflow-cpu=={tensorflow.__version__}", f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"],
     )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
@@ -107,7 +109,7 @@ def register(params, best: Path, size: int, channels: int, run_id: str, tags: di
 def run(params_path: str = "params.yaml", restart: bool = False) -> int:
     import mlflow
 
-    from mrisynth.gan import GanSettings, GanTrainer
+    from mrisynth.gan import GanSettings, GanTrainer, load_state
 
     params = load_params(params_path)
     p, pre = params.train_gan, params.preprocess
@@ -118,13 +120,14 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
         return 1
     train, val = (arrays.load_split(Path(pre.out_dir), s) for s in ("train", "val"))
     for name, split in (("train", train), ("val", val)):
-        check_split(split, name, pre.out_dir, pre.size)
+        check_split(split, name, pre.out_dir, pre.image_size)
     alpha, alpha_source = resolve_alpha(p)
     settings = GanSettings.from_params(p, alpha)
     channels = train.images.shape[-1]
-    trainer = GanTrainer(settings, pre.size, encoding.CONDITION_CHANNELS, channels)
+    trainer = GanTrainer(settings, pre.image_size, encoding.CONDITION_CHANNELS, channels)
     out_dir = Path(p.out_dir)
-    state = trainer.prepare(train, val, out_dir, restart=restart or p.restart)
+    restart = restart or os.environ.get("MRISYNTH_RESTART", "") not in ("", "0")
+    state = trainer.prepare(train, val, out_dir, restart=restart)
     resuming = state.epoch > 0
 
     tracking.configure(p.experiment)
@@ -135,7 +138,7 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
         state.run_id = active.info.run_id
         mlflow.set_tags(tags | {"resumed_from_epoch": str(state.epoch)} if resuming else tags)
         if not resuming:
-            mlflow.log_params(as_flat_dict(p) | {"alpha_used": alpha, "alpha_source": alpha_source, "size": pre.size,
+            mlflow.log_params(as_flat_dict(p) | {"alpha_used": alpha, "alpha_source": alpha_source, "size": pre.image_size,
                                                  "data_hash": tags["data_hash"], "git_commit": tags["git_commit"],
                                                  "train_images": len(train), "val_images": len(val), "image_channels": channels})
 
@@ -147,13 +150,21 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
                 generated = generation.render(trainer_.generator, val.conditioning[:grid_rows])
                 titles = ["mask"] + [f"{name} {kind}" for name in (("FLAIR", "T1ce") if channels >= 3 else ("ch0",)) for kind in ("real", "generated")]
                 grid = tracking.titled_grid(tracking.image_grid(grid_panels(val.images[:grid_rows], val.labels[:grid_rows], generated)),
-                                            titles, pre.size)
+                                            titles, pre.image_size)
                 mlflow.log_image(grid, artifact_file=f"grids/epoch_{result.epoch:03d}.png")
 
         try:
             state = trainer.fit(train, val, out_dir, on_epoch=on_epoch, state=state)
         except MrisynthError:
             mlflow.set_tag("failure", "training stopped; see stage output")
+            raise
+        except KeyboardInterrupt:  # SIGINT, or SIGTERM (stage_main turns it into KeyboardInterrupt)
+            saved = load_state(out_dir)
+            epoch = saved.epoch if saved else 0
+            mlflow.set_tags({"interrupted": f"stopped by a signal; the resume state holds epoch {epoch}",
+                             "resume": "rerun `dvc repro train_gan` (or python pipelines/train_gan.py) to continue from there"})
+            mlflow.end_run(status="KILLED")
+            print(f"train_gan: interrupted; resume state at epoch {epoch} in {out_dir} (rerun to continue)", file=sys.stderr)
             raise
         best = out_dir / "best_generator.keras"
         model_path = Path(p.model_path)
@@ -167,9 +178,9 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
             "train_seconds": time.perf_counter() - started,
         }
         mlflow.log_metrics({f"best_{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and k not in ("alpha", "epochs")})
-        version = register(p, best, pre.size, channels, state.run_id,
+        version = register(p, best, pre.image_size, channels, state.run_id,
                            {"val_g_loss": f"{state.best_val:.5f}", "best_epoch": state.best_epoch + 1, "alpha": alpha,
-                            "data_hash": tags["data_hash"], "git_commit": tags["git_commit"], "size": pre.size, "run_id": state.run_id},
+                            "data_hash": tags["data_hash"], "git_commit": tags["git_commit"], "size": pre.image_size, "run_id": state.run_id},
                            val.conditioning[:1])
         summary["model_version"] = int(version)
         summary["run_id"] = state.run_id
@@ -182,6 +193,7 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--restart", action="store_true", help="discard an interrupted run with other parameters")
+    parser.add_argument("--restart", action="store_true",
+                        help="discard an interrupted run and start over (also MRISYNTH_RESTART=1); not a tracked parameter")
     args = parser.parse_args(argv)
     stage_main(lambda: run(args.params, args.restart))

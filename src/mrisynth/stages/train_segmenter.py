@@ -1,6 +1,6 @@
 """`train_segmenter` stage: one U-Net per augmentation arm and seed, as MLflow child runs.
 
-Reads  work/preprocessed/{train,val}.npz, work/augmented/, params `train_segmenter`, `preprocess.size`.
+Reads  work/preprocessed/{train,val}.npz, work/augmented/, params `train_segmenter`, `preprocess.image_size`.
 Writes work/segmenter/<arm>/seed<k>/best.keras, work/segmenter/runs.json (run ids, versions),
        reports/train_segmenter.json; one parent MLflow run with a child run per arm and seed, each
        trained segmenter registered (tags augmentation=<arm>, seed=<k>).
@@ -44,7 +44,7 @@ def run(params_path: str = "params.yaml") -> int:
     with mlflow.start_run(run_name="train_segmenter", log_system_metrics=True) as parent:
         registry["parent_run_id"] = parent.info.run_id
         mlflow.set_tags(tags)
-        mlflow.log_params(as_flat_dict(p) | {"size": pre.size, "data_hash": tags["data_hash"], "augment_factor": params.augment.factor,
+        mlflow.log_params(as_flat_dict(p) | {"size": pre.image_size, "data_hash": tags["data_hash"], "augment_factor": params.augment.factor,
                                              "augment_synthetic_fraction": params.augment.synthetic_fraction,
                                              "augment_sample_dropout": params.augment.sample_dropout,
                                              "steps_per_epoch": steps or "one pass per arm"})

@@ -70,8 +70,8 @@ def study_scope(params, train, val) -> str:
     shaping = {
         "tune": {k: v for k, v in dataclasses.asdict(t).items() if k not in ("n_trials", "storage", "study_name", "out")},
         "train_gan": {k: v for k, v in dataclasses.asdict(params.train_gan).items()
-                      if k not in ("alpha", "alpha_file", "epochs", "grid_every", "grid_images", "out_dir", "model_path", "restart", "experiment", "registry_name")},
-        "size": params.preprocess.size,
+                      if k not in ("alpha", "alpha_file", "epochs", "grid_every", "grid_images", "out_dir", "model_path", "experiment", "registry_name")},
+        "size": params.preprocess.image_size,
         "augment": dataclasses.asdict(params.augment) if t.objective == "downstream" else None,
         "train_segmenter": dataclasses.asdict(params.train_segmenter) if t.objective == "downstream" else None,
         "data": arrays_key(train, val),
@@ -124,7 +124,7 @@ def _gan(params, alpha: float, train, epochs: int):
     from mrisynth.gan import GanSettings, GanTrainer
 
     settings = GanSettings.from_params(params.train_gan, alpha, epochs)
-    return GanTrainer(settings, params.preprocess.size, encoding.CONDITION_CHANNELS, train.images.shape[-1])
+    return GanTrainer(settings, params.preprocess.image_size, encoding.CONDITION_CHANNELS, train.images.shape[-1])
 
 
 def objective_image(trial, params, alpha: float, train, val, log) -> float:

@@ -1,0 +1,164 @@
+"""Fault injection: kills during training and during the checkpoint write, corrupted resume state,
+SIGTERM through the stage entry point. Tiny sizes; every case ends with the weights an uninterrupted
+run reaches (bit-exact, same machine) or with a named, recoverable state."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from mrisynth.gan import RESUME_DIR, GanSettings, GanTrainer, latest_resume, load_state
+from test_gan_training import _tiny_split
+
+SETTINGS = GanSettings(alpha=100.0, epochs=3, batch_size=2, width=0.25, precision="float32", seed=5, checkpoint_every=1)
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return _tiny_split(4), _tiny_split(2, seed=10)
+
+
+@pytest.fixture(scope="module")
+def reference(splits, tmp_path_factory):
+    """Generator weights after an uninterrupted run of SETTINGS."""
+    out = tmp_path_factory.mktemp("reference") / "gan"
+    trainer = GanTrainer(SETTINGS, 64, 4, 4)
+    trainer.fit(*splits, out)
+    return [w.copy() for w in trainer.generator.get_weights()]
+
+
+def _final_weights(splits, out):
+    trainer = GanTrainer(SETTINGS, 64, 4, 4)
+    state = trainer.fit(*splits, out)
+    assert state.completed and state.epoch == SETTINGS.epochs and len(state.history) == SETTINGS.epochs
+    return trainer.generator.get_weights()
+
+
+def _assert_same(weights, reference):
+    assert len(weights) == len(reference)
+    for a, b in zip(weights, reference):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_interrupted_and_resumed_run_ends_with_the_uninterrupted_weights(splits, reference, tmp_path):
+    out = tmp_path / "gan"
+
+    def stop(result, trainer, state):
+        if result.epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        GanTrainer(SETTINGS, 64, 4, 4).fit(*splits, out, on_epoch=stop)
+    assert load_state(out).epoch == 1
+    _assert_same(_final_weights(splits, out), reference)  # RNG (dropout) and data order restored
+
+
+def test_corrupted_newest_state_falls_back_to_the_older_one(splits, reference, tmp_path, capsys):
+    out = tmp_path / "gan"
+
+    def stop(result, trainer, state):
+        if result.epoch == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        GanTrainer(SETTINGS, 64, 4, 4).fit(*splits, out, on_epoch=stop)
+    newest = out / RESUME_DIR / "epoch-0002"
+    data = (newest / "variables.npz").read_bytes()
+    (newest / "variables.npz").write_bytes(data[: len(data) // 3])  # cut short
+    folder, state = latest_resume(out)
+    assert folder.name == "epoch-0001" and state.epoch == 1
+    assert "epoch-0002 is unusable (variables.npz does not match its checksum)" in capsys.readouterr().err
+    _assert_same(_final_weights(splits, out), reference)
+
+
+_CHILD = textwrap.dedent("""
+    import sys, numpy as np
+    sys.path.insert(0, {tests!r})
+    from test_faults import SETTINGS, _tiny_split
+    from mrisynth.gan import GanTrainer
+    import mrisynth.gan as gan
+    mode = sys.argv[2]
+    if mode == "write":  # die with SIGKILL in the middle of the second checkpoint write
+        real = np.savez
+        calls = []
+        def dying_savez(path, **arrays):
+            calls.append(path)
+            if len(calls) == 2:
+                with open(path, "wb") as handle:
+                    handle.write(b"PK partial")
+                import os, signal
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(path, **arrays)
+        gan.np.savez = dying_savez
+    trainer = GanTrainer(SETTINGS, 64, 4, 4)
+    trainer.fit(_tiny_split(4), _tiny_split(2, seed=10), sys.argv[1], on_epoch=lambda r, t, s: print("epoch", r.epoch, flush=True))
+    print("done", flush=True)
+""")
+
+
+def _child(out, mode):
+    return subprocess.Popen([sys.executable, "-c", _CHILD.format(tests=str(REPO / "tests")), str(out), mode],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkill_during_the_checkpoint_write_leaves_a_resumable_state(splits, reference, tmp_path):
+    out = tmp_path / "gan"
+    child = _child(out, "write")
+    child.communicate(timeout=300)
+    assert child.returncode == -signal.SIGKILL
+    leftovers = list((out / RESUME_DIR).glob(".tmp-epoch-*"))
+    assert leftovers, "the cut-short write should have left its temporary folder"
+    assert [p.name for p in (out / RESUME_DIR).glob("epoch-*")] == ["epoch-0001"]  # nothing half-written under a final name
+    _assert_same(_final_weights(splits, out), reference)
+    assert not list((out / RESUME_DIR).glob(".tmp-epoch-*"))  # cleaned up by the next write
+
+
+@pytest.mark.parametrize("after_lines", [1, 2])
+def test_sigkill_at_a_random_point_then_resume(splits, reference, tmp_path, after_lines):
+    out = tmp_path / "gan"
+    child = _child(out, "plain")
+    seen = 0
+    while seen < after_lines:
+        line = child.stdout.readline()
+        if not line:
+            break
+        seen += line.startswith("epoch")
+    time.sleep(np.random.default_rng(after_lines).uniform(0.0, 0.5))  # anywhere in the next epoch or its write
+    child.kill()
+    child.communicate(timeout=60)
+    _assert_same(_final_weights(splits, out), reference)
+
+
+def test_sigterm_to_the_stage_ends_the_run_killed_and_resumable(trained_copy):
+    import mlflow
+    import yaml
+
+    params = yaml.safe_load((trained_copy / "params.yaml").read_text())
+    params["train_gan"] |= {"epochs": 40, "checkpoint_every": 1, "out_dir": "work/gan_sigterm", "experiment": "sigterm"}
+    (trained_copy / "params.yaml").write_text(yaml.safe_dump(params))
+    env = os.environ | {"MRISYNTH_WATCH_LAUNCHER": "0"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "pipelines" / "train_gan.py")], cwd=trained_copy, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 2/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "interrupted; resume state at epoch" in err and "Traceback" not in err
+    state = load_state(trained_copy / "work" / "gan_sigterm")
+    assert state is not None and not state.completed and state.epoch >= 2
+    client = mlflow.MlflowClient()
+    run = client.get_run(state.run_id)
+    assert run.info.status == "KILLED" and "rerun" in run.data.tags["resume"]
+    assert json.loads((trained_copy / "work" / "gan_sigterm" / "state.json").read_text())["epoch"] == state.epoch
