@@ -23,7 +23,7 @@ data: setup
 	@if [ ! -d data ]; then \
 	  echo "data/ absent: recreating the default dataset (phantom + import, params.yaml: data)"; \
 	  mrisynth data default && dvc add -q data && \
-	  { git diff --quiet -- data.dvc 2>/dev/null || echo "WARNING: recreated data/ differs from data.dvc (see README: Versioned data)"; }; \
+	  { git diff --quiet HEAD -- data.dvc 2>/dev/null || echo "WARNING: recreated data/ differs from data.dvc (see README: Versioned data)"; }; \
 	fi
 
 run: data
