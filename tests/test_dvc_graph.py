@@ -362,3 +362,25 @@ def test_stage_commands_use_the_projects_interpreter_without_the_venv_on_path():
     ran = subprocess.run(["sh", "pipelines/python", "-c", "import mrisynth, sys; print(sys.prefix)"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=60)
     assert ran.returncode == 0, ran.stderr
+
+
+def test_git_commit_tag_is_clean_when_only_pipeline_outputs_changed(tmp_path):
+    from mrisynth.io import tracking
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.org")
+    git("config", "user.name", "t")
+    (tmp_path / "reports").mkdir()
+    for name in ("dvc.lock", "reports/metrics.json", "code.py"):
+        (tmp_path / name).write_text("1\n")
+    git("add", "-A")
+    git("commit", "-qm", "x")
+    (tmp_path / "dvc.lock").write_text("2\n")  # what `dvc repro` rewrites mid-run
+    (tmp_path / "reports" / "metrics.json").write_text("2\n")
+    tag = tracking.git_commit(tmp_path)
+    assert len(tag) == 40 and not tag.endswith("-dirty"), tag
+    (tmp_path / "code.py").write_text("2\n")
+    assert tracking.git_commit(tmp_path).endswith("-dirty")

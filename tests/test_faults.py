@@ -162,3 +162,58 @@ def test_sigterm_to_the_stage_ends_the_run_killed_and_resumable(trained_copy):
     run = client.get_run(state.run_id)
     assert run.info.status == "KILLED" and "rerun" in run.data.tags["resume"]
     assert json.loads((trained_copy / "work" / "gan_sigterm" / "state.json").read_text())["epoch"] == state.epoch
+
+
+_SLOW_STAGE = textwrap.dedent("""
+    import os, pathlib, time
+    from mrisynth.stages import stage_main
+
+    def run():
+        pathlib.Path("started").write_text(str(os.getpid()))
+        for _ in range(120):  # a long training stage
+            time.sleep(0.25)
+        pathlib.Path("registered").write_text("a model would have been registered now")
+        return 0
+
+    stage_main(run)
+""")
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in handle)
+    except FileNotFoundError:
+        return False
+
+
+def test_killed_dvc_repro_leaves_no_orphan_stage(tmp_path):
+    """SIGKILL to `dvc repro` (the launcher): the stage notices within about a second and stops,
+    instead of finishing later and registering models behind a stale dvc.lock."""
+    bin_dir = os.path.dirname(sys.executable)
+    (tmp_path / "slow.py").write_text(_SLOW_STAGE)
+    (tmp_path / "dvc.yaml").write_text("stages:\n  slow:\n    cmd: python slow.py\n    deps: [slow.py]\n")
+    env = {k: v for k, v in os.environ.items() if k != "MRISYNTH_WATCH_LAUNCHER"} | {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    subprocess.run([os.path.join(bin_dir, "dvc"), "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=env)
+    dvc = subprocess.Popen([os.path.join(bin_dir, "dvc"), "repro"], cwd=tmp_path, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "started").is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    assert (tmp_path / "started").is_file(), "the stage did not start"
+    time.sleep(0.5)
+    stage_pid = int((tmp_path / "started").read_text())
+    dvc.kill()
+    dvc.wait(timeout=30)
+    gone = False
+    for _ in range(50):  # up to 10 s
+        if not _alive(stage_pid):
+            gone = True
+            break
+        time.sleep(0.2)
+    if not gone:
+        os.kill(stage_pid, signal.SIGKILL)
+    assert gone, "the stage outlived its killed launcher"
+    time.sleep(1)
+    assert not (tmp_path / "registered").exists()

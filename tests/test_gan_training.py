@@ -167,6 +167,23 @@ def test_registered_generator_predicts_images(trained):
         generator.predict(np.zeros((1, 32, 32, 4), np.float32))
 
 
+def test_registered_generator_loads_where_mrisynth_cannot_be_imported(trained):
+    """The served artifact needs TensorFlow, Keras and MLflow only (issue 10: servable from a clean environment)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['mrisynth'] = None\n"  # any `import mrisynth...` now fails
+            "import mlflow, numpy as np\n"
+            "model = mlflow.pyfunc.load_model('models:/tiny-generator@challenger')\n"
+            "out = np.asarray(model.predict(np.zeros((1, 64, 64, 4), np.float32)))\n"
+            "print('OK', out.shape, float(out.min()) >= 0.0, float(out.max()) <= 1.0)\n")
+    ran = subprocess.run([sys.executable, "-c", code], cwd=trained, capture_output=True, text=True, timeout=300,
+                         env=os.environ | {"MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]})
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert "OK (1, 64, 64, 4) True True" in ran.stdout
+
+
 def test_bad_data_stops_the_stage(trained, capsys):
     from mrisynth.stages import train_gan
     import tifffile

@@ -97,7 +97,10 @@ def generate(model_uri: str, masks_dir: Path, out_dir: Path, brain_dir: Path | N
     for note in sorted(fitted):
         print(f"generate: masks fitted to the model's input size: {note}")
     cond = np.stack(conditions)
-    images = np.concatenate([model.predict(cond[i : i + batch_size]) for i in range(0, len(cond), batch_size)])
+    from tqdm import tqdm
+
+    starts = tqdm(range(0, len(cond), batch_size), desc="generate", unit="batch", disable=None, leave=False)
+    images = np.concatenate([model.predict(cond[i : i + batch_size]) for i in starts])
     out_dir.mkdir(parents=True, exist_ok=True)
     channels = images.shape[-1]
     names = modalities if modalities and len(modalities) == channels else (list(MODALITIES) if channels == len(MODALITIES) else [f"ch{c}" for c in range(channels)])

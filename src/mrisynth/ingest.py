@@ -35,13 +35,22 @@ def _pool(workers: int) -> cf.Executor:
     return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
 
-def _map(function, items: list, workers: int):
-    """Ordered, lazy map; in-process for workers <= 1."""
+def _progress(iterable, total: int, desc: str | None):
+    """A tqdm progress bar on stderr when it is a terminal (silent in logs, CI and tests)."""
+    if desc is None:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="case", disable=None, leave=False)
+
+
+def _map(function, items: list, workers: int, desc: str | None = None):
+    """Ordered, lazy map; in-process for workers <= 1; a progress bar named `desc` on a terminal."""
     if workers <= 1 or len(items) <= 1:
-        yield from map(function, items)
+        yield from _progress(map(function, items), len(items), desc)
         return
     with _pool(workers) as pool:
-        yield from pool.map(function, items)
+        yield from _progress(pool.map(function, items), len(items), desc)
 
 
 # ---------------------------------------------------------------- phantom
@@ -71,7 +80,7 @@ def make_phantom(out: Path, cases: int, seed: int, workers: int = 1, version: in
         raise DataError(f"--version {version}: expected one of {list(PHANTOM_VERSIONS)} (2 = the realistic default, 1 = the easy original)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = list(_map(_phantom_case, [(out, seed, i, version) for i in range(cases)], workers))
+    rows = list(_map(_phantom_case, [(out, seed, i, version) for i in range(cases)], workers, desc="phantom"))
     brats.write_name_mapping(out, [(r["case_id"], r["grade"]) for r in rows])
     pd.DataFrame(rows).to_csv(out / CASE_INFO, index=False, lineterminator="\n")
     return [r["case_id"] for r in rows]
@@ -224,7 +233,7 @@ def import_brats(
         while len(valid) < requested and position < len(order):
             batch = order[position : position + chunk]
             position += len(batch)
-            for result in _map(_process_case, [(c, options) for c in batch], workers):
+            for result in _map(_process_case, [(c, options) for c in batch], workers, desc="import"):
                 if result.error:
                     rejected.append(result)
                 elif len(valid) < requested:
@@ -235,7 +244,7 @@ def import_brats(
                 + "; ".join(r.error for r in rejected[:3]) + (" ..." if len(rejected) > 3 else "") + ")"
             )
     else:
-        results = list(_map(_process_case, [(c, options) for c in order[:requested]], workers))
+        results = list(_map(_process_case, [(c, options) for c in order[:requested]], workers, desc="import"))
         errors = [r.error for r in results if r.error]
         if errors:
             raise DataError("\n".join(errors + [f"{len(errors)} invalid case(s); nothing written (fix them, or pass --skip-invalid)"]))

@@ -74,10 +74,19 @@ def data_hash(dvc_file: Path = Path("data.dvc")) -> str:
         return "unknown"
 
 
-def git_commit() -> str:
+# What the pipeline itself rewrites: their changes say nothing about the code that ran.
+PIPELINE_WRITTEN = ("dvc.lock", "data.dvc", "reports")
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    """HEAD, with `-dirty` when tracked files other than the pipeline's own outputs (PIPELINE_WRITTEN)
+    differ from it: a run in the middle of `dvc repro` (dvc.lock and reports rewritten) is clean when
+    the code is."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=cwd)
+        excluded = [f":(exclude){p}" for p in PIPELINE_WRITTEN]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded],
+                               capture_output=True, text=True, timeout=10, cwd=cwd)
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -138,8 +147,22 @@ def segmenter_signature(size: int, channels: int, classes: int):
     )
 
 
-def register_keras_model(model, name: str, registry_name: str, signature, tags: dict[str, str]) -> str:
-    """Log a Keras model in the active run, register it under `registry_name` with `tags`; returns the version."""
+def generator_signature(size: int, channels: int, condition_channels: int = 4):
+    """Tensor signature of the generator: conditioning (-1, S, S, 4) float32 -> images (-1, S, S, C) in [0, 1]."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, size, size, condition_channels), "conditioning")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, size, size, channels), "image")]),
+    )
+
+
+def register_keras_model(model, name: str, registry_name: str, signature, tags: dict[str, str],
+                         alias: str | None = None, description: str | None = None) -> str:
+    """Log a Keras model (MLflow's Keras flavor: no pickled Python) in the active run, register it under
+    `registry_name` with `tags` (and `alias`, `description`); returns the version. No input example:
+    MLflow 3.17's Keras flavor fails to write one (its folder does not exist yet)."""
     import keras
     import mlflow.keras
     import tensorflow
@@ -149,6 +172,11 @@ def register_keras_model(model, name: str, registry_name: str, signature, tags: 
     info = mlflow.keras.log_model(model, name=name, registered_model_name=registry_name, signature=signature, pip_requirements=requirements)
     version = str(info.registered_model_version)
     tag_version(registry_name, version, tags)
+    client = mlflow.MlflowClient()
+    if alias:
+        client.set_registered_model_alias(registry_name, alias, version)
+    if description:
+        client.update_model_version(registry_name, version, description=description)
     return version
 
 

@@ -69,41 +69,21 @@ def write_reports(state, metrics: dict) -> None:
     Path("reports/train_gan_history.csv").write_text("\n".join(lines) + "\n")
 
 
-def register(params, best: Path, size: int, channels: int, run_id: str, tags: dict, example: np.ndarray) -> str:
-    """Log the best generator with MLflow's Keras flavor (no pickled Python: loading runs no code from
-    the artifact store), register it and point alias `challenger` at it. The logged model maps the
-    generator's tanh output to [0, 1] images, so it is servable without mrisynth installed."""
+def register(params, best: Path, size: int, channels: int, run_id: str, tags: dict, example: np.ndarray | None = None) -> str:
+    """Register the best generator (Keras flavor via io/tracking: loading runs no code from the artifact
+    store) with alias `challenger`. The logged model maps the tanh output to [0, 1] images, so it is
+    servable without mrisynth installed. `example` is unused (kept for callers; see register_keras_model)."""
     import keras
-    import mlflow
-    import mlflow.keras
-    import tensorflow
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
 
     from mrisynth.serving import export_model
 
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, size, size, encoding.CONDITION_CHANNELS), "conditioning")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, size, size, channels), "image")]),
-    )
     served = export_model(keras.models.load_model(best, compile=False))
-    info = mlflow.keras.log_model(
-        served,
-        name="generator",
-        signature=signature,  # no input_example: MLflow 3.17's keras flavor fails to write it (its folder does not exist yet)
-        registered_model_name=params.registry_name,
-        pip_requirements=[f"tensorflow-cpu=={tensorflow.__version__}", f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"],
+    return tracking.register_keras_model(
+        served, "generator", params.registry_name, tracking.generator_signature(size, channels, encoding.CONDITION_CHANNELS), tags,
+        alias=ALIAS,
+        description=f"Best generator of run {run_id} (val_g_loss {tags.get('val_g_loss')}, epoch {tags.get('best_epoch')}); "
+                    f"input (N, {size}, {size}, 4) conditioning, output [0, 1] images.",
     )
-    version = str(info.registered_model_version)
-    client = mlflow.MlflowClient()
-    client.set_registered_model_alias(params.registry_name, ALIAS, version)
-    for key, value in tags.items():
-        client.set_model_version_tag(params.registry_name, version, key, str(value))
-    client.update_model_version(
-        params.registry_name, version,
-        description=f"Best generator of run {run_id} (val_g_loss {tags.get('val_g_loss')}, epoch {tags.get('best_epoch')}); input (N, {size}, {size}, 4) conditioning, output [0, 1] images.",
-    )
-    return version
 
 
 def run(params_path: str = "params.yaml", restart: bool = False) -> int:
@@ -179,7 +159,7 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
         }
         mlflow.log_metrics({f"best_{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and k not in ("alpha", "epochs")})
         version = register(p, best, pre.image_size, channels, state.run_id,
-                           {"val_g_loss": f"{state.best_val:.5f}", "best_epoch": state.best_epoch + 1, "alpha": alpha,
+                           {"val_g_loss": f"{state.best_val:.5f}", "best_epoch": state.best_epoch + 1, "alpha": str(alpha),
                             "data_hash": tags["data_hash"], "git_commit": tags["git_commit"], "size": pre.image_size, "run_id": state.run_id},
                            val.conditioning[:1])
         summary["model_version"] = int(version)
