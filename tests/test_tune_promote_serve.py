@@ -255,6 +255,8 @@ def test_served_champion_answers_and_rejects(champion, trained):
         images = np.asarray(body["predictions"])
         assert images.shape == (1, 64, 64, 4) and 0 <= images.min() and images.max() <= 1
         assert np.all(images[0][val.conditioning[0, ..., 3] == 0] == 0)  # nothing outside the brain
+        status, body = _post(url, {"inputs": val.conditioning[0].tolist()})  # one (S, S, 4) image: one image, not S
+        assert status == 200 and np.asarray(body["predictions"]).shape == (1, 64, 64, 4), body
 
         bad_values = val.conditioning[:1].copy()
         bad_values[0, 0, 0, 0] = 0.5
@@ -296,10 +298,17 @@ def test_oversized_requests_are_refused_at_once_and_the_server_stays_up(champion
                 reply = b"".join(chunks).decode()
             assert reply.startswith("HTTP/1.1 413") and "exceeds the limit" in reply, reply
             assert time.time() - started < 10
+        # the client sends the whole 25 MB anyway: the server never reads it, its memory does not grow
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            try:
+                conn.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 25000000\r\n\r\n" + b"[" * 25_000_000)
+            except OSError:  # the server answered 413 and closed: the rest of the body is refused
+                pass
+        assert _rss_mb(server.pid) - before < 20
         # three images fit the byte limit but not the batch limit
         status, body = _post(url, {"inputs": np.zeros((3, 64, 64, 4)).tolist()})
         assert status == 413 and "limit is 2" in body["message"]
-        assert _rss_mb(server.pid) - before < 100  # the refused work never happened
+        assert _rss_mb(server.pid) - before < 50  # the refused work never happened
         assert _post(url, one)[0] == 200  # and the next normal request is served
     finally:
         server.terminate()
@@ -330,6 +339,17 @@ def test_loading_a_registered_generator_runs_no_code_from_the_artifact_store(cha
     (store_dir / "artifacts").mkdir(exist_ok=True)
     generator = Generator.load(str(store_dir))
     generator.predict(np.zeros((1, 64, 64, 4), np.float32))
+    assert not marker.exists()
+    # a Keras file whose Lambda layer would run code on load (here: create the marker) is refused by safe_mode
+    import keras
+
+    touch = eval(f"lambda x: (open({str(marker)!r}, 'w').close(), x)[1]")  # no closure: the path is in the code
+    evil = keras.Sequential([keras.Input((64, 64, 4)), keras.layers.Lambda(touch)])
+    keras_file = next(store_dir.rglob("model.keras"))
+    evil.save(keras_file)
+    marker.unlink(missing_ok=True)  # building the model ran the lambda once; loading must not
+    with pytest.raises(InputError, match="refused to load model.keras"):
+        Generator.load(str(store_dir))
     assert not marker.exists()
     # a model that only offers the pickled pyfunc is refused, not loaded
     (store_dir / "MLmodel").write_text("flavors:\n  python_function:\n    python_model: python_model.pkl\n    loader_module: mlflow.pyfunc.model\n")

@@ -357,8 +357,12 @@ def load_state(out_dir: Path) -> TrainState | None:
 
 
 def prepare_state(out_dir: Path, fingerprint: dict, restart: bool) -> TrainState:
-    """Resume an interrupted run with the same parameters; refuse one with other parameters unless restart."""
+    """Resume an interrupted run with the same parameters; refuse one with other parameters unless restart.
+    A missing or unreadable top-level state.json falls back to the newest verified resume state."""
     previous = load_state(out_dir)
+    if previous is None and not restart:
+        found = latest_resume(out_dir)
+        previous = found[1] if found is not None else None
     if previous is not None and not restart and not previous.completed:
         if previous.fingerprint != fingerprint:
             changed = sorted(k for k in set(fingerprint) | set(previous.fingerprint) if fingerprint.get(k) != previous.fingerprint.get(k))

@@ -4,8 +4,9 @@
     GET  /ping          200 when the model is loaded
 
 Bounds (configurable): a request body over `max_bytes` is refused with 413 before it is read; more
-than `max_batch` images -> 413; a body without Content-Length -> 411; one prediction runs at a time
-(requests queue), so memory is bounded by max_batch. Errors are short JSON
+than `max_batch` images -> 413; a body without Content-Length -> 411; at most `MAX_ACTIVE` requests
+are read, parsed or predicted at once (others wait) and one prediction runs at a time, so memory is
+bounded by about MAX_ACTIVE request bodies; a client that stalls for `TIMEOUT_S` is dropped. Errors are short JSON
 ({"error_code", "message"}) and never echo the input. The model is loaded with
 `serving.Generator.load` (Keras flavor, safe_mode): no code from the artifact store runs."""
 from __future__ import annotations
@@ -20,6 +21,8 @@ import numpy as np
 from mrisynth.serving import DEFAULT_MAX_BATCH, Generator, InputError
 
 BYTES_PER_VALUE = 8  # generous JSON size of one conditioning value ("1.0, ")
+MAX_ACTIVE = 2       # requests being read/parsed/predicted at once
+TIMEOUT_S = 60       # socket timeout per request
 
 
 def default_max_bytes(size: int, max_batch: int) -> int:
@@ -32,12 +35,14 @@ class Service:
         self.max_batch = max_batch
         self.max_bytes = max_bytes or default_max_bytes(generator.size, max_batch)
         self.lock = threading.Lock()
+        self.active = threading.BoundedSemaphore(MAX_ACTIVE)
 
     def handler(self):
         service = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = TIMEOUT_S
 
             def log_message(self, format, *args):  # noqa: A002 - quiet access log
                 pass
@@ -81,8 +86,8 @@ class Service:
                     self._error(HTTPStatus.NOT_FOUND, f"no route {self.path}; use POST /invocations or GET /ping")
 
             def do_POST(self):
-                if self.path != "/invocations":
-                    self._error(HTTPStatus.NOT_FOUND, f"no route {self.path}; use POST /invocations")
+                if self.path != "/invocations":  # the body stays unread: close, so it is not taken for a request
+                    self._error(HTTPStatus.NOT_FOUND, f"no route {self.path}; use POST /invocations", close=True)
                     return
                 length = self.headers.get("Content-Length")
                 if length is None:
@@ -91,11 +96,17 @@ class Service:
                 try:
                     length = int(length)
                 except ValueError:
-                    self._error(HTTPStatus.BAD_REQUEST, "Content-Length is not a number", close=True)
+                    length = -1
+                if length < 0:
+                    self._error(HTTPStatus.BAD_REQUEST, "Content-Length must be a non-negative number", close=True)
                     return
                 if length > service.max_bytes:
                     self._too_large(length)  # answered before the body is read; the connection is closed
                     return
+                with service.active:
+                    self._invoke(length)
+
+            def _invoke(self, length: int) -> None:
                 try:
                     payload = json.loads(self.rfile.read(length))
                 except (ValueError, UnicodeDecodeError):
@@ -105,14 +116,14 @@ class Service:
                     self._error(HTTPStatus.BAD_REQUEST, "expected a JSON object with key 'inputs' holding (N, S, S, 4) conditioning")
                     return
                 inputs = next(payload[k] for k in ("inputs", "instances", "conditioning") if k in payload)
-                count = len(inputs) if isinstance(inputs, list) else 0
-                if count > service.max_batch:
-                    self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{count} images in one request; the limit is {service.max_batch}")
-                    return
                 try:
                     array = np.asarray(inputs, dtype=np.float32)
                 except (ValueError, TypeError):
                     self._error(HTTPStatus.BAD_REQUEST, "conditioning: expected numbers in nested lists of shape (N, S, S, 4)")
+                    return
+                count = 1 if array.ndim == 3 else (int(array.shape[0]) if array.ndim else 0)  # (S, S, 4) is one image
+                if count > service.max_batch:
+                    self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{count} images in one request; the limit is {service.max_batch}")
                     return
                 try:
                     with service.lock:

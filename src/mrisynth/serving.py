@@ -91,7 +91,10 @@ class Generator:
         path = local / data / "model.keras"
         if not path.is_file():
             raise InputError(f"{model_uri}: expected the Keras file {path}, found none")
-        model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
+        try:
+            model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
+        except ValueError as exc:  # e.g. a Lambda layer: code that safe_mode refuses to run
+            raise InputError(f"{model_uri}: refused to load {path.name}: {str(exc).splitlines()[0][:200]} (safe_mode)") from exc
         return cls(model, model_uri)
 
     def predict(self, conditioning, batch_size: int = 8) -> np.ndarray:

@@ -22,7 +22,8 @@ LAUNCHERS = ("dvc", "mlflow")
 
 def _ancestors(max_depth: int = 4) -> list[int]:
     """The processes between this one and its launcher (`dvc repro`, `mlflow run`), launcher included,
-    from /proc; just the parent when no launcher is found within max_depth; [] without /proc."""
+    from /proc; [] when no launcher is found within max_depth (a stage run by hand, e.g. under nohup,
+    is not tied to its shell) or without /proc."""
     chain, pid = [], os.getppid()
     while pid > 1 and len(chain) < max_depth:
         chain.append(pid)
@@ -35,7 +36,24 @@ def _ancestors(max_depth: int = 4) -> list[int]:
                 pid = int(handle.read().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             break
-    return chain[:1]
+    return []
+
+
+def _gone(pid: int) -> bool:
+    """The process no longer runs: absent, or a zombie nobody has reaped yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False
 
 
 def _watch_launcher(interval: float = 1.0) -> None:
@@ -47,14 +65,10 @@ def _watch_launcher(interval: float = 1.0) -> None:
         event = threading.Event()
         while not event.wait(interval):
             for pid in watched:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
+                if _gone(pid):
                     print(f"stage: launcher process {pid} is gone; stopping", file=sys.stderr)
                     os.kill(os.getpid(), signal.SIGTERM)
                     return
-                except PermissionError:
-                    pass
 
     if watched:
         threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
