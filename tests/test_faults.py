@@ -50,28 +50,26 @@ def _assert_same(weights, reference):
         np.testing.assert_array_equal(a, b)
 
 
-def test_interrupted_and_resumed_run_ends_with_the_uninterrupted_weights(splits, reference, tmp_path):
-    out = tmp_path / "gan"
-
+def _interrupt_after(splits, out, epoch: int) -> None:
+    """Train SETTINGS in `out` and stop (as an exception would) right after `epoch`'s end-of-epoch work."""
     def stop(result, trainer, state):
-        if result.epoch == 1:
+        if result.epoch == epoch:
             raise Interrupt
 
     with pytest.raises(Interrupt):
         GanTrainer(SETTINGS, 64, 4, 4).fit(*splits, out, on_epoch=stop)
+
+
+def test_interrupted_and_resumed_run_ends_with_the_uninterrupted_weights(splits, reference, tmp_path):
+    out = tmp_path / "gan"
+    _interrupt_after(splits, out, 1)
     assert load_state(out).epoch == 1
     _assert_same(_final_weights(splits, out), reference)  # RNG (dropout) and data order restored
 
 
 def test_corrupted_newest_state_falls_back_to_the_older_one(splits, reference, tmp_path, capsys):
     out = tmp_path / "gan"
-
-    def stop(result, trainer, state):
-        if result.epoch == 2:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        GanTrainer(SETTINGS, 64, 4, 4).fit(*splits, out, on_epoch=stop)
+    _interrupt_after(splits, out, 2)
     newest = out / RESUME_DIR / "epoch-0002"
     data = (newest / "variables.npz").read_bytes()
     (newest / "variables.npz").write_bytes(data[: len(data) // 3])  # cut short

@@ -41,7 +41,7 @@ NNUNET_REGIONS = {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3
 CHANNEL_NAMES = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1ce", "t2": "T2"}
 
 
-def _nifti(array: np.ndarray, spacing: float, path: Path, thickness: float = 1.0) -> None:
+def write_slice_nifti(array: np.ndarray, spacing: float, path: Path, thickness: float = 1.0) -> None:
     """(H, W) slice -> NIfTI (H, W, 1) with in-plane pixel size `spacing` mm and slice `thickness` mm."""
     path.parent.mkdir(parents=True, exist_ok=True)
     image = nib.Nifti1Image(array[:, :, None], np.diag([spacing, spacing, thickness, 1.0]))
@@ -114,19 +114,19 @@ def export(data_dir: Path, out: Path, fmt: str, arm: str = "none", augmented_dir
         if fmt == "nnunet":
             images_dir, labels_dir = ("imagesTs", "labelsTs") if split == "test" else ("imagesTr", "labelsTr")
             for c in range(image.shape[-1]):
-                _nifti(image[..., c], row["spacing"], target / images_dir / f"{case}_{c:04d}.nii.gz", thickness)
+                write_slice_nifti(image[..., c], row["spacing"], target / images_dir / f"{case}_{c:04d}.nii.gz", thickness)
             converted = np.zeros_like(labels)
             for brats_label, nnunet_label in NNUNET_LABELS.items():
                 converted[labels == brats_label] = nnunet_label
-            _nifti(converted, row["spacing"], target / labels_dir / f"{case}.nii.gz", thickness)
+            write_slice_nifti(converted, row["spacing"], target / labels_dir / f"{case}.nii.gz", thickness)
             entries[split].append(case)
         else:
             folder = target / split / case
             files = []
             for c, modality in enumerate(modalities):
-                _nifti(image[..., c], row["spacing"], folder / f"{case}_{modality}.nii.gz")
+                write_slice_nifti(image[..., c], row["spacing"], folder / f"{case}_{modality}.nii.gz")
                 files.append(f"{split}/{case}/{case}_{modality}.nii.gz")
-            _nifti(labels, row["spacing"], folder / f"{case}_seg.nii.gz")
+            write_slice_nifti(labels, row["spacing"], folder / f"{case}_seg.nii.gz")
             entries[split].append({"image": files, "label": f"{split}/{case}/{case}_seg.nii.gz"})
     target.mkdir(parents=True, exist_ok=True)
     if fmt == "nnunet":

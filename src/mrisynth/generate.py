@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from mrisynth import MODALITIES
@@ -51,11 +50,10 @@ def _dataset_facts(masks_dir: Path) -> tuple[list[str] | None, dict[str, float]]
 
 
 def _save_modalities(image: np.ndarray, names: list[str], spacing: float, out_dir: Path, stem: str) -> None:
+    from mrisynth.export import write_slice_nifti
+
     for c, name in enumerate(names):
-        nifti = nib.Nifti1Image(image[:, :, c : c + 1].astype(np.float32), np.diag([spacing, spacing, 1.0, 1.0]))
-        nifti.header.set_xyzt_units("mm", "sec")
-        nifti.header.set_zooms((spacing, spacing, 1.0))
-        nib.save(nifti, str(out_dir / f"{stem}_{name}.nii.gz"))
+        write_slice_nifti(image[:, :, c].astype(np.float32), spacing, out_dir / f"{stem}_{name}.nii.gz")
 
 
 def generate(model_uri: str, masks_dir: Path, out_dir: Path, brain_dir: Path | None = None, batch_size: int = 8,

@@ -174,6 +174,20 @@ def _tumour(rng: np.random.Generator, maps: np.ndarray) -> np.ndarray:
     return full
 
 
+def scanner_volume(rng: np.random.Generator, signal: np.ndarray, sigma: float, inside: tuple, region_shape: tuple) -> np.ndarray:
+    """Brain-voxel intensities `signal` (at `inside` of the region) -> an int16 SHAPE volume as a scanner
+    stores it: Rician magnitude noise of `sigma`, a random scale, >= 1 inside the brain, 0 outside."""
+    n1 = rng.standard_normal(signal.shape, dtype=np.float32) * sigma
+    n2 = rng.standard_normal(signal.shape, dtype=np.float32) * sigma
+    signal = np.sqrt((signal + n1) ** 2 + n2**2)  # Rician magnitude noise
+    scale = rng.uniform(400.0, 1200.0)
+    region = np.zeros(region_shape, dtype=np.int16)
+    region[inside] = np.maximum(np.round(signal * scale), 1).astype(np.int16)
+    vol = np.zeros(SHAPE, dtype=np.int16)
+    vol[_REGION] = region
+    return vol
+
+
 def make_case(seed: int, index: int) -> PhantomCase:
     """Synthesise subject `index` of the phantom population `seed` (deterministic)."""
     rng = np.random.default_rng([seed, index])
@@ -213,16 +227,7 @@ def make_case(seed: int, index: int) -> PhantomCase:
         edema_strength = rng.uniform(0.45, 0.75)  # how far edema departs from the tissue it soaks
         signal = tissue * normal_weight + (c_ed * edema_strength * tum[2] + c_core * tum[1] + c_enh * tum[4]) * texture
         signal = np.clip(signal, 0.0, None) ** rng.uniform(0.9, 1.1) * bias * gain
-        sigma = rng.uniform(0.02, 0.045)
-        n1 = rng.standard_normal(signal.shape, dtype=np.float32) * sigma
-        n2 = rng.standard_normal(signal.shape, dtype=np.float32) * sigma
-        signal = np.sqrt((signal + n1) ** 2 + n2**2)  # Rician magnitude noise
-        scale = rng.uniform(400.0, 1200.0)
-        region = np.zeros(region_shape, dtype=np.int16)
-        region[inside] = np.maximum(np.round(signal * scale), 1).astype(np.int16)
-        vol = np.zeros(SHAPE, dtype=np.int16)
-        vol[_REGION] = region
-        volumes[modality] = vol
+        volumes[modality] = scanner_volume(rng, signal, rng.uniform(0.02, 0.045), inside, region_shape)
     seg = np.zeros(SHAPE, dtype=np.uint8)
     seg[_REGION] = labels
     tissue = np.zeros(SHAPE, dtype=np.uint8)

@@ -30,7 +30,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
-from mrisynth.core.phantom import CONTRAST, MODALITY_ORDER, SHAPE, _REGION, PhantomCase, _smooth_field, _templates
+from mrisynth.core.phantom import CONTRAST, MODALITY_ORDER, SHAPE, _REGION, PhantomCase, _smooth_field, _templates, scanner_volume
 
 VERSION = 2
 LOBES = ("frontal", "temporal", "parietal", "occipital", "deep")
@@ -431,16 +431,7 @@ def make_case(seed: int, index: int, realism: Realism = Realism(), site: int | N
         if site.blur > 0.05:
             volume = ndimage.gaussian_filter(volume, (site.blur, site.blur, 0.0))
         signal = volume[inside] * bias * rng.uniform(0.9, 1.1)
-        sigma = site.noise * rng.uniform(0.85, 1.15)
-        n1 = rng.standard_normal(signal.shape, dtype=np.float32) * sigma
-        n2 = rng.standard_normal(signal.shape, dtype=np.float32) * sigma
-        signal = np.sqrt((signal + n1) ** 2 + n2**2)
-        scale = rng.uniform(400.0, 1200.0)
-        region = np.zeros(shape, dtype=np.int16)
-        region[inside] = np.maximum(np.round(signal * scale), 1).astype(np.int16)
-        vol = np.zeros(SHAPE, dtype=np.int16)
-        vol[_REGION] = region
-        volumes[modality] = vol
+        volumes[modality] = scanner_volume(rng, signal, site.noise * rng.uniform(0.85, 1.15), inside, shape)
     seg = np.zeros(SHAPE, dtype=np.uint8)
     seg[_REGION] = np.where(mask, seg_region, 0)
     tissue_map = np.zeros(SHAPE, dtype=np.uint8)
