@@ -76,3 +76,18 @@ def test_written_in_brats_layout(tmp_path):
             assert image.shape == (240, 240, 155)
             assert image.get_data_dtype() == (np.uint8 if name == "seg" else np.int16)
     assert "BraTS_2020_subject_ID" in (tmp_path / "name_mapping.csv").read_text()
+
+
+def test_sample_tissue_equals_one_full_map_coordinates_call():
+    """The skip-the-air sampler must give the bytes of a full trilinear map_coordinates, edges included."""
+    from scipy import ndimage
+
+    stack, _, _ = phantom._templates()
+    rng = np.random.default_rng(0)
+    shape = np.array(stack.shape[1:], dtype=np.float32)[:, None, None, None]
+    coords = (rng.random((3, 30, 40, 50)) * (shape + 6) - 3).astype(np.float32)  # in, near and beyond every edge
+    coords[:, 0, 0, :3] = np.array([[-1.0, -0.5, 0.0]] * 3)  # exactly on / just outside the low edge
+    full = np.stack([ndimage.map_coordinates(stack[c], coords, order=1, mode="constant", cval=0.0, prefilter=False) for c in range(3)])
+    fast = phantom.sample_tissue(stack, coords)
+    assert fast.dtype == np.float32 and np.array_equal(fast, full)
+    assert 0.05 < (full[0] != 0).mean() < 0.95  # the test covers both skipped and sampled points

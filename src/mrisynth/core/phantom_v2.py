@@ -30,7 +30,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
-from mrisynth.core.phantom import CONTRAST, MODALITY_ORDER, SHAPE, _REGION, PhantomCase, _smooth_field, _templates, scanner_volume
+from mrisynth.core.phantom import CONTRAST, MODALITY_ORDER, SHAPE, _REGION, PhantomCase, _smooth_field, _templates, sample_tissue, scanner_volume
 
 VERSION = 2
 LOBES = ("frontal", "temporal", "parietal", "occipital", "deep")
@@ -167,7 +167,7 @@ def _radial_source(grids, centre, fn):
     d = [g - c for g, c in zip(grids, centre)]
     r = np.sqrt(d[0] ** 2 + d[1] ** 2 + d[2] ** 2)
     factor = fn(r) / np.maximum(r, 1e-3)
-    return [c + dd * factor for dd, c in zip(d, centre)]
+    return [np.broadcast_to(c + dd * factor, r.shape) for dd, c in zip(d, centre)]
 
 
 def _tissue_maps(rng: np.random.Generator, subject: _Subject, tumour_centre: np.ndarray, displaced_mm: float,
@@ -175,8 +175,7 @@ def _tissue_maps(rng: np.random.Generator, subject: _Subject, tumour_centre: np.
     """(4, *region) csf, gm, wm, brain of the subject with mass effect and ventricle zoom applied."""
     stack, _, _ = _templates()
     shape = subject.shape
-    grids = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij", sparse=True)
-    grids = [np.broadcast_to(g, shape) for g in grids]
+    grids = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij", sparse=True)  # broadcast lazily
     # mass effect: tissue at radius r is pushed to cbrt(r^3 + R^3); the output at r shows what was at cbrt(r^3 - R^3)
     cube = np.float32(displaced_mm) ** 3
     source = _radial_source(grids, tumour_centre, lambda r: np.cbrt(np.maximum(r**3 - cube, 0.0)))
@@ -191,7 +190,7 @@ def _tissue_maps(rng: np.random.Generator, subject: _Subject, tumour_centre: np.
         m = subject.matrix[axis]
         coords[axis] = (subject.centre[axis] + subject.shift[axis] + m[0] * rel[0] + m[1] * rel[1] + m[2] * rel[2]
                         + subject.warp * _smooth_field(rng, (6, 7, 6), shape))
-    maps = np.stack([ndimage.map_coordinates(stack[c], coords, order=1, mode="constant", cval=0.0, prefilter=False) for c in range(3)])
+    maps = sample_tissue(stack, coords)
     csf, gm, wm = maps
     # atrophy: part of the cortex becomes CSF (wider sulci), patchily
     patch = np.clip(0.5 + 0.5 * _smooth_field(rng, (5, 5, 4), shape), 0.0, 1.0)
