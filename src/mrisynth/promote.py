@@ -38,31 +38,27 @@ def _metric(version, metric: str) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def promote(name: str, version: str | None = None, metric: str = "val_dice_gain_beyond_classic", higher_is_better: bool = True, force: bool = False, client=None) -> Decision:
+def promote(name: str, version: str | None = None, metric: str = "val_dice_gain_beyond_classic", higher_is_better: bool = True, force: bool = False) -> Decision:
     """Compare a candidate (default alias `challenger`) with `champion`; move `champion` when better or forced."""
-    import mlflow
+    from mrisynth.io import tracking
 
     if metric.startswith("test"):
         raise PromotionError(f"promotion metric {metric!r}: expected a validation metric (val_*); the test split never decides promotion")
-    from mlflow.exceptions import MlflowException
-
-    client = client or mlflow.MlflowClient()
     try:
-        candidate = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, CHALLENGER)
-    except MlflowException as exc:
+        candidate = tracking.get_version(name, version, alias=CHALLENGER)
+    except LookupError as exc:
         what = f"version {version}" if version else f"alias @{CHALLENGER}"
-        raise PromotionError(f"model {name!r}: {what} not found in the registry ({exc.message.splitlines()[0]}); run `dvc repro train_gan`") from exc
+        raise PromotionError(f"model {name!r}: {what} not found in the registry ({exc}); run `dvc repro train_gan`") from exc
     label = f"{name} version {candidate.version}"
-    info = mlflow.models.get_model_info(f"models:/{name}/{candidate.version}")
-    if info.signature is None:
+    if not tracking.has_signature(name, candidate.version):
         raise PromotionError(f"{label} has no input/output signature; it cannot be served safely. Re-register it with `dvc repro train_gan`")
     value = _metric(candidate, metric)
     if value is None:
         raise PromotionError(f"{label} lacks the metric tag {metric!r}; run `dvc repro evaluate` with this generator so the metric is recorded")
 
     try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
+        champion = tracking.get_version(name, alias=CHAMPION)
+    except LookupError:
         champion = None
     champion_value = _metric(champion, metric) if champion is not None else None
     if champion is not None and str(champion.version) == str(candidate.version):
@@ -79,14 +75,13 @@ def promote(name: str, version: str | None = None, metric: str = "val_dice_gain_
         decision = Decision(better, str(candidate.version), str(champion.version), value, champion_value,
                             f"{metric} {value:.5f} {verb} champion v{champion.version} ({champion_value:.5f})")
     if decision.promoted:
-        client.set_registered_model_alias(name, CHAMPION, candidate.version)
+        tracking.set_alias(name, CHAMPION, candidate.version)
     outcome = "promoted to champion" if decision.promoted else "kept as is"
     tags = {"promotion_decision": outcome, "promotion_reason": decision.reason, "promotion_metric": metric,
             "promotion_candidate_value": f"{value:.6g}",
             "promotion_champion_before": decision.champion_before or "none",
             "promotion_champion_value": "none" if champion_value is None else f"{champion_value:.6g}"}
-    for key, tag in tags.items():
-        client.set_model_version_tag(name, candidate.version, key, tag)
+    tracking.tag_version(name, candidate.version, tags)
     description = (candidate.description or "").split("\nPromotion:")[0]
-    client.update_model_version(name, candidate.version, description=f"{description}\nPromotion: {outcome} ({decision.reason}).")
+    tracking.describe_version(name, candidate.version, f"{description}\nPromotion: {outcome} ({decision.reason}).")
     return decision

@@ -75,11 +75,11 @@ class Generator:
     @classmethod
     def load(cls, model_uri: str) -> "Generator":
         import keras
-        import mlflow
         import yaml
-        from pathlib import Path
 
-        local = Path(mlflow.artifacts.download_artifacts(model_uri))
+        from mrisynth.io import tracking
+
+        local = tracking.download(model_uri)
         mlmodel = local / "MLmodel"
         if not mlmodel.is_file():
             raise InputError(f"{model_uri}: no MLmodel file in {local}; expected an MLflow model logged by `train_gan`")

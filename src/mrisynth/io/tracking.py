@@ -135,6 +135,115 @@ def label_rgb(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+# ---------------------------------------------------------------- runs
+def _finite(metrics: dict[str, object]) -> dict[str, float]:
+    """The metrics MLflow can store: numbers that are not None, NaN or infinite, as floats."""
+    out = {}
+    for key, value in metrics.items():
+        if value is None:
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(number):
+            out[key] = number
+    return out
+
+
+class StageRun:
+    """One MLflow run (a stage's, or a nested child): the only logging surface a stage uses.
+
+    Metrics that are None or not finite are skipped (MLflow rejects NaN in some stores)."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def log_params(self, params: dict[str, object]) -> None:
+        import mlflow
+
+        mlflow.log_params(params)
+
+    def log_metrics(self, metrics: dict[str, object], step: int | None = None) -> None:
+        import mlflow
+
+        values = _finite(metrics)
+        if values:
+            mlflow.log_metrics(values, step=step)
+
+    def set_tags(self, tags: dict[str, object]) -> None:
+        import mlflow
+
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        import mlflow
+
+        mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def log_artifacts(self, directory: str | Path, folder: str | None = None) -> None:
+        import mlflow
+
+        mlflow.log_artifacts(str(directory), artifact_path=folder)
+
+    def log_dict(self, data: dict, file: str) -> None:
+        import mlflow
+
+        mlflow.log_dict(data, file)
+
+    def log_text(self, text: str, file: str) -> None:
+        import mlflow
+
+        mlflow.log_text(text, file)
+
+    def log_image(self, image: np.ndarray, file: str) -> None:
+        import mlflow
+
+        mlflow.log_image(image, artifact_file=file)
+
+    @contextlib.contextmanager
+    def child(self, name: str, tags: dict[str, object] | None = None):
+        """A nested run under this one (an arm/seed, a tuning trial); yields its StageRun."""
+        import mlflow
+
+        with mlflow.start_run(run_name=name, nested=True) as active:
+            run = StageRun(active.info.run_id)
+            if tags:
+                run.set_tags(tags)
+            yield run
+
+    def end_killed(self) -> None:
+        """Mark the run KILLED (interrupted by a signal; resumable) and end it."""
+        import mlflow
+
+        mlflow.end_run(status="KILLED")
+
+
+@contextlib.contextmanager
+def stage_run(name: str, tags: dict[str, object] | None = None, params: dict[str, object] | None = None,
+              resume_run_id: str | None = None, system_metrics: bool = False):
+    """Open (or, with `resume_run_id`, reopen) a stage's MLflow run; yields its StageRun.
+
+    The caller has called `configure(experiment)`. An exception inside marks the run FAILED (MLflow's
+    context manager); `params` are logged only for a new run (a resumed run keeps its own)."""
+    import mlflow
+
+    with mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else name, log_system_metrics=system_metrics) as active:
+        run = StageRun(active.info.run_id)
+        if tags:
+            run.set_tags(tags)
+        if params and not resume_run_id:
+            run.log_params(params)
+        yield run
+
+
+def download(uri: str) -> Path:
+    """A local copy of an MLflow artifact or model URI (runs:/, models:/, file paths)."""
+    import mlflow
+
+    return Path(mlflow.artifacts.download_artifacts(uri))
+
+
 # ---------------------------------------------------------------- registry and datasets
 def segmenter_signature(size: int, channels: int, classes: int):
     """Tensor signature of a segmenter: image (-1, S, S, C) float32 -> probabilities (-1, S, S, K)."""
@@ -172,11 +281,10 @@ def register_keras_model(model, name: str, registry_name: str, signature, tags: 
     info = mlflow.keras.log_model(model, name=name, registered_model_name=registry_name, signature=signature, pip_requirements=requirements)
     version = str(info.registered_model_version)
     tag_version(registry_name, version, tags)
-    client = mlflow.MlflowClient()
     if alias:
-        client.set_registered_model_alias(registry_name, alias, version)
+        set_alias(registry_name, alias, version)
     if description:
-        client.update_model_version(registry_name, version, description=description)
+        describe_version(registry_name, version, description)
     return version
 
 
@@ -188,6 +296,38 @@ def tag_version(registry_name: str, version: str | int, tags: dict[str, object])
     for key, value in tags.items():
         text = f"{value:.6g}" if isinstance(value, float) else str(value)
         client.set_model_version_tag(registry_name, str(version), key, text)
+
+
+def get_version(name: str, version: str | None = None, alias: str | None = None):
+    """The registered model version `version` of `name` (or the one holding `alias`); LookupError
+    with MLflow's first message line when there is none."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        return client.get_model_version(name, str(version)) if version else client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        raise LookupError(exc.message.splitlines()[0]) from exc
+
+
+def has_signature(name: str, version: str | int) -> bool:
+    """Whether the logged model of `name` version `version` carries an input/output signature."""
+    import mlflow
+
+    return mlflow.models.get_model_info(f"models:/{name}/{version}").signature is not None
+
+
+def set_alias(name: str, alias: str, version: str | int) -> None:
+    import mlflow
+
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+def describe_version(name: str, version: str | int, description: str) -> None:
+    import mlflow
+
+    mlflow.MlflowClient().update_model_version(name, str(version), description=description)
 
 
 def log_metrics_to_run(run_id: str, metrics: dict[str, float]) -> None:

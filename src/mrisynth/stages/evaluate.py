@@ -258,8 +258,6 @@ def _json_safe(value):
 
 
 def run(params_path: str = "params.yaml") -> int:
-    import mlflow
-
     params = load_params(params_path)
     p, pre, seg = params.evaluate, params.preprocess, params.train_segmenter
     runs_path = Path(seg.out_dir) / "runs.json"
@@ -312,10 +310,9 @@ def run(params_path: str = "params.yaml") -> int:
             child = {f"{'best_val' if split == 'val' else split}_{metric}": values[s]
                      for split in ("val", "test") for metric, values in pooled[arm][split].items()}
             tracking.log_metrics_to_run(info_["run_id"], child)
-    with mlflow.start_run(run_name="evaluate"):
-        link_tags = {f"run.{arm_slug(arm)}.seed{seed}": info_["run_id"] for arm, seeds_info in runs["arms"].items() for seed, info_ in seeds_info.items()}
-        mlflow.set_tags(tracking.run_tags("evaluate") | {"train_segmenter_run": runs["parent_run_id"], "arms": ",".join(arms),
-                                                        "generator_version": str(generator_version)} | link_tags)
+    link_tags = {f"run.{arm_slug(arm)}.seed{seed}": info_["run_id"] for arm, seeds_info in runs["arms"].items() for seed, info_ in seeds_info.items()}
+    with tracking.stage_run("evaluate", tracking.run_tags("evaluate") | {"train_segmenter_run": runs["parent_run_id"], "arms": ",".join(arms),
+                                                                        "generator_version": str(generator_version)} | link_tags) as run:
         flat = {f"{split}_{metric}_{arm_slug(arm)}": value for arm, by_split in summary.items() for split, ms in by_split.items() for metric, value in ms.items()}
         for name, table_ in (("test", tests), ("val", vals)):
             for question, entry in table_.items():
@@ -325,10 +322,10 @@ def run(params_path: str = "params.yaml") -> int:
                              f"{name}_diff_{metric}_{key}_ci_high": entry[metric]["high"], f"{name}_diff_{metric}_{key}_p": entry[metric]["p_value"]}
         flat |= {f"threshold_{split}_dice_{region}": t[split] for region, t in thresholds.items() for split in ("train", "val", "test")}
         flat |= {k: v for k, v in (gate | info).items() if v is not None}
-        mlflow.log_metrics({k: float(v) for k, v in flat.items() if v is not None and np.isfinite(v)})
+        run.log_metrics(flat)
         for artifact in ("reports/table1.md", "reports/metrics.json", "reports/test_examples.png", "reports/per_image.csv"):
-            mlflow.log_artifact(artifact)
-        evaluate_run = mlflow.active_run().info.run_id
+            run.log_artifact(artifact)
+        evaluate_run = run.run_id
     if generator_version is not None:
         # the promotion gate reads only the val_* tags; test results are tagged for information
         tags = {k: v for k, v in (gate | info).items() if v is not None} | {"evaluate_run_id": evaluate_run}

@@ -78,8 +78,6 @@ def run(params_path: str = "params.yaml") -> int:
 def log_card(data_dir: Path, experiment: str) -> dict:
     """The dataset card of data_dir (written at import; rebuilt for older imports) to
     reports/data_card.json (flat numbers, DVC metrics) and to an MLflow `preprocess` run."""
-    import mlflow
-
     from mrisynth.core import datacard
     from mrisynth.io import card, tracking
 
@@ -87,11 +85,10 @@ def log_card(data_dir: Path, experiment: str) -> dict:
     flat = datacard.flat_metrics(built)
     Path("reports/data_card.json").write_text(json.dumps(flat, indent=2) + "\n")
     tracking.configure(experiment)
-    with mlflow.start_run(run_name="preprocess", log_system_metrics=False):
-        mlflow.set_tags(tracking.run_tags("preprocess") | {"data_source": built["source"]})
-        mlflow.log_metrics(flat)
-        mlflow.log_dict(built, "data_card/card.json")
-        mlflow.log_text(datacard.markdown(built), "data_card/card.md")
+    with tracking.stage_run("preprocess", tracking.run_tags("preprocess") | {"data_source": built["source"]}) as run:
+        run.log_metrics(flat)
+        run.log_dict(built, "data_card/card.json")
+        run.log_text(datacard.markdown(built), "data_card/card.md")
     return built
 
 

@@ -87,8 +87,6 @@ def register(params, best: Path, size: int, channels: int, run_id: str, tags: di
 
 
 def run(params_path: str = "params.yaml", restart: bool = False) -> int:
-    import mlflow
-
     from mrisynth.gan import GanSettings, GanTrainer, load_state
 
     params = load_params(params_path)
@@ -114,16 +112,15 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
     tags = tracking.device_tags(p.precision) | {"stage": "train_gan", "data_hash": tracking.data_hash(), "git_commit": tracking.git_commit()}
     grid_rows = min(p.grid_images, len(val))
     started = time.perf_counter()
-    with mlflow.start_run(run_id=state.run_id if resuming else None, run_name=None if resuming else "train_gan", log_system_metrics=True) as active:
-        state.run_id = active.info.run_id
-        mlflow.set_tags(tags | {"resumed_from_epoch": str(state.epoch)} if resuming else tags)
-        if not resuming:
-            mlflow.log_params(as_flat_dict(p) | {"alpha_used": alpha, "alpha_source": alpha_source, "size": pre.image_size,
-                                                 "data_hash": tags["data_hash"], "git_commit": tags["git_commit"],
-                                                 "train_images": len(train), "val_images": len(val), "image_channels": channels})
+    run_params = as_flat_dict(p) | {"alpha_used": alpha, "alpha_source": alpha_source, "size": pre.image_size,
+                                    "data_hash": tags["data_hash"], "git_commit": tags["git_commit"],
+                                    "train_images": len(train), "val_images": len(val), "image_channels": channels}
+    with tracking.stage_run("train_gan", tags | {"resumed_from_epoch": str(state.epoch)} if resuming else tags, run_params,
+                            resume_run_id=state.run_id if resuming else None, system_metrics=True) as run:
+        state.run_id = run.run_id
 
         def on_epoch(result, trainer_, state_):
-            mlflow.log_metrics(result.metrics | {"epoch_seconds": result.seconds, "train_images_per_s": len(train) / result.seconds}, step=result.epoch)
+            run.log_metrics(result.metrics | {"epoch_seconds": result.seconds, "train_images_per_s": len(train) / result.seconds}, step=result.epoch)
             print(f"epoch {result.epoch}/{p.epochs}: g_loss {result.metrics['g_loss']:.4f} d_loss {result.metrics['d_loss']:.4f} "
                   f"val_g_loss {result.metrics['val_g_loss']:.4f} val_ssim {result.metrics['val_ssim']:.3f} ({result.seconds:.1f} s){' *best*' if result.improved else ''}")
             if result.epoch % p.grid_every == 0 or result.epoch == p.epochs:
@@ -131,33 +128,33 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
                 titles = ["mask"] + [f"{name} {kind}" for name in (("FLAIR", "T1ce") if channels >= 3 else ("ch0",)) for kind in ("real", "generated")]
                 grid = tracking.titled_grid(tracking.image_grid(grid_panels(val.images[:grid_rows], val.labels[:grid_rows], generated)),
                                             titles, pre.image_size)
-                mlflow.log_image(grid, artifact_file=f"grids/epoch_{result.epoch:03d}.png")
+                run.log_image(grid, f"grids/epoch_{result.epoch:03d}.png")
 
         try:
             state = trainer.fit(train, val, out_dir, on_epoch=on_epoch, state=state)
         except MrisynthError:
-            mlflow.set_tag("failure", "training stopped; see stage output")
+            run.set_tags({"failure": "training stopped; see stage output"})
             raise
         except KeyboardInterrupt:  # SIGINT, or SIGTERM (stage_main turns it into KeyboardInterrupt)
             saved = load_state(out_dir)
             epoch = saved.epoch if saved else 0
-            mlflow.set_tags({"interrupted": f"stopped by a signal; the resume state holds epoch {epoch}",
+            run.set_tags({"interrupted": f"stopped by a signal; the resume state holds epoch {epoch}",
                              "resume": "rerun `dvc repro train_gan` (or python pipelines/train_gan.py) to continue from there"})
-            mlflow.end_run(status="KILLED")
+            run.end_killed()
             print(f"train_gan: interrupted; resume state at epoch {epoch} in {out_dir} (rerun to continue)", file=sys.stderr)
             raise
         best = out_dir / "best_generator.keras"
         model_path = Path(p.model_path)
         model_path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(best, model_path)
-        mlflow.log_artifact(str(best), artifact_path="checkpoints")
+        run.log_artifact(best, "checkpoints")
         best_row = state.history[state.best_epoch] if 0 <= state.best_epoch < len(state.history) else state.history[-1]
         summary = {
             "best_epoch": state.best_epoch + 1, "best_val_g_loss": state.best_val, "alpha": alpha, "epochs": p.epochs,
             **{k: best_row[k] for k in ("val_g_l1", "val_mae", "val_psnr", "val_ssim")},
             "train_seconds": time.perf_counter() - started,
         }
-        mlflow.log_metrics({f"best_{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and k not in ("alpha", "epochs")})
+        run.log_metrics({f"best_{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and k not in ("alpha", "epochs")})
         version = register(p, best, pre.image_size, channels, state.run_id,
                            {"val_g_loss": f"{state.best_val:.5f}", "best_epoch": state.best_epoch + 1, "alpha": str(alpha),
                             "data_hash": tags["data_hash"], "git_commit": tags["git_commit"], "size": pre.image_size, "run_id": state.run_id},

@@ -25,8 +25,6 @@ from mrisynth.io import arrays, tracking
 
 
 def run(params_path: str = "params.yaml") -> int:
-    import mlflow
-
     from mrisynth import segmenter
 
     params = load_params(params_path)
@@ -41,13 +39,12 @@ def run(params_path: str = "params.yaml") -> int:
     data = {arm: arm_data(arm, train, Path(params.augment.out_dir)) for arm in p.arms}
     largest = max(len(images) for images, _ in data.values())
     steps = p.steps_per_epoch or (math.ceil(largest / p.batch_size) if p.equal_steps else None)
-    with mlflow.start_run(run_name="train_segmenter", log_system_metrics=True) as parent:
-        registry["parent_run_id"] = parent.info.run_id
-        mlflow.set_tags(tags)
-        mlflow.log_params(as_flat_dict(p) | {"size": pre.image_size, "data_hash": tags["data_hash"], "augment_factor": params.augment.factor,
-                                             "augment_synthetic_fraction": params.augment.synthetic_fraction,
-                                             "augment_sample_dropout": params.augment.sample_dropout,
-                                             "steps_per_epoch": steps or "one pass per arm"})
+    run_params = as_flat_dict(p) | {"size": pre.image_size, "data_hash": tags["data_hash"], "augment_factor": params.augment.factor,
+                                    "augment_synthetic_fraction": params.augment.synthetic_fraction,
+                                    "augment_sample_dropout": params.augment.sample_dropout,
+                                    "steps_per_epoch": steps or "one pass per arm"}
+    with tracking.stage_run("train_segmenter", tags, run_params, system_metrics=True) as parent:
+        registry["parent_run_id"] = parent.run_id
         tracking.log_split_inputs({"train": train, "val": val}, tags["data_hash"])
         for arm in p.arms:
             images, classes = data[arm]
@@ -55,27 +52,26 @@ def run(params_path: str = "params.yaml") -> int:
             for seed in p.seeds:
                 path = out_root / arm_slug(arm) / f"seed{seed}" / "best.keras"
                 started = time.perf_counter()
-                with mlflow.start_run(run_name=f"{arm} seed {seed}", nested=True) as child:
-                    mlflow.set_tags(tags | {"augmentation": arm, "seed": str(seed)})
-                    mlflow.log_params({"augmentation": arm, "seed": seed, "train_images": len(images), "val_images": len(val),
+                with parent.child(f"{arm} seed {seed}", tags | {"augmentation": arm, "seed": str(seed)}) as child:
+                    child.log_params({"augmentation": arm, "seed": seed, "train_images": len(images), "val_images": len(val),
                                        "steps_per_epoch": steps or math.ceil(len(images) / p.batch_size), "max_epochs": p.epochs,
                                        "patience": p.patience, "jitter": p.jitter})
                     tracking.log_split_inputs({"train": train, "val": val}, tags["data_hash"])
 
-                    def on_epoch(epoch, row, improved, arm=arm, seed=seed):
-                        mlflow.log_metrics(row, step=epoch)
+                    def on_epoch(epoch, row, improved, arm=arm, seed=seed, child=child):
+                        child.log_metrics(row, step=epoch)
                         print(f"[{arm} seed {seed}] epoch {epoch}/{p.epochs}: loss {row['loss']:.4f} "
                               f"val_dice_tumour {row['val_dice_tumour']:.4f}{' *best*' if improved else ''}", flush=True)
 
                     result = segmenter.train(p, seed, images, classes, val.images, val_classes, path, on_epoch, steps)
                     seconds = time.perf_counter() - started
-                    mlflow.log_metrics({"best_val_dice_tumour": result["best_val_dice_tumour"], "best_epoch": result["best_epoch"],
+                    child.log_metrics({"best_val_dice_tumour": result["best_val_dice_tumour"], "best_epoch": result["best_epoch"],
                                         "epochs_run": result["epochs_run"], "train_seconds": seconds})
                     version = tracking.register_keras_model(
                         segmenter.load(path), "segmenter", p.registry_name,
                         tracking.segmenter_signature(images.shape[1], images.shape[-1], encoding.NUM_CLASSES),
                         {"augmentation": arm, "seed": seed, "best_val_dice_tumour": result["best_val_dice_tumour"]})
-                registry["arms"][arm][str(seed)] = {"run_id": child.info.run_id, "model_version": version, "path": str(path),
+                registry["arms"][arm][str(seed)] = {"run_id": child.run_id, "model_version": version, "path": str(path),
                                                     "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"],
                                                     "stopped_early": result["stopped_early"],
                                                     "best_val_dice_tumour": result["best_val_dice_tumour"],
@@ -84,7 +80,7 @@ def run(params_path: str = "params.yaml") -> int:
             summary[arm] = {"best_val_dice_tumour_mean": float(np.mean(values)), "best_val_dice_tumour_std": float(np.std(values)),
                             "train_images": len(images),
                             "best_epoch_mean": float(np.mean([r["best_epoch"] for r in registry["arms"][arm].values()]))}
-            mlflow.log_metric(f"best_val_dice_tumour_{arm_slug(arm)}", float(np.mean(values)))
+            parent.log_metrics({f"best_val_dice_tumour_{arm_slug(arm)}": float(np.mean(values))})
     out_root.mkdir(parents=True, exist_ok=True)
     (out_root / "runs.json").write_text(json.dumps(registry, indent=2) + "\n")
     Path("reports").mkdir(exist_ok=True)

@@ -168,11 +168,10 @@ def objective_downstream(trial, params, alpha: float, train, val, log) -> float:
     return float(result["best_val_dice_tumour"])
 
 
-def _log_study_artifacts(study) -> None:
+def _log_study_artifacts(study, run) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import mlflow
     import optuna
     from optuna.visualization import matplotlib as ovm
 
@@ -190,12 +189,11 @@ def _log_study_artifacts(study) -> None:
             ax = ovm.plot_param_importances(study)
             ax.figure.savefig(Path(tmp) / "param_importances.png", bbox_inches="tight")
         (Path(tmp) / "param_importances.json").write_text(json.dumps(importances, indent=2))
-        mlflow.log_artifacts(tmp, artifact_path="optuna")
+        run.log_artifacts(tmp, "optuna")
 
 
 def optimise(params, n_trials: int, parent_name: str = "tune", worker: bool = False):
     """Run n_trials trials of the study (shared through its storage), each a nested MLflow run."""
-    import mlflow
     import optuna
 
     from mrisynth.io import arrays, tracking
@@ -206,29 +204,28 @@ def optimise(params, n_trials: int, parent_name: str = "tune", worker: bool = Fa
     study = make_study(t, scope, worker)
     tracking.configure(params.train_gan.experiment)
     objective_fn = objective_image if t.objective == "image" else objective_downstream
-    with mlflow.start_run(run_name=parent_name, log_system_metrics=False) as parent:
-        mlflow.set_tags({"stage": "tune", "study": study.study_name, "study_scope": scope, "storage": t.storage.split("@")[-1], "data_hash": tracking.data_hash()} | tracking.launcher_tags())
-        mlflow.log_params(as_flat_dict(t) | {"n_trials_this_run": n_trials})
+    tags = {"stage": "tune", "study": study.study_name, "study_scope": scope, "storage": t.storage.split("@")[-1], "data_hash": tracking.data_hash()} | tracking.launcher_tags()
+    with tracking.stage_run(parent_name, tags, as_flat_dict(t) | {"n_trials_this_run": n_trials}) as parent:
 
         def objective(trial):
             alpha = trial.suggest_float("alpha", t.alpha_low, t.alpha_high, log=True)
-            with mlflow.start_run(run_name=f"trial {trial.number}", nested=True):
-                mlflow.log_params({"alpha": alpha, "trial": trial.number, "objective": t.objective})
+            with parent.child(f"trial {trial.number}") as child:
+                child.log_params({"alpha": alpha, "trial": trial.number, "objective": t.objective})
                 try:
-                    value = objective_fn(trial, params, alpha, train, val, lambda m, step: mlflow.log_metrics(m, step=step))
+                    value = objective_fn(trial, params, alpha, train, val, child.log_metrics)
                 except optuna.TrialPruned:
-                    mlflow.set_tag("state", "PRUNED")
+                    child.set_tags({"state": "PRUNED"})
                     raise
-                mlflow.set_tag("state", "COMPLETE")
-                mlflow.log_metric("objective", value)
+                child.set_tags({"state": "COMPLETE"})
+                child.log_metrics({"objective": value})
                 return value
 
         study.optimize(objective, n_trials=n_trials, catch=())
         completed = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
         if completed:
-            mlflow.log_metrics({"best_alpha": study.best_params["alpha"], "best_value": study.best_value})
-            _log_study_artifacts(study)
-    return study, parent.info.run_id
+            parent.log_metrics({"best_alpha": study.best_params["alpha"], "best_value": study.best_value})
+            _log_study_artifacts(study, parent)
+    return study, parent.run_id
 
 
 def run(params_path: str = "params.yaml", worker: bool = False, n_trials: int | None = None) -> int:
