@@ -109,7 +109,7 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
     resuming = state.epoch > 0
 
     tracking.configure(p.experiment)
-    tags = tracking.device_tags(p.precision) | {"stage": "train_gan", "data_hash": tracking.data_hash(), "git_commit": tracking.git_commit()}
+    tags = tracking.run_tags("train_gan", p.precision)
     grid_rows = min(p.grid_images, len(val))
     started = time.perf_counter()
     run_params = as_flat_dict(p) | {"alpha_used": alpha, "alpha_source": alpha_source, "size": pre.image_size,

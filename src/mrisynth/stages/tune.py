@@ -204,7 +204,7 @@ def optimise(params, n_trials: int, parent_name: str = "tune", worker: bool = Fa
     study = make_study(t, scope, worker)
     tracking.configure(params.train_gan.experiment)
     objective_fn = objective_image if t.objective == "image" else objective_downstream
-    tags = {"stage": "tune", "study": study.study_name, "study_scope": scope, "storage": t.storage.split("@")[-1], "data_hash": tracking.data_hash()} | tracking.launcher_tags()
+    tags = tracking.run_tags("tune") | {"study": study.study_name, "study_scope": scope, "storage": t.storage.split("@")[-1]}
     with tracking.stage_run(parent_name, tags, as_flat_dict(t) | {"n_trials_this_run": n_trials}) as parent:
 
         def objective(trial):
