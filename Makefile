@@ -8,15 +8,32 @@ export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup data run paper test bench clean dvc-graph
+.PHONY: setup gpu-check data run paper test bench clean dvc-graph
 
-$(VENV)/.installed: requirements.lock pyproject.toml
+# GPU=1 (make setup GPU=1): TensorFlow with CUDA 12 from requirements-gpu.lock instead of tensorflow-cpu.
+GPU ?= 0
+ifeq ($(GPU),1)
+LOCK := requirements-gpu.lock
+OTHER_TF := tensorflow-cpu
+else
+LOCK := requirements.lock
+OTHER_TF := tensorflow
+endif
+STAMP := $(VENV)/.installed-$(LOCK)
+
+$(STAMP): $(LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -r requirements.lock
+	@if $(BIN)/pip show -q $(OTHER_TF) 2>/dev/null; then echo "switching TensorFlow: removing $(OTHER_TF)"; $(BIN)/pip uninstall -q -y $(OTHER_TF); fi
+	$(BIN)/pip install -q -r $(LOCK)
 	$(BIN)/pip install -q --no-deps -e .
+	rm -f $(VENV)/.installed $(VENV)/.installed-*
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(STAMP)
+
+# Resolve the GPU lock against PyPI without installing anything (downloads the ~3 GB of CUDA wheels once).
+gpu-check: setup
+	$(BIN)/pip install --dry-run --ignore-installed -q -r requirements-gpu.lock && echo "requirements-gpu.lock resolves"
 
 # data/ is versioned by data.dvc; on a fresh clone it is rebuilt (deterministically) from the phantom source.
 data: setup
@@ -42,10 +59,9 @@ paper: data
 test: setup
 	python -m pytest -q -p randomly
 
+# Every benchmark side by side -> reports/bench.json, the README table, an MLflow run `bench`.
 bench: setup
-	python bench/bench_data.py
-	python bench/bench_gan.py
-	python bench/bench_segmenter.py
+	python bench/run_all.py
 
 # Recompute each stage's code deps and params in dvc.yaml from the imports (tests/test_dvc_graph.py checks them).
 dvc-graph: setup

@@ -65,7 +65,7 @@ RENAMED = {"size": "image_size"}
 REMOVED = {"restart": "`restart` is no longer a tracked parameter (setting it back would retrain): pass "
                       "`python pipelines/train_gan.py --restart` or set MRISYNTH_RESTART=1 for one run"}
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # auto: see mrisynth.io.devices
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class TrainGanParams:
     beta_1: float = 0.5
     dropout: float = 0.3
     width: float = 0.5
-    precision: str = "mixed_bfloat16"
+    precision: str = "auto"
     seed: int = 42
     checkpoint_every: int = 10  # write the resume state every N epochs (and at the end); the best checkpoint on every improvement
     grid_every: int = 5
@@ -189,7 +189,7 @@ class TrainSegmenterParams:
     dice_weight: float = 1.0
     equal_steps: bool = True  # every arm gets the same number of updates per epoch (False: one pass per arm, as the paper)
     steps_per_epoch: int = 25  # > 0: this many updates per epoch for every arm (an "epoch" = a validation/early-stopping period)
-    precision: str = "mixed_bfloat16"
+    precision: str = "auto"
     experiment: str = "mrisynth"
     registry_name: str = "mrisynth-segmenter"
     out_dir: str = "work/segmenter"

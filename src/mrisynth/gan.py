@@ -36,6 +36,7 @@ import tensorflow as tf
 from mrisynth.config import TrainGanParams
 from mrisynth.core import encoding, losses, models, quality
 from mrisynth.errors import ConfigError, MrisynthError
+from mrisynth.io import devices
 from mrisynth.io.arrays import SplitArrays
 
 
@@ -157,7 +158,7 @@ class GanTrainer:
 
     def __init__(self, settings: GanSettings, size: int, in_channels: int, out_channels: int):
         self.settings = settings
-        keras.mixed_precision.set_global_policy(settings.precision)
+        keras.mixed_precision.set_global_policy(devices.resolve_precision(settings.precision))
         keras.utils.set_random_seed(settings.seed)
         self.generator = models.build_generator(size, in_channels, out_channels, settings.dropout, settings.width)
         self.discriminator = models.build_discriminator(size, in_channels, out_channels, settings.width)

@@ -17,6 +17,7 @@ from keras import ops
 from mrisynth.config import TrainSegmenterParams
 from mrisynth.core import models, segmetrics
 from mrisynth.core.encoding import NUM_CLASSES
+from mrisynth.io import devices
 
 # On-the-fly jitter (train_segmenter.jitter: true), the same for every arm: left-right flip (p 0.5),
 # a shift of up to JITTER_SHIFT of the side (zero fill), a per-channel intensity scale in 1 +- JITTER_SCALE.
@@ -155,7 +156,7 @@ def train(
     images is not also an arm with more training."""
     import tensorflow as tf
 
-    keras.mixed_precision.set_global_policy(params.precision)
+    keras.mixed_precision.set_global_policy(devices.resolve_precision(params.precision))
     tf.config.experimental.enable_op_determinism()
     model = _fresh_model(params, seed, images.shape[1], images.shape[-1])
     out_path.parent.mkdir(parents=True, exist_ok=True)

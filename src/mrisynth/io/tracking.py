@@ -93,13 +93,14 @@ def git_commit(cwd: str | Path | None = None) -> str:
 
 
 def device_tags(precision: str) -> dict[str, str]:
-    """Device and precision tags (the GPU name when TensorFlow sees one, else the CPU), and the
-    `mlflow run` launcher's run id when there is one."""
-    import tensorflow as tf
+    """Device and precision tags (the GPU names when TensorFlow sees any, else the CPU; the policy that
+    `precision` resolved to, as requested, and why), and the `mlflow run` launcher's run id."""
+    from mrisynth.io import devices
 
-    gpus = tf.config.list_physical_devices("GPU")
-    device = "GPU:" + ",".join(tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus) if gpus else f"CPU:{platform.processor() or platform.machine()}"
-    return {"device": device, "precision": precision, "cpu_count": str(os.cpu_count())} | launcher_tags()
+    gpus = devices.gpus()
+    device = f"GPU:{','.join(gpus)}" if gpus else f"CPU:{platform.processor() or platform.machine()}"
+    return ({"device": device, "gpu_count": str(len(gpus)), "cpu_count": str(os.cpu_count())}
+            | devices.precision_tags(precision) | launcher_tags())
 
 
 def launcher_tags() -> dict[str, str]:
@@ -267,6 +268,19 @@ def generator_signature(size: int, channels: int, condition_channels: int = 4):
     )
 
 
+def tensorflow_distribution() -> str:
+    """The installed TensorFlow package: `tensorflow-cpu` (make setup) or `tensorflow` (make setup GPU=1)."""
+    from importlib import metadata
+
+    for name in ("tensorflow-cpu", "tensorflow"):
+        try:
+            metadata.version(name)
+            return name
+        except metadata.PackageNotFoundError:
+            continue
+    return "tensorflow"
+
+
 def register_keras_model(model, name: str, registry_name: str, signature, tags: dict[str, str],
                          alias: str | None = None, description: str | None = None) -> str:
     """Log a Keras model (MLflow's Keras flavor: no pickled Python) in the active run, register it under
@@ -277,7 +291,7 @@ def register_keras_model(model, name: str, registry_name: str, signature, tags: 
     import tensorflow
 
     # explicit requirements: MLflow's inference of them loads the model in a subprocess (~6 s per model)
-    requirements = [f"tensorflow-cpu=={tensorflow.__version__}", f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"]
+    requirements = [f"{tensorflow_distribution()}=={tensorflow.__version__}", f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"]
     info = mlflow.keras.log_model(model, name=name, registered_model_name=registry_name, signature=signature, pip_requirements=requirements)
     version = str(info.registered_model_version)
     tag_version(registry_name, version, tags)

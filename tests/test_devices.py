@@ -1,0 +1,40 @@
+"""Precision `auto` and the device tags (mrisynth.io.devices): the rule, and this machine's answer."""
+import pytest
+
+from mrisynth.io import devices, tracking
+
+
+@pytest.mark.parametrize("requested, gpus, flags, expected", [
+    ("auto", ("NVIDIA H100",), frozenset({"amx_bf16"}), "mixed_float16"),   # a GPU wins over CPU features
+    ("auto", (), frozenset({"sse", "amx_bf16"}), "mixed_bfloat16"),
+    ("auto", (), frozenset({"avx512_bf16"}), "mixed_bfloat16"),
+    ("auto", (), frozenset({"sse", "avx2"}), "float32"),
+    ("float32", ("NVIDIA H100",), frozenset({"amx_bf16"}), "float32"),       # set explicitly: used as written
+    ("mixed_bfloat16", (), frozenset(), "mixed_bfloat16"),
+])
+def test_choose_precision(requested, gpus, flags, expected):
+    policy, why = devices.choose_precision(requested, gpus, flags)
+    assert policy == expected
+    assert why.startswith("auto") == (requested == "auto")
+
+
+def test_cpu_flags_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 amx_bf16 avx2\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    assert devices.cpu_flags.__wrapped__(str(info)) == frozenset({"fpu", "sse2", "amx_bf16", "avx2"})
+    assert devices.cpu_flags.__wrapped__(str(tmp_path / "absent")) == frozenset()
+
+
+def test_this_machine_records_cpu_and_its_precision():
+    tags = tracking.device_tags("auto")
+    assert tags["precision_requested"] == "auto"
+    if devices.gpus():
+        assert tags["device"].startswith("GPU:") and tags["precision"] == "mixed_float16"
+    else:
+        assert tags["device"].startswith("CPU:") and tags["gpu_count"] == "0"
+        expected = "mixed_bfloat16" if set(devices.BF16_FLAGS) & devices.cpu_flags() else "float32"
+        assert tags["precision"] == expected == devices.resolve_precision("auto")
+
+
+def test_registered_requirements_name_the_installed_tensorflow():
+    assert tracking.tensorflow_distribution() in ("tensorflow-cpu", "tensorflow")
