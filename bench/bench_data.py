@@ -15,11 +15,14 @@ from mrisynth.core import phantom, phantom_v2
 from mrisynth.io import brats
 from mrisynth.ingest import ImportOptions, import_brats, make_phantom
 
+import common
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", type=int, default=65)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", help="write the figures here (make bench)")
     args = parser.parse_args()
     phantom._templates()  # one-off template and location-table loads, not per case
     phantom_v2._location_tables()
@@ -44,6 +47,13 @@ def main() -> None:
         import_brats(Path(tmp) / "raw", Path(tmp) / "out", counts, 1, ImportOptions(), workers=args.workers)
         took = time.perf_counter() - start
         print(f"import: {args.cases} full-size cases in {took:.1f} s ({args.workers} workers); budget 120 s")
+    common.write(args.json, {
+        "what": "phantom (make + write one 240x240x155 case, one core) and import", "repeats": 5,
+        "phantom_v2_s_per_case": round(statistics.median(times[2]), 3), "phantom_v1_s_per_case": round(statistics.median(times[1]), 3),
+        "ratio_v2_to_v1": round(statistics.median(times[2]) / statistics.median(times[1]), 3), "phantom_budget_s": 3.0,
+        "phantom_workers": args.workers, "phantom_cases": args.cases, "phantom_parallel_s_per_case": round(made / args.cases, 3),
+        "import_cases": args.cases, "import_workers": args.workers, "import_s": round(took, 1),
+        "import_cases_per_s": round(args.cases / took, 3), "import_budget_s": 120})
 
 
 if __name__ == "__main__":

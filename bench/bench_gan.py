@@ -17,7 +17,10 @@ import tensorflow as tf
 
 from mrisynth.core import models
 from mrisynth.gan import GanSettings, GanTrainer
+from mrisynth.io import devices
 from mrisynth.io.arrays import SplitArrays
+
+import common
 
 
 def reference_step_fn(generator, discriminator, g_opt, d_opt, alpha=100.0):
@@ -57,7 +60,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--precision", default="mixed_bfloat16")
+    parser.add_argument("--precision", default="auto", help="auto: as params.yaml (mrisynth.io.devices)")
+    parser.add_argument("--json", help="write the figures here (make bench)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     n = args.batch * args.steps
@@ -93,6 +97,13 @@ def main() -> None:
         print(f"mrisynth ({args.precision}, batch {batch}, tf.data): {rates[batch]:.3f} images/s  "
               f"(runs: {', '.join(f'{args.steps * batch / t:.3f}' for t in times)}); ratio {rates[batch] / ref_rate:.2f}x")
     print(f"ratio at the configured batch {args.batch}: {rates[args.batch] / ref_rate:.2f}x  (target >= 1.5x)")
+    precision = devices.resolve_precision(args.precision)
+    common.write(args.json, {
+        "what": "GAN train step, paper G+D (width 1.0)", "size": args.size, "steps": args.steps, "repeats": args.repeats,
+        "reference": "TensorFlow pix2pix tutorial step, float32, tensors fed directly",
+        "reference_batch": 1, "reference_images_per_s": round(ref_rate, 3),
+        "ours_precision": precision, **{f"ours_batch{b}_images_per_s": round(r, 3) for b, r in rates.items()},
+        **{f"ratio_batch{b}": round(r / ref_rate, 3) for b, r in rates.items()}})
 
 
 if __name__ == "__main__":

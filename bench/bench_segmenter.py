@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from mrisynth.config import TrainSegmenterParams
 from mrisynth.core import models
+from mrisynth.io import devices
 from mrisynth.segmenter import ce_dice_loss
 
 
@@ -54,7 +55,8 @@ def main() -> None:
     x = rng.random((300, args.size, args.size, 4), dtype=np.float32)
     y = rng.integers(0, 4, (300, args.size, args.size)).astype(np.int32)
 
-    ours = _model(p, args.size, p.precision)
+    precision = devices.resolve_precision(p.precision)
+    ours = _model(p, args.size, precision)
     data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(300, seed=0).repeat().batch(p.batch_size).prefetch(tf.data.AUTOTUNE)
     ours_rate = _time(lambda n: ours.fit(data, steps_per_epoch=n, epochs=1, verbose=0), args.steps, p.batch_size, args.repeats)
 
@@ -70,14 +72,14 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
         "size": args.size, "batch": p.batch_size, "base_filters": p.base_filters, "depth": p.depth,
         "steps": args.steps, "repeats": args.repeats, "images_per_run": n_images,
-        "ours_precision": p.precision, "ours_images_per_s": round(ours_rate, 2),
+        "ours_precision": precision, "ours_images_per_s": round(ours_rate, 2),
         "reference_precision": "float32", "reference_images_per_s": round(reference_rate, 2),
         "ratio": round(ours_rate / reference_rate, 3),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"segmenter train step at {args.size}px, batch {p.batch_size} (median of {args.repeats} x {args.steps} steps): "
-          f"ours {ours_rate:.1f} img/s ({p.precision}, tf.data) vs plain model.fit {reference_rate:.1f} img/s (float32) = {ours_rate / reference_rate:.2f}x")
+          f"ours {ours_rate:.1f} img/s ({precision}, tf.data) vs plain model.fit {reference_rate:.1f} img/s (float32) = {ours_rate / reference_rate:.2f}x")
 
 
 if __name__ == "__main__":

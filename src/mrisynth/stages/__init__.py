@@ -1,10 +1,14 @@
 """One module per DVC stage; each exposes `run(...) -> exit code` and `main()` (its entry point)."""
 from __future__ import annotations
 
+import json
 import os
+import resource
 import signal
 import sys
 import threading
+import time
+from pathlib import Path
 from typing import Callable
 
 from mrisynth.errors import MrisynthError
@@ -74,6 +78,22 @@ def _watch_launcher(interval: float = 1.0) -> None:
         threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
 
 
+RESOURCES_DIR = Path("work/resources")
+
+
+def record_resources(stage: str, wall_s: float, folder: Path = RESOURCES_DIR) -> dict:
+    """Write this process's wall time, CPU time and peak resident memory to work/resources/<stage>.json
+    (read by `make bench`; not a DVC output, so it never invalidates a stage)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    record = {"stage": stage, "wall_s": round(wall_s, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime, 1),
+              "peak_rss_mib": round(max(usage.ru_maxrss, children.ru_maxrss) / 1024, 1),  # ru_maxrss is in KiB on Linux
+              "cpu_count": os.cpu_count(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stage}.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
 def stage_main(run: Callable[[], int]) -> None:
     """Run a stage and exit with its code; a user-facing error prints one readable block and exits 2.
 
@@ -88,8 +108,12 @@ def stage_main(run: Callable[[], int]) -> None:
     signal.signal(signal.SIGTERM, on_term)
     if os.environ.get("MRISYNTH_WATCH_LAUNCHER", "1") != "0":
         _watch_launcher()
+    started = time.perf_counter()
     try:
-        sys.exit(run())
+        code = run()
+        if not code:
+            record_resources(str(getattr(run, "__module__", "stage")).rsplit(".", 1)[-1], time.perf_counter() - started)
+        sys.exit(code)
     except MrisynthError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,130 @@
+"""Generation and serving throughput of the default-profile generator, side by side (not a test).
+
+generation: `mrisynth.generation.render` (what `augment` runs: batches of 8, eager calls) vs a plain
+            `model.predict(x, batch_size=8)`, images/s, median of --repeats renders of --images masks;
+serving:    the `mrisynth serve` HTTP service (in this process, on 127.0.0.1, a free port; validation,
+            bounds, JSON) answering one-image requests at concurrency 1 and 4, --requests per level:
+            p50/p95 latency (ms) and requests/s, next to the bare `Generator.predict` of one image.
+The generator is the default profile's architecture (params.yaml: image_size, width, precision) with
+untrained weights: speed does not depend on the weights.
+Usage: python bench/bench_serving.py [--images 64] [--requests 40] [--repeats 3] [--json FILE]"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import ThreadingHTTPServer
+
+import keras
+import numpy as np
+
+from mrisynth import generation
+from mrisynth.config import load_params
+from mrisynth.core import encoding, models
+from mrisynth.io import devices
+from mrisynth.server import Service
+from mrisynth.serving import Generator, export_model
+
+import common
+
+
+def _conditioning(n: int, size: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((n, size, size), np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        cy, cx, r = rng.integers(size // 3, 2 * size // 3, 2).tolist() + [int(rng.integers(size // 12, size // 5))]
+        d = np.hypot(yy - cy, xx - cx)
+        labels[i][d < r * 1.6] = 2
+        labels[i][d < r] = 4
+        labels[i][d < r * 0.5] = 1
+    brain = np.hypot(yy - size / 2, xx - size / 2) < size * 0.42
+    return encoding.conditioning(labels, np.broadcast_to(brain, labels.shape))
+
+
+def _median_rate(fn, n: int, repeats: int) -> float:
+    fn()  # warm-up (tracing)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(n / t for t in times)
+
+
+def _load(port: int, body: bytes, requests: int, concurrency: int) -> dict:
+    def one(_):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        start = time.perf_counter()
+        conn.request("POST", "/invocations", body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        conn.close()
+        assert response.status == 200, response.status
+        return time.perf_counter() - start
+
+    one(0)  # warm-up
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        latencies = sorted(pool.map(one, range(requests)))
+    wall = time.perf_counter() - start
+    return {"p50_ms": round(1000 * statistics.median(latencies), 1),
+            "p95_ms": round(1000 * latencies[min(len(latencies) - 1, int(round(0.95 * (len(latencies) - 1))))], 1),
+            "requests_per_s": round(requests / wall, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--json", help="write the figures here (make bench)")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    size, gan = params.preprocess.image_size, params.train_gan
+    precision = devices.resolve_precision(gan.precision)
+    keras.mixed_precision.set_global_policy(precision)
+    keras.utils.set_random_seed(0)
+    generator = models.build_generator(size, encoding.CONDITION_CHANNELS, 4, gan.dropout, gan.width)
+    cond = _conditioning(args.images, size)
+
+    ours = _median_rate(lambda: generation.render(generator, cond, batch_size=8), args.images, args.repeats)
+    plain = _median_rate(lambda: generator.predict(cond, batch_size=8, verbose=0), args.images, args.repeats)
+    print(f"generation at {size}px, width {gan.width}, {precision}: render {ours:.1f} images/s vs model.predict {plain:.1f} images/s "
+          f"= {ours / plain:.2f}x")
+
+    served = Generator(export_model(generator), "bench")
+    one = cond[:1]
+    direct = _median_rate(lambda: [served.predict(one) for _ in range(10)], 10, args.repeats)
+    service = Service(served)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), service.handler())
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    body = json.dumps({"inputs": one.tolist()}).encode()
+    try:
+        levels = {c: _load(httpd.server_address[1], body, args.requests, c) for c in (1, 4)}
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    for c, r in levels.items():
+        print(f"serving, one {size}px image per request, concurrency {c}: p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, "
+              f"{r['requests_per_s']} requests/s ({args.requests} requests)")
+    print(f"bare Generator.predict of one image: {direct:.1f} images/s ({1000 / direct:.1f} ms)")
+    common.write(args.json, {
+        "what": "generation (augment's render) and the served generator", "size": size, "width": gan.width, "precision": precision,
+        "repeats": args.repeats, "generation_images": args.images, "generation_batch": 8,
+        "generation_images_per_s": round(ours, 2), "reference_predict_images_per_s": round(plain, 2),
+        "generation_ratio": round(ours / plain, 3),
+        "serving_requests": args.requests, "serving_payload_bytes": len(body),
+        **{f"serving_c{c}_{k}": v for c, r in levels.items() for k, v in r.items()},
+        "direct_predict_ms": round(1000 / direct, 1),
+        "serving_overhead_ratio_c1": round(levels[1]["p50_ms"] / (1000 / direct), 3)})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""`make bench`: every benchmark, side by side in one run, into reports/bench.json, the README's
+benchmark table (between the `bench:start` / `bench:end` markers) and an MLflow run named `bench`.
+
+Each figure is a median of repeats measured next to its reference in the same process (see each
+script's docstring); peak memory per pipeline stage comes from work/resources/<stage>.json, which
+every stage writes when it finishes (so it describes the last `dvc repro` on this machine).
+Usage: python bench/run_all.py [--quick]   (--quick: fewer repeats and cases, for a smoke check)"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import common  # noqa: E402
+
+STAGES = ("preprocess", "tune", "train_gan", "augment", "train_segmenter", "gan_usefulness", "evaluate")
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def _scripts(quick: bool) -> dict[str, list[str]]:
+    if quick:
+        return {"data": ["bench_data.py", "--cases", "56"], "gan": ["bench_gan.py", "--size", "128", "--steps", "2", "--repeats", "2"],
+                "segmenter": ["bench_segmenter.py", "--steps", "10", "--repeats", "2"],
+                "serving": ["bench_serving.py", "--images", "16", "--requests", "8", "--repeats", "2"]}
+    return {"data": ["bench_data.py"], "gan": ["bench_gan.py"], "segmenter": ["bench_segmenter.py"], "serving": ["bench_serving.py"]}
+
+
+def stage_resources(folder: Path = Path("work/resources")) -> dict:
+    found = {}
+    for stage in STAGES:
+        path = folder / f"{stage}.json"
+        if path.is_file():
+            found[stage] = json.loads(path.read_text())
+    return found
+
+
+def table(result: dict) -> str:
+    """The README's benchmark table, generated from reports/bench.json."""
+    b = result["benchmarks"]
+    rows = []
+    if "gan" in b:
+        g = b["gan"]
+        for batch in (1, 4):
+            if f"ours_batch{batch}_images_per_s" in g:
+                rows.append((f"GAN train step, G+D {g['size']} px, batch {batch} ({g['ours_precision']})", f"{g[f'ours_batch{batch}_images_per_s']} img/s",
+                             f"tutorial step, fp32, batch 1: {g['reference_images_per_s']} img/s", f"{g[f'ratio_batch{batch}']}x"))
+    if "segmenter" in b:
+        s = b["segmenter"]
+        rows.append((f"segmenter train step, {s['size']} px, batch {s['batch']} ({s['ours_precision']})", f"{s['ours_images_per_s']} img/s",
+                     f"plain model.fit, fp32: {s['reference_images_per_s']} img/s", f"{s['ratio']}x"))
+    if "serving" in b:
+        v = b["serving"]
+        rows.append((f"generation (augment render), {v['size']} px", f"{v['generation_images_per_s']} img/s",
+                     f"model.predict: {v['reference_predict_images_per_s']} img/s", f"{v['generation_ratio']}x"))
+        for c in (1, 4):
+            rows.append((f"served generator, 1 image/request, concurrency {c}",
+                         f"p50 {v[f'serving_c{c}_p50_ms']} ms, p95 {v[f'serving_c{c}_p95_ms']} ms, {v[f'serving_c{c}_requests_per_s']} req/s",
+                         f"bare predict: {v['direct_predict_ms']} ms", f"{round(v[f'serving_c{c}_p50_ms'] / v['direct_predict_ms'], 2)}x latency"))
+    if "data" in b:
+        d = b["data"]
+        rows.append(("phantom v2, make + write one full case, one core", f"{d['phantom_v2_s_per_case']} s/case",
+                     f"phantom v1: {d['phantom_v1_s_per_case']} s/case (budget {d['phantom_budget_s']} s)", f"{d['ratio_v2_to_v1']}x time"))
+        rows.append((f"import {d['import_cases']} full-size cases, {d['import_workers']} workers", f"{d['import_cases_per_s']} cases/s ({d['import_s']} s)",
+                     f"budget {d['import_budget_s']} s", ""))
+    lines = ["| figure | mrisynth | reference (same run) | ratio |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b_} | {c} | {d_} |" for a, b_, c, d_ in rows]
+    resources = result.get("stage_resources", {})
+    if resources:
+        lines += ["", "| stage (last `dvc repro` here) | wall | CPU time | peak RSS |", "|---|---|---|---|"]
+        lines += [f"| {s} | {r['wall_s']} s | {r['cpu_s']} s | {r['peak_rss_mib']} MiB |" for s, r in resources.items()]
+    lines += ["", f"Machine: {result['machine']}; {result['finished']}; medians of the repeats each script states "
+              f"(`reports/bench.json` has every figure, its batch, size, precision and repeats)."]
+    return "\n".join(lines)
+
+
+def update_readme(text: str, readme: Path = Path("README.md")) -> bool:
+    content = readme.read_text()
+    if START not in content or END not in content:
+        return False
+    head, rest = content.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+    return True
+
+
+def log_to_mlflow(result: dict) -> str:
+    from mrisynth.config import load_params
+    from mrisynth.io import tracking
+
+    tracking.configure(load_params("params.yaml").train_gan.experiment)
+    flat = {f"{name}.{k}": v for name, figures in result["benchmarks"].items() for k, v in figures.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    flat |= {f"stage.{s}.{k}": r[k] for s, r in result.get("stage_resources", {}).items() for k in ("wall_s", "cpu_s", "peak_rss_mib")}
+    with tracking.stage_run("bench", tracking.run_tags("bench") | {"machine": result["machine"], "quick": str(result["quick"])}) as run:
+        run.log_metrics(flat)
+        run.log_dict(result, "bench.json")
+        return run.run_id
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default="reports/bench.json")
+    parser.add_argument("--no-mlflow", action="store_true")
+    parser.add_argument("--table-from", metavar="BENCH_JSON", help="only regenerate the README table from this bench.json")
+    args = parser.parse_args()
+    if args.table_from:
+        update_readme(table(json.loads(Path(args.table_from).read_text())))
+        return
+    work = Path("work/bench")
+    work.mkdir(parents=True, exist_ok=True)
+    benchmarks, failed = {}, []
+    for name, command in _scripts(args.quick).items():
+        target = work / f"{name}.json"
+        target.unlink(missing_ok=True)
+        started = time.perf_counter()
+        print(f"== bench {name}: {' '.join(command)}", flush=True)
+        flag = "--out" if name == "segmenter" else "--json"
+        code = subprocess.call([sys.executable, str(HERE / command[0]), *command[1:], flag, str(target)])
+        if code or not target.is_file():
+            failed.append(f"{name} (exit {code})")
+            continue
+        benchmarks[name] = json.loads(target.read_text()) | {"bench_seconds": round(time.perf_counter() - started, 1)}
+    result = {"machine": common.machine(), "finished": time.strftime("%Y-%m-%d %H:%M %Z"), "quick": args.quick,
+              "benchmarks": benchmarks, "stage_resources": stage_resources(), "failed": failed}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(table(result))
+    if not args.quick and update_readme(table(result)):
+        print("README.md: benchmark table regenerated")
+    if not args.no_mlflow:
+        print(f"MLflow run `bench`: {log_to_mlflow(result)}")
+    if failed:
+        sys.exit(f"bench: failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""The benchmark plumbing (not the timings): stage resource records, bench.json -> README table."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from mrisynth.stages import record_resources
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import run_all  # noqa: E402
+
+
+def test_record_resources_writes_wall_cpu_and_peak_memory(tmp_path):
+    record = record_resources("train_gan", 12.34, tmp_path)
+    saved = json.loads((tmp_path / "train_gan.json").read_text())
+    assert saved == record
+    assert saved["stage"] == "train_gan" and saved["wall_s"] == 12.3
+    assert saved["peak_rss_mib"] > 10  # this Python process holds more than 10 MiB
+    assert saved["cpu_s"] >= 0
+
+
+RESULT = {
+    "machine": "x86_64, 2 cores", "finished": "2026-11-27 15:00 UTC", "quick": False, "failed": [],
+    "benchmarks": {
+        "gan": {"size": 256, "ours_precision": "mixed_bfloat16", "reference_images_per_s": 1.0,
+                "ours_batch1_images_per_s": 1.5, "ours_batch4_images_per_s": 2.5, "ratio_batch1": 1.5, "ratio_batch4": 2.5},
+        "segmenter": {"size": 128, "batch": 8, "ours_precision": "mixed_bfloat16", "ours_images_per_s": 30.0,
+                      "reference_images_per_s": 20.0, "ratio": 1.5},
+    },
+    "stage_resources": {"train_gan": {"wall_s": 100.0, "cpu_s": 180.0, "peak_rss_mib": 2048.0}},
+}
+
+
+def test_table_lists_each_figure_next_to_its_reference():
+    text = run_all.table(RESULT)
+    assert "| GAN train step, G+D 256 px, batch 4 (mixed_bfloat16) | 2.5 img/s | tutorial step, fp32, batch 1: 1.0 img/s | 2.5x |" in text
+    assert "| segmenter train step, 128 px, batch 8 (mixed_bfloat16) | 30.0 img/s | plain model.fit, fp32: 20.0 img/s | 1.5x |" in text
+    assert "| train_gan | 100.0 s | 180.0 s | 2048.0 MiB |" in text
+    assert "serving" not in text  # absent benchmarks leave no empty rows
+
+
+def test_readme_table_replaced_between_markers_only(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\nbefore\n{run_all.START}\nold table\n{run_all.END}\nafter\n")
+    assert run_all.update_readme("new table", readme)
+    assert readme.read_text() == f"# title\nbefore\n{run_all.START}\nnew table\n{run_all.END}\nafter\n"
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("no markers\n")
+    assert not run_all.update_readme("x", plain) and plain.read_text() == "no markers\n"
+
+
+@pytest.mark.parametrize("stage", run_all.STAGES)
+def test_every_pipeline_stage_is_benchmarked(stage):
+    dvc = (Path(__file__).resolve().parents[1] / "dvc.yaml").read_text()
+    assert f"\n  {stage}:\n" in dvc
