@@ -11,3 +11,7 @@ class DataError(MrisynthError):
 
 class ConfigError(MrisynthError):
     """A parameter file or option is invalid."""
+
+
+class ServiceError(MrisynthError):
+    """A shared service (tracking server, object store, database) did not answer in time."""

@@ -17,11 +17,44 @@ import yaml
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 
+# A tracking server that stops answering must fail a stage in bounded time, not after MLflow's
+# default 7 retries with exponential backoff and a 120 s timeout per request.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+PROBE_TIMEOUT_S = 10.0
+
+
+def probe_server(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Raise ServiceError (one line naming the URI) unless the tracking server at `uri` answers /health."""
+    import urllib.error
+    import urllib.request
+
+    from mrisynth.errors import ServiceError
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+            if response.status == 200:
+                return
+            problem = f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        problem = f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        problem = str(getattr(exc, "reason", exc))
+    raise ServiceError(f"MLflow tracking server {uri} did not answer /health within {timeout:.0f} s ({problem}); "
+                       "start it (`make team-up`, then `source .team/env.sh`) or unset MLFLOW_TRACKING_URI to use the local sqlite store")
+
+
 def configure_uri() -> str:
-    """Point MLflow at MLFLOW_TRACKING_URI or the embedded default store; returns the URI."""
+    """Point MLflow at MLFLOW_TRACKING_URI or the embedded default store; returns the URI.
+
+    A server URI (http/https) is probed first, and MLflow's HTTP retries and timeout are bounded
+    (HTTP_DEFAULTS, unless set in the environment)."""
     import mlflow
 
     uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
+    if uri.startswith(("http://", "https://")):
+        for key, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        probe_server(uri)
     mlflow.set_tracking_uri(uri)
     return uri
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from mrisynth.config import as_flat_dict, load_params
 from mrisynth.stages import stage_main
-from mrisynth.errors import ConfigError, MrisynthError
+from mrisynth.errors import ConfigError, MrisynthError, ServiceError
 
 
 def write_alpha(path: Path, payload: dict) -> None:
@@ -45,8 +45,17 @@ def _rdb(url: str, attempts: int = 6, **kwargs):
             time.sleep(0.5 + random.random() * (attempt + 1))
 
 
+def storage_url(t) -> str:
+    """The study storage: MRISYNTH_TUNE_STORAGE when set (a team's shared database, `source .team/env.sh`),
+    else `tune.storage`. Either way the study name is scoped by data, params and code (study_scope), so
+    where the study lives never changes the tuned alpha."""
+    return os.environ.get("MRISYNTH_TUNE_STORAGE") or t.storage
+
+
 def storage(url: str):
-    """An Optuna storage for a URL: sqlite:/// and postgresql:// (RDB, with a lock timeout), or journal:<file>."""
+    """An Optuna storage for a URL: sqlite:/// and postgresql:// (RDB, with a lock timeout), or journal:<file>.
+
+    A database server that does not answer fails within about 3 x 10 s with one line naming it."""
     import optuna
 
     if url.startswith("journal:"):
@@ -56,7 +65,15 @@ def storage(url: str):
     if url.startswith("sqlite:"):
         return _rdb(url, engine_kwargs={"connect_args": {"timeout": 60}})
     if url.startswith(("postgresql", "mysql")):
-        return _rdb(url, heartbeat_interval=60, grace_period=180)
+        import sqlalchemy.exc
+
+        connect = {"connect_timeout": 10}
+        try:
+            return _rdb(url, attempts=3, engine_kwargs={"connect_args": connect, "pool_pre_ping": True}, heartbeat_interval=60, grace_period=180)
+        except sqlalchemy.exc.OperationalError as exc:
+            raise ServiceError(f"tune storage {url.split('://')[0]}://...@{url.split('@')[-1]} did not answer within 3 x {connect['connect_timeout']} s "
+                               f"({str(exc.orig).strip().splitlines()[0] if exc.orig else exc}); start it (`make team-up`) or set "
+                               "tune.storage / MRISYNTH_TUNE_STORAGE to sqlite:///optuna.db") from exc
     raise ConfigError(f"tune.storage={url!r}: expected sqlite:///file.db, postgresql://user:pw@host/db or journal:<file>")
 
 
@@ -91,7 +108,7 @@ def make_study(t, scope: str | None = None, worker: bool = False):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    shared = storage(t.storage)
+    shared = storage(storage_url(t))
     name = f"{t.study_name}-{scope}" if scope else t.study_name
     seed = t.seed + (os.getpid() if worker else 0)
     for attempt in range(6):  # concurrent workers may both try to create the study
@@ -204,7 +221,7 @@ def optimise(params, n_trials: int, parent_name: str = "tune", worker: bool = Fa
     study = make_study(t, scope, worker)
     tracking.configure(params.train_gan.experiment)
     objective_fn = objective_image if t.objective == "image" else objective_downstream
-    tags = tracking.run_tags("tune") | {"study": study.study_name, "study_scope": scope, "storage": t.storage.split("@")[-1]}
+    tags = tracking.run_tags("tune") | {"study": study.study_name, "study_scope": scope, "storage": storage_url(t).split("@")[-1]}
     with tracking.stage_run(parent_name, tags, as_flat_dict(t) | {"n_trials_this_run": n_trials}) as parent:
 
         def objective(trial):

@@ -1,0 +1,66 @@
+"""Shared services that do not answer: one line naming the URI, in bounded time, no traceback."""
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+from mrisynth.errors import ServiceError
+from mrisynth.io import tracking
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the with block ends: nothing listens there
+
+
+def test_unreachable_tracking_server_is_one_line_naming_it():
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    start = time.perf_counter()
+    with pytest.raises(ServiceError) as caught:
+        tracking.probe_server(uri, timeout=5)
+    assert time.perf_counter() - start < 6
+    message = str(caught.value)
+    assert uri in message and "\n" not in message and "make team-up" in message
+
+
+def test_configure_bounds_mlflow_http_retries(monkeypatch):
+    for key in tracking.HTTP_DEFAULTS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_closed_port()}")
+    with pytest.raises(ServiceError):
+        tracking.configure_uri()
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2" and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"
+
+
+def test_a_stage_pointed_at_a_dead_server_exits_2_with_one_line(tmp_path):
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_closed_port()}", "MRISYNTH_WATCH_LAUNCHER": "0"}
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    start = time.perf_counter()
+    # what every stage does first when it reaches MLflow (tracking.configure), under the stages' error handler
+    code = ("import sys; from mrisynth.stages import stage_main; from mrisynth.io import tracking; "
+            "stage_main(lambda: tracking.configure('mrisynth') and 0)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: MLflow tracking server http://127.0.0.1:"), out.stderr
+    assert time.perf_counter() - start < 45
+
+
+@pytest.mark.skipif(importlib.util.find_spec("psycopg2") is None, reason="no PostgreSQL driver (psycopg2) installed")
+def test_unreachable_optuna_database_is_one_line_naming_it():
+    from mrisynth.stages.tune import storage
+
+    url = f"postgresql+psycopg2://user:secret@127.0.0.1:{_closed_port()}/optuna"
+    start = time.perf_counter()
+    with pytest.raises(ServiceError) as caught:
+        storage(url)
+    message = str(caught.value)
+    assert "127.0.0.1" in message and "secret" not in message and "\n" not in message
+    assert time.perf_counter() - start < 40
