@@ -31,7 +31,9 @@ def test_this_machine_records_cpu_and_its_precision():
     if devices.gpus():
         assert tags["device"].startswith("GPU:") and tags["precision"] == "mixed_float16"
     else:
-        assert tags["device"].startswith("CPU:") and tags["gpu_count"] == "0"
+        assert tags["device"].startswith("CPU:") and tags["device_kind"] == "cpu" and tags["gpu_count"] == "0"
+        assert "gpu_memory_mib" not in tags
+        assert devices.gpu_memory_mib() == []  # no driver here: nothing to report, and no error
         expected = "mixed_bfloat16" if set(devices.BF16_FLAGS) & devices.cpu_flags() else "float32"
         assert tags["precision"] == expected == devices.resolve_precision("auto")
 

@@ -36,6 +36,22 @@ def gpus() -> tuple[str, ...]:
     return tuple(tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in found)
 
 
+def gpu_memory_mib() -> list[int]:
+    """Total memory of each NVIDIA GPU in MiB via nvidia-ml-py (the library MLflow's GPU system
+    metrics use); empty without a driver or GPU, never an error."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no driver / no library: simply no GPU memory to report
+        return []
+    try:
+        return [int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).total // 2**20)
+                for i in range(pynvml.nvmlDeviceGetCount())]
+    finally:
+        pynvml.nvmlShutdown()
+
+
 def choose_precision(requested: str, gpu_names: tuple[str, ...], flags: frozenset[str]) -> tuple[str, str]:
     """(policy, why) for `requested`; pure, so the rule is testable without the hardware."""
     if requested != "auto":

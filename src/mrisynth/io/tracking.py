@@ -132,8 +132,9 @@ def device_tags(precision: str) -> dict[str, str]:
 
     gpus = devices.gpus()
     device = f"GPU:{','.join(gpus)}" if gpus else f"CPU:{platform.processor() or platform.machine()}"
-    return ({"device": device, "gpu_count": str(len(gpus)), "cpu_count": str(os.cpu_count())}
-            | devices.precision_tags(precision) | launcher_tags())
+    memory = {"gpu_memory_mib": ",".join(map(str, devices.gpu_memory_mib()))} if gpus else {}
+    return ({"device": device, "device_kind": "gpu" if gpus else "cpu", "gpu_count": str(len(gpus)), "cpu_count": str(os.cpu_count())}
+            | memory | devices.precision_tags(precision) | launcher_tags())
 
 
 def launcher_tags() -> dict[str, str]:
