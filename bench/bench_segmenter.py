@@ -5,7 +5,7 @@ ours:      mrisynth's path — `train_segmenter` params (mixed_bfloat16, batch, 
 reference: the same U-Net trained with a plain `model.fit(x, y, batch_size=...)` on in-memory float32
            arrays, float32 precision, at the same batch size.
 Prints and writes images/s (median of --repeats timed runs of --steps steps after a warm-up) and the
-ratio to reports/bench_segmenter.json. Usage: python bench/bench_segmenter.py [--size 128] [--steps 50] [--repeats 3]"""
+ratio to work/bench/segmenter.json (make bench collects it into reports/bench.json). Usage: python bench/bench_segmenter.py [--size 128] [--steps 50] [--repeats 3]"""
 from __future__ import annotations
 
 import argparse
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default="reports/bench_segmenter.json")
+    parser.add_argument("--out", default="work/bench/segmenter.json")
     args = parser.parse_args()
     p = TrainSegmenterParams()
     rng = np.random.default_rng(0)
