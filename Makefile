@@ -69,3 +69,15 @@ dvc-graph: setup
 
 clean:
 	rm -rf work reports/gx_docs
+
+# A local team stack (README: When a team outgrows one machine): PostgreSQL 15 + S3 (SeaweedFS) + MLflow server
+# on 127.0.0.1, state in .team/ (MRISYNTH_TEAM_DIR). `make team-up`, then `source .team/env.sh`; `make team-down`.
+.PHONY: team-up team-down team-status
+team-up: setup
+	mrisynth team up
+
+team-down:
+	mrisynth team down
+
+team-status:
+	mrisynth team status

@@ -129,6 +129,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_team(args: argparse.Namespace) -> int:
+    from mrisynth import team
+
+    return team.main(args.action, args.repo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mrisynth.config import DataParams
 
@@ -221,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--max-bytes", type=int, default=None,
                     help="largest request body; larger -> HTTP 413 before reading it (default: max-batch images of JSON)")
     se.set_defaults(func=_cmd_serve)
+
+    te = sub.add_parser("team", help="a local team stack on 127.0.0.1: PostgreSQL, S3 (SeaweedFS), MLflow server (state in .team/)")
+    te.add_argument("action", choices=["up", "down", "status"],
+                    help="up: start the stack (unless running), write TEAM_DIR/env.sh, set the DVC remote 'team'; down: stop all; status: URIs, up/down")
+    te.add_argument("--repo", default=None, help="DVC repository whose .dvc/config.local gets the remote 'team' (default: the current folder)")
+    te.set_defaults(func=_cmd_team)
     return parser
 
 

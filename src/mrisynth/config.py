@@ -114,7 +114,7 @@ class TuneParams:
     objective: str = "image"        # image: min validation L1 in the brain; downstream: max validation Dice
     epochs: int = 2                 # GAN epochs per trial
     segmenter_epochs: int = 5       # downstream objective: segmenter epochs per trial
-    storage: str = "sqlite:///optuna.db"  # or postgresql://user:pw@host/db, or journal:<file>
+    storage: str = "sqlite:///optuna.db"  # or postgresql+psycopg2://user:pw@host/db, or journal:<file>
     study_name: str = "mrisynth-alpha"
     prune_startup_trials: int = 2
     prune_warmup_epochs: int = 1

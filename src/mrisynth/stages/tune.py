@@ -74,7 +74,7 @@ def storage(url: str):
             raise ServiceError(f"tune storage {url.split('://')[0]}://...@{url.split('@')[-1]} did not answer within 3 x {connect['connect_timeout']} s "
                                f"({str(exc.orig).strip().splitlines()[0] if exc.orig else exc}); start it (`make team-up`) or set "
                                "tune.storage / MRISYNTH_TUNE_STORAGE to sqlite:///optuna.db") from exc
-    raise ConfigError(f"tune.storage={url!r}: expected sqlite:///file.db, postgresql://user:pw@host/db or journal:<file>")
+    raise ConfigError(f"tune.storage={url!r}: expected sqlite:///file.db, postgresql+psycopg2://user:pw@host/db or journal:<file>")
 
 
 def study_scope(params, train, val) -> str:

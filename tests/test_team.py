@@ -1,0 +1,212 @@
+"""The team stack end to end: `mrisynth team up` (PostgreSQL, SeaweedFS S3, MLflow server), the tiny pipeline
+(preprocess, two parallel tune workers on one PostgreSQL study, then the whole tiny `dvc repro`) tracked on the server,
+`dvc push`/`dvc pull` through the S3 remote, a stopped tracking server failing fast, `team down`."""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, write_tiny_case
+from mrisynth.ingest import ImportOptions, import_brats
+from test_pipeline_e2e import TINY_PARAMS, _tracked_files
+
+PG_BIN = Path(os.environ.get("MRISYNTH_PG_BIN", "/usr/lib/postgresql/15/bin"))
+BIN = Path(sys.executable).parent
+WORKER_TRIALS = 2  # per worker; the tune stage adds TINY_PARAMS' n_trials
+FAULT_BOUND_S = 20  # a stage pointed at a stopped tracking server fails within this (probe: 10 s + start-up)
+
+pytestmark = pytest.mark.skipif(not (PG_BIN / "postgres").exists(),
+                                reason=f"PostgreSQL 15 server binaries not found in {PG_BIN} (apt-get install postgresql-15)")
+
+
+def _copy_repo(dest: Path) -> Path:
+    """The repository's tracked files (as test_pipeline_e2e copies them), without data.dvc and dvc.lock."""
+    for name in _tracked_files():
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    (dest / "data.dvc").unlink(missing_ok=True)
+    return dest
+
+
+def _run(cmd, cwd, env, timeout=300, check=True):
+    done = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert done.returncode == 0, f"{cmd}: exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def _env_sh(path: Path) -> dict[str, str]:
+    """The exports of env.sh, as `source` would set them."""
+    out = subprocess.run(["bash", "-c", f"set -a; source {path}; env -0"], capture_output=True, check=True, env={"PATH": "/usr/bin:/bin"})
+    pairs = (item.split("=", 1) for item in out.stdout.decode().split("\0") if "=" in item)
+    return {k: v for k, v in pairs if k not in ("PWD", "SHLVL", "_", "PATH")}
+
+
+def _api(base: str, endpoint: str, body: dict | None = None, **query) -> dict:
+    """One call of the tracking server's REST API (GET with query, or POST with a JSON body)."""
+    url = f"{base}/api/2.0/mlflow/{endpoint}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+    request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _digests(root: Path, parts: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for part in parts:
+        target = root / part
+        files = [target] if target.is_file() else sorted(p for p in target.rglob("*") if p.is_file())
+        for f in files:
+            out[f.relative_to(root).as_posix()] = hashlib.md5(f.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.mark.slow
+def test_team_stack_end_to_end(tmp_path, monkeypatch):
+    from mrisynth import team
+
+    started = time.monotonic()
+    # PostgreSQL runs as an unprivileged user when we are root: the team folder must be enterable by it,
+    # which pytest's 0700 tmp_path is not; a folder of our own under the system temp dir is.
+    team_dir = Path(tempfile.mkdtemp(prefix="mrisynth-team-"))
+    monkeypatch.setenv("MRISYNTH_TEAM_DIR", str(team_dir))
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_", "MRISYNTH_TUNE"))}
+    base |= {"PATH": f"{BIN}:{os.environ['PATH']}", "MRISYNTH_TEAM_DIR": str(team_dir), "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+    repo = _copy_repo(tmp_path / "repo")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in TINY_PARAMS.items():
+        params[section].update(values)
+    params["tune"]["n_trials"] = 1  # the stage's own trials, after the two workers'
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    brats = tmp_path / "brats"
+    for i in range(1, 9):
+        write_tiny_case(brats, f"BraTS20_Training_{i:03d}", seed=i)
+    import_brats(brats, repo / "data", {"train": 4, "val": 2, "test": 2}, 1, ImportOptions(size=64))
+    _run([BIN / "dvc", "init", "--no-scm", "-f", "-q"], repo, base)
+    _run([BIN / "dvc", "add", "-q", "data"], repo, base)
+
+    try:
+        # ---- up: one command, every server answering, env.sh and the DVC remote written
+        t0 = time.monotonic()
+        shown = _run([BIN / "mrisynth", "team", "up", "--repo", repo], repo, base, timeout=240)
+        up_s = time.monotonic() - t0
+        assert "export MLFLOW_TRACKING_URI=http://127.0.0.1:" in shown.stdout
+        env_vars = _env_sh(team_dir / "env.sh")
+        assert {"MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                "AWS_DEFAULT_REGION", "MRISYNTH_TUNE_STORAGE"} <= set(env_vars)
+        assert env_vars["MRISYNTH_TUNE_STORAGE"].startswith("postgresql+psycopg2://") and env_vars["MRISYNTH_TUNE_STORAGE"].endswith("/optuna")
+        status = _run([BIN / "mrisynth", "team", "status"], repo, base)
+        assert status.stdout.count(" up ") == 3, status.stdout
+        assert "url = s3://dvc" in (repo / ".dvc" / "config.local").read_text()
+        env = base | env_vars
+        tracking = env_vars["MLFLOW_TRACKING_URI"]
+
+        # ---- pipeline against the stack: preprocess, two tune workers in parallel on the PostgreSQL study, then the
+        # rest of the tiny `dvc repro` (tune adds its own trial; train_gan ... evaluate)
+        t0 = time.monotonic()
+        _run([BIN / "dvc", "repro", "preprocess"], repo, env)
+        workers = [subprocess.Popen([BIN / "python", "pipelines/tune.py", "--worker", "--n-trials", str(WORKER_TRIALS)], cwd=repo, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+        outputs = [w.communicate(timeout=240)[0] for w in workers]
+        assert all(w.returncode == 0 for w in workers), "\n".join(o[-2000:] for o in outputs)
+        ran = _run([BIN / "dvc", "repro"], repo, env)
+        for stage in ("tune", "train_gan", "augment", "train_segmenter", "gan_usefulness", "evaluate"):
+            assert f"Running stage '{stage}'" in ran.stdout, ran.stdout[-2000:]
+        pipeline_s = time.monotonic() - t0
+
+        # every trial recorded once in the shared study, none lost, none left running
+        best = json.loads((repo / "work" / "tune" / "best_alpha.json").read_text())
+        import optuna
+
+        study = optuna.load_study(study_name=best["study"], storage=env_vars["MRISYNTH_TUNE_STORAGE"])
+        expected = 2 * WORKER_TRIALS + params["tune"]["n_trials"]
+        numbers = sorted(t.number for t in study.trials)
+        assert numbers == list(range(expected)), numbers
+        assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials), [t.state.name for t in study.trials]
+
+        # ---- the tracking server's REST API: stage runs, one trial run per Optuna trial, registered models
+        experiment = _api(tracking, "experiments/get-by-name", experiment_name=params["train_gan"]["experiment"])["experiment"]
+        runs = _api(tracking, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 1000})["runs"]
+        names = [r["info"]["run_name"] for r in runs]
+        for stage in ("preprocess", "tune", "train_gan"):
+            assert names.count(stage) == 1, names
+        assert names.count("tune worker") == 2, names
+        trial_runs = sorted(int(n.split()[1]) for n in names if n.startswith("trial "))
+        assert trial_runs == numbers, (trial_runs, numbers)  # each trial once in MLflow too
+        stage_runs = [r for r in runs if not r["info"]["run_name"].startswith("trial ")]
+        assert all(r["info"]["status"] == "FINISHED" for r in stage_runs), [(r["info"]["run_name"], r["info"]["status"]) for r in stage_runs]
+        optuna_state = {t.number: t.state.name for t in study.trials}
+        for r in runs:  # a pruned trial's run ends FAILED (the pruning exception) with tag state=PRUNED
+            if r["info"]["run_name"].startswith("trial "):
+                tags = {t["key"]: t["value"] for t in r["data"].get("tags", [])}
+                assert tags.get("state") == optuna_state[int(r["info"]["run_name"].split()[1])], (r["info"], tags)
+        gan_run = json.loads((repo / "reports" / "train_gan.json").read_text())["run_id"]
+        registry = params["train_gan"]["registry_name"]
+        versions = _api(tracking, "model-versions/search", filter=f"name='{registry}'")["model_versions"]
+        assert [v["run_id"] for v in versions] == [gan_run], versions
+        models = _api(tracking, "registered-models/search")["registered_models"]
+        assert {registry, params["train_segmenter"]["registry_name"]} <= {m["name"] for m in models}
+
+        # artifacts are in the object store (listed with boto3, not through MLflow)
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=env_vars["MLFLOW_S3_ENDPOINT_URL"], aws_access_key_id=env_vars["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env_vars["AWS_SECRET_ACCESS_KEY"], region_name=env_vars["AWS_DEFAULT_REGION"])
+        keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="mlflow") for o in page.get("Contents", [])]
+        assert any(gan_run in k for k in keys), keys[:20]
+        assert any(k.endswith("MLmodel") for k in keys), keys[:20]  # the registered generator's files
+        assert any("optuna/trials.json" in k for k in keys), keys[:20]
+
+        # ---- DVC: push to the team remote, pull into a fresh copy, identical bytes
+        t0 = time.monotonic()
+        _run([BIN / "dvc", "push", "-r", "team"], repo, env)
+        assert any(True for page in s3.get_paginator("list_objects_v2").paginate(Bucket="dvc") for _ in page.get("Contents", []))
+        clone = _copy_repo(tmp_path / "clone")
+        for name in ("data.dvc", "dvc.lock", "params.yaml"):
+            shutil.copy2(repo / name, clone / name)
+        _run([BIN / "dvc", "init", "--no-scm", "-f", "-q"], clone, base)
+        again = _run([BIN / "mrisynth", "team", "up", "--repo", clone], clone, base)  # running already: only configures the remote
+        assert "up at" not in again.stdout, again.stdout
+        # credentials from .dvc/config.local, not the environment
+        _run([BIN / "dvc", "pull", "-r", "team"], clone, base)
+        parts = ("data", "work/preprocessed", params["train_gan"]["model_path"], "work/augmented", "work/segmenter", "work/gan_usefulness")
+        pushed, pulled = _digests(repo, parts), _digests(clone, parts)
+        assert pushed and pulled == pushed
+        assert len([k for k in pushed if k.startswith("data/")]) > 8
+        dvc_s = time.monotonic() - t0
+
+        # ---- fault: the tracking server stopped; a stage pointed at it fails in bounded time with one line naming the URI
+        assert team.stop_component("mlflow")
+        t0 = time.monotonic()
+        failed = _run([BIN / "python", "pipelines/tune.py", "--worker", "--n-trials", "1"], repo, env, timeout=120, check=False)
+        fault_s = time.monotonic() - t0
+        assert failed.returncode != 0 and fault_s < FAULT_BOUND_S, (failed.returncode, fault_s)
+        lines = [line for line in (failed.stdout + failed.stderr).splitlines() if tracking in line]
+        print("\nfault:", lines)
+        assert len(lines) == 1 and "Traceback" not in failed.stderr, failed.stdout[-1500:] + failed.stderr[-1500:]
+        status = _run([BIN / "mrisynth", "team", "status"], repo, base, check=False)
+        assert status.returncode == 1 and "mlflow    down" in status.stdout, status.stdout
+    finally:
+        # ---- down: nothing of the stack keeps running (each server leads its own process group)
+        groups = {int(f.read_text().split()[0]) for f in (team_dir / "pids").glob("*.pid")}
+        t0 = time.monotonic()
+        _run([BIN / "mrisynth", "team", "down"], tmp_path, base, timeout=120)
+        down_s = time.monotonic() - t0
+        left = team.stack_processes(team_dir) + [p for g in groups for p in team._group_members(g)]
+    assert not list((team_dir / "pids").glob("*.pid"))
+    assert left == [], [(p, Path(f"/proc/{p}/cmdline").read_bytes()[:200]) for p in left]
+    print(f"\nteam stack timings: up {up_s:.1f} s, preprocess + 2 tune workers + tiny dvc repro {pipeline_s:.1f} s, "
+          f"dvc push/pull {dvc_s:.1f} s, fault {fault_s:.1f} s, down {down_s:.1f} s, total {time.monotonic() - started:.1f} s")
+    shutil.rmtree(team_dir, ignore_errors=True)
