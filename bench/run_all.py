@@ -131,10 +131,13 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))
-    if not args.quick and update_readme(table(result)):
+    if not args.quick and not failed and update_readme(table(result)):
         print("README.md: benchmark table regenerated")
     if not args.no_mlflow:
-        print(f"MLflow run `bench`: {log_to_mlflow(result)}")
+        try:
+            print(f"MLflow run `bench`: {log_to_mlflow(result)}")
+        except Exception as exc:  # noqa: BLE001 - the figures are on disk already; say why they are not in MLflow
+            failed.append(f"MLflow logging ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
     if failed:
         sys.exit(f"bench: failed: {', '.join(failed)}")
 

@@ -64,3 +64,27 @@ def test_unreachable_optuna_database_is_one_line_naming_it():
     message = str(caught.value)
     assert "127.0.0.1" in message and "secret" not in message and "\n" not in message
     assert time.perf_counter() - start < 40
+
+
+def test_a_server_that_answers_at_all_counts_as_up():
+    """401 behind an authenticating proxy, or 404 under a path prefix: the server is there."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        tracking.probe_server(f"http://127.0.0.1:{server.server_address[1]}", timeout=5)  # no error
+    finally:
+        server.shutdown()
+        server.server_close()

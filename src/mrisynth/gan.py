@@ -70,6 +70,7 @@ class GanSettings:
         """What must match for a resume: everything but `epochs` (extending a run is allowed) and
         `checkpoint_every`."""
         values = {k: v for k, v in self.__dict__.items() if k not in ("epochs", "checkpoint_every")}
+        values["precision"] = devices.resolve_precision(self.precision)  # `auto` may mean another policy elsewhere
         values["data"] = data_key
         return values
 
@@ -158,12 +159,16 @@ class GanTrainer:
 
     def __init__(self, settings: GanSettings, size: int, in_channels: int, out_channels: int):
         self.settings = settings
-        keras.mixed_precision.set_global_policy(devices.resolve_precision(settings.precision))
+        self.policy = devices.resolve_precision(settings.precision)
+        keras.mixed_precision.set_global_policy(self.policy)
         keras.utils.set_random_seed(settings.seed)
         self.generator = models.build_generator(size, in_channels, out_channels, settings.dropout, settings.width)
         self.discriminator = models.build_discriminator(size, in_channels, out_channels, settings.width)
         self.g_opt = keras.optimizers.Adam(settings.learning_rate, beta_1=settings.beta_1)
         self.d_opt = keras.optimizers.Adam(settings.learning_rate, beta_1=settings.beta_1)
+        if self.policy == "mixed_float16":  # float16 gradients underflow without loss scaling (bfloat16 needs none)
+            self.g_opt = keras.optimizers.LossScaleOptimizer(self.g_opt)
+            self.d_opt = keras.optimizers.LossScaleOptimizer(self.d_opt)
         self.g_opt.build(self.generator.trainable_variables)
         self.d_opt.build(self.discriminator.trainable_variables)
         self._train_step = tf.function(self.train_step)
@@ -179,10 +184,12 @@ class GanTrainer:
             disc_fake = self.discriminator([cond, fake], training=True)
             g_total, g_gan, g_l1 = losses.generator_loss(disc_fake, real, fake, alpha)
             d_loss = losses.discriminator_loss(disc_real, disc_fake)
-        g_grads = g_tape.gradient(g_total, self.generator.trainable_variables)
-        d_grads = d_tape.gradient(d_loss, self.discriminator.trainable_variables)
-        self.g_opt.apply_gradients(zip(g_grads, self.generator.trainable_variables))
-        self.d_opt.apply_gradients(zip(d_grads, self.discriminator.trainable_variables))
+            # the identity unless the optimizer scales (LossScaleOptimizer under mixed_float16); inside the tapes
+            g_scaled, d_scaled = self.g_opt.scale_loss(g_total), self.d_opt.scale_loss(d_loss)
+        g_grads = g_tape.gradient(g_scaled, self.generator.trainable_variables)
+        d_grads = d_tape.gradient(d_scaled, self.discriminator.trainable_variables)
+        self.g_opt.apply_gradients(list(zip(g_grads, self.generator.trainable_variables)))  # a list: LossScaleOptimizer reads it twice
+        self.d_opt.apply_gradients(list(zip(d_grads, self.discriminator.trainable_variables)))
         return {"g_loss": g_total, "g_gan": g_gan, "g_l1": g_l1, "d_loss": d_loss}
 
     def eval_step(self, cond, real):

@@ -137,8 +137,7 @@ def load_state(paths: Paths) -> dict:
 
 
 def _save_state(paths: Paths, state: dict) -> None:
-    paths.state.write_text(json.dumps(state, indent=2) + "\n")
-    paths.state.chmod(0o600)
+    _write_private(paths.state, json.dumps(state, indent=2) + "\n")
 
 
 def _plan(paths: Paths, state: dict) -> dict:
@@ -235,11 +234,33 @@ def stack_processes(root: Path | None = None) -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             try:
-                if needle in (entry / "cmdline").read_bytes() and _starttime(int(entry.name)):
+                cmdline = (entry / "cmdline").read_bytes()
+                if needle in cmdline and _is_stack_program(cmdline) and _starttime(int(entry.name)):
                     found.add(int(entry.name))
             except OSError:
                 pass
     return sorted(found)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable by the owner only from the moment it exists (credentials)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+STACK_PROGRAMS = (b"postgres", b"weed", b"mlflow", b"gunicorn", b"uvicorn", b"huey_consumer")
+
+
+def _is_stack_program(cmdline: bytes) -> bool:
+    """A server of the stack (not, say, `tail -f .team/logs/mlflow.log` or a shell that sourced env.sh)."""
+    argv = [a for a in cmdline.split(b"\0") if a]
+    if not argv:
+        return False
+    if os.path.basename(argv[0]).startswith(STACK_PROGRAMS):  # postgres renames its children "postgres: ..."
+        return True
+    return any(os.path.basename(a) in STACK_PROGRAMS or a.startswith(b"mlflow.server") for a in argv[1:4])
 
 
 def _spawn(paths: Paths, component: str, cmd: list[str], env: dict[str, str] | None = None,
@@ -275,7 +296,7 @@ def _stop(paths: Paths, component: str, wait: float = 20.0) -> int | None:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline and _starttime(pid):
             time.sleep(0.1)
-    if pgid is not None:  # whatever is left of the group (workers, postgres backends)
+    if pgid is not None and pid is not None:  # what is left of our group; a stale pid file (pid is None) names no group of ours
         for _ in range(50):
             if not _group_members(pgid):
                 break
@@ -349,16 +370,17 @@ def _start_postgres(paths: Paths, state: dict, limit: float) -> subprocess.Popen
         raise TeamError(f"team up: postgres: no server binaries in {binary} (apt-get install postgresql-15, or set MRISYNTH_PG_BIN)")
     prefix, uid, gid = _pg_identity(state)
     paths.pgsocket.mkdir(exist_ok=True)
+    paths.pgsocket.chmod(0o700)  # --auth-local=trust: only the server's own user may reach the socket
     if uid is not None:
         paths.root.chmod(0o711)  # enter-only for the PostgreSQL user; state.json and env.sh stay 0600
         _check_traversable(paths.root, uid, gid)
         for folder in (paths.pgsocket, paths.pgdata):
             folder.mkdir(mode=0o700, exist_ok=True)
+            folder.chmod(0o700)
             os.chown(folder, uid, gid)
     if not (paths.pgdata / "PG_VERSION").exists():
         pwfile = paths.root / ".pgpass.init"
-        pwfile.write_text(state["pg_password"] + "\n")
-        pwfile.chmod(0o600)
+        _write_private(pwfile, state["pg_password"] + "\n")
         if uid is not None:
             os.chown(pwfile, uid, gid)
         try:
@@ -396,8 +418,7 @@ def _start_weed(paths: Paths, state: dict, limit: float) -> subprocess.Popen:
     paths.weed.mkdir(exist_ok=True)
     identities = {"identities": [{"name": "mrisynth", "credentials": [{"accessKey": state["s3_access_key"], "secretKey": state["s3_secret_key"]}],
                                   "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
-    paths.s3_config.write_text(json.dumps(identities, indent=2))
-    paths.s3_config.chmod(0o600)
+    _write_private(paths.s3_config, json.dumps(identities, indent=2))
     cmd = [_tool("weed"), "server", f"-dir={paths.weed}", f"-ip={HOST}", f"-ip.bind={HOST}", "-master.telemetry=false", "-master.resumeState=false",
            f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}", "-master.volumeSizeLimitMB=64",
            f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_grpc']}", "-volume.max=50", "-volume.preStopSeconds=1",
@@ -468,8 +489,7 @@ def configure_dvc_remote(state: dict, repo: Path, name: str = "team") -> bool:
 def write_env(paths: Paths, state: dict) -> str:
     text = "# mrisynth team stack: `source` this file\n" + "".join(
         f"export {k}={shlex.quote(v)}\n" for k, v in env_vars(state, paths.root).items())
-    paths.env.write_text(text)
-    paths.env.chmod(0o600)
+    _write_private(paths.env, text)
     return text
 
 
@@ -492,6 +512,7 @@ def up(repo: Path | None = None, quiet: bool = False) -> str:
     paths = Paths(team_dir())
     for folder in (paths.root, paths.logs, paths.pids):
         folder.mkdir(parents=True, exist_ok=True)
+    paths.logs.chmod(0o700)  # the MLflow server's command line (with the database URI) is logged there
     state = load_state(paths)
     running = {c for c, (ok, _, _) in component_status(paths, state).items() if ok}
     if running != set(COMPONENTS):

@@ -24,22 +24,32 @@ PROBE_TIMEOUT_S = 10.0
 
 
 def probe_server(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
-    """Raise ServiceError (one line naming the URI) unless the tracking server at `uri` answers /health."""
+    """Raise ServiceError (one line naming the URI) unless something answers HTTP at `uri` within `timeout`.
+
+    Any HTTP answer counts (200 from /health, but also 401/403 behind an authenticating proxy or 404
+    under a path prefix): only a refused, unreachable or silent server is an error. TLS follows
+    MLFLOW_TRACKING_INSECURE_TLS and MLFLOW_TRACKING_SERVER_CERT_PATH as MLflow does."""
+    import http.client
+    import ssl
     import urllib.error
     import urllib.request
 
     from mrisynth.errors import ServiceError
 
+    context = None
+    if uri.startswith("https://"):
+        if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+            context = ssl._create_unverified_context()  # noqa: S323 - the user asked MLflow for exactly this
+        else:
+            context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
-            if response.status == 200:
-                return
-            problem = f"HTTP {response.status}"
-    except urllib.error.HTTPError as exc:
-        problem = f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError) as exc:
-        problem = str(getattr(exc, "reason", exc))
-    raise ServiceError(f"MLflow tracking server {uri} did not answer /health within {timeout:.0f} s ({problem}); "
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout, context=context):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        problem = str(getattr(exc, "reason", exc)) or type(exc).__name__
+    raise ServiceError(f"MLflow tracking server {uri} did not answer within {timeout:.0f} s ({problem}); "
                        "start it (`make team-up`, then `source .team/env.sh`) or unset MLFLOW_TRACKING_URI to use the local sqlite store")
 
 
@@ -171,25 +181,15 @@ def label_rgb(labels: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- runs
-def _finite(metrics: dict[str, object]) -> dict[str, float]:
-    """The metrics MLflow can store: numbers that are not None, NaN or infinite, as floats."""
-    out = {}
-    for key, value in metrics.items():
-        if value is None:
-            continue
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            continue
-        if np.isfinite(number):
-            out[key] = number
-    return out
+def _numbers(metrics: dict[str, object]) -> dict[str, float]:
+    """The metrics as floats, None skipped (NaN and infinities pass, as MLflow stores them)."""
+    return {key: float(value) for key, value in metrics.items() if value is not None}
 
 
 class StageRun:
     """One MLflow run (a stage's, or a nested child): the only logging surface a stage uses.
 
-    Metrics that are None or not finite are skipped (MLflow rejects NaN in some stores)."""
+    Calls go to MLflow's active run, which is this run while its `with` block (and no child's) is open."""
 
     def __init__(self, run_id: str):
         self.run_id = run_id
@@ -202,7 +202,7 @@ class StageRun:
     def log_metrics(self, metrics: dict[str, object], step: int | None = None) -> None:
         import mlflow
 
-        values = _finite(metrics)
+        values = _numbers(metrics)
         if values:
             mlflow.log_metrics(values, step=step)
 
@@ -256,11 +256,12 @@ class StageRun:
 
 @contextlib.contextmanager
 def stage_run(name: str, tags: dict[str, object] | None = None, params: dict[str, object] | None = None,
-              resume_run_id: str | None = None, system_metrics: bool = False):
+              resume_run_id: str | None = None, system_metrics: bool | None = None):
     """Open (or, with `resume_run_id`, reopen) a stage's MLflow run; yields its StageRun.
 
     The caller has called `configure(experiment)`. An exception inside marks the run FAILED (MLflow's
-    context manager); `params` are logged only for a new run (a resumed run keeps its own)."""
+    context manager); `params` are logged only for a new run (a resumed run keeps its own).
+    system_metrics None leaves MLflow's default (MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING)."""
     import mlflow
 
     with mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else name, log_system_metrics=system_metrics) as active:

@@ -112,7 +112,10 @@ def stage_main(run: Callable[[], int]) -> None:
     try:
         code = run()
         if not code:
-            record_resources(str(getattr(run, "__module__", "stage")).rsplit(".", 1)[-1], time.perf_counter() - started)
+            try:
+                record_resources(str(getattr(run, "__module__", "stage")).rsplit(".", 1)[-1], time.perf_counter() - started)
+            except OSError as exc:  # a bookkeeping file must not fail a finished stage
+                print(f"warning: could not record resources in {RESOURCES_DIR}: {exc}", file=sys.stderr)
         sys.exit(code)
     except MrisynthError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -322,7 +322,7 @@ def run(params_path: str = "params.yaml") -> int:
                              f"{name}_diff_{metric}_{key}_ci_high": entry[metric]["high"], f"{name}_diff_{metric}_{key}_p": entry[metric]["p_value"]}
         flat |= {f"threshold_{split}_dice_{region}": t[split] for region, t in thresholds.items() for split in ("train", "val", "test")}
         flat |= {k: v for k, v in (gate | info).items() if v is not None}
-        run.log_metrics(flat)
+        run.log_metrics({k: v for k, v in flat.items() if v is not None and np.isfinite(v)})
         for artifact in ("reports/table1.md", "reports/metrics.json", "reports/test_examples.png", "reports/per_image.csv"):
             run.log_artifact(artifact)
         evaluate_run = run.run_id

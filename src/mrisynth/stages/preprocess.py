@@ -85,7 +85,7 @@ def log_card(data_dir: Path, experiment: str) -> dict:
     flat = datacard.flat_metrics(built)
     Path("reports/data_card.json").write_text(json.dumps(flat, indent=2) + "\n")
     tracking.configure(experiment)
-    with tracking.stage_run("preprocess", tracking.run_tags("preprocess") | {"data_source": built["source"]}) as run:
+    with tracking.stage_run("preprocess", tracking.run_tags("preprocess") | {"data_source": built["source"]}, system_metrics=False) as run:
         run.log_metrics(flat)
         run.log_dict(built, "data_card/card.json")
         run.log_text(datacard.markdown(built), "data_card/card.md")

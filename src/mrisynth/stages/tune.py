@@ -72,7 +72,7 @@ def storage(url: str):
             return _rdb(url, attempts=3, engine_kwargs={"connect_args": connect, "pool_pre_ping": True}, heartbeat_interval=60, grace_period=180)
         except sqlalchemy.exc.OperationalError as exc:
             raise ServiceError(f"tune storage {url.split('://')[0]}://...@{url.split('@')[-1]} did not answer within 3 x {connect['connect_timeout']} s "
-                               f"({str(exc.orig).strip().splitlines()[0] if exc.orig else exc}); start it (`make team-up`) or set "
+                               f"({(str(exc.orig or exc).strip().splitlines() or [type(exc).__name__])[0]}); start it (`make team-up`) or set "
                                "tune.storage / MRISYNTH_TUNE_STORAGE to sqlite:///optuna.db") from exc
     raise ConfigError(f"tune.storage={url!r}: expected sqlite:///file.db, postgresql+psycopg2://user:pw@host/db or journal:<file>")
 
@@ -222,7 +222,7 @@ def optimise(params, n_trials: int, parent_name: str = "tune", worker: bool = Fa
     tracking.configure(params.train_gan.experiment)
     objective_fn = objective_image if t.objective == "image" else objective_downstream
     tags = tracking.run_tags("tune") | {"study": study.study_name, "study_scope": scope, "storage": storage_url(t).split("@")[-1]}
-    with tracking.stage_run(parent_name, tags, as_flat_dict(t) | {"n_trials_this_run": n_trials}) as parent:
+    with tracking.stage_run(parent_name, tags, as_flat_dict(t) | {"n_trials_this_run": n_trials}, system_metrics=False) as parent:
 
         def objective(trial):
             alpha = trial.suggest_float("alpha", t.alpha_low, t.alpha_high, log=True)
