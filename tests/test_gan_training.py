@@ -121,6 +121,8 @@ def test_nan_loss_stops_and_keeps_best(tmp_path):
 def test_stage_outputs_and_mlflow_run(trained):
     summary = json.loads((trained / "reports" / "train_gan.json").read_text())
     assert summary["epochs"] == 2 and summary["model_version"] == 1
+    # epoch 1 saves the best generator (first improvement), epoch 2 the final resume state: some time, less than all
+    assert 0 < summary["checkpoint_seconds"] < summary["train_seconds"] and 0 < summary["checkpoint_share"] < 1
     assert (trained / "models" / "generator.keras").is_file()
     history = (trained / "reports" / "train_gan_history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,g_loss") and len(history) == 3
@@ -133,6 +135,7 @@ def test_stage_outputs_and_mlflow_run(trained):
     assert params["alpha"] == "100.0" and params["width"] == "0.25" and params["precision"] == "float32"
     assert params["data_hash"] and params["git_commit"]
     assert run.data.tags["device"].startswith(("CPU", "GPU")) and run.data.tags["precision"] == "float32"
+    assert len(client.get_metric_history(run.info.run_id, "checkpoint_seconds")) == 2  # one per epoch
     for metric in ("g_loss", "d_loss", "val_g_loss", "val_mae", "val_psnr", "val_ssim"):
         assert len(client.get_metric_history(run.info.run_id, metric)) == 2, metric
     assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)

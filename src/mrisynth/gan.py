@@ -81,6 +81,7 @@ class EpochResult:
     metrics: dict[str, float]
     improved: bool
     seconds: float
+    checkpoint_seconds: float = 0.0  # of `seconds`: writing the best checkpoint and the resume state
 
 
 @dataclass
@@ -330,6 +331,7 @@ class GanTrainer:
             metrics = {k: v / max(batches, 1) for k, v in sums.items()}
             metrics |= self.validate(val)
             improved = metrics["val_g_loss"] < state.best_val
+            saving = time.perf_counter()
             if improved:
                 state.best_val, state.best_epoch = metrics["val_g_loss"], epoch
                 self.generator.save(out_dir / "best_generator.keras")
@@ -339,8 +341,9 @@ class GanTrainer:
             state.completed = state.epoch >= self.settings.epochs
             if state.completed or state.epoch % self.settings.checkpoint_every == 0:
                 self.save_last(out_dir, state)  # resume state (~3x the generator's size) every N epochs only
+            saved_s = time.perf_counter() - saving
             if on_epoch:
-                on_epoch(EpochResult(epoch + 1, metrics, improved, time.perf_counter() - start), self, state)
+                on_epoch(EpochResult(epoch + 1, metrics, improved, time.perf_counter() - start, saved_s), self, state)
         state.completed = True
         save_state(out_dir, state)
         return state
