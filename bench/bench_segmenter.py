@@ -9,6 +9,7 @@ ratio to work/bench/segmenter.json (make bench collects it into reports/bench.js
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -49,8 +50,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="work/bench/segmenter.json")
+    parser.add_argument("--profile", choices=["default", "paper"], default="default",
+                        help="paper: the Makefile's paper overrides (16 base filters, batch 8, lr 1e-3; use --size 256)")
     args = parser.parse_args()
     p = TrainSegmenterParams()
+    if args.profile == "paper":
+        p = dataclasses.replace(p, base_filters=16, batch_size=8, learning_rate=1e-3)
     rng = np.random.default_rng(0)
     x = rng.random((300, args.size, args.size, 4), dtype=np.float32)
     y = rng.integers(0, 4, (300, args.size, args.size)).astype(np.int32)
@@ -70,7 +75,7 @@ def main() -> None:
     reference_rate = _time(fit_reference, args.steps, p.batch_size, args.repeats)
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
-        "size": args.size, "batch": p.batch_size, "base_filters": p.base_filters, "depth": p.depth,
+        "profile": args.profile, "size": args.size, "batch": p.batch_size, "base_filters": p.base_filters, "depth": p.depth,
         "steps": args.steps, "repeats": args.repeats, "images_per_run": n_images,
         "ours_precision": precision, "ours_images_per_s": round(ours_rate, 2),
         "reference_precision": "float32", "reference_images_per_s": round(reference_rate, 2),

@@ -26,8 +26,24 @@ def _scripts(quick: bool) -> dict[str, list[str]]:
     if quick:
         return {"data": ["bench_data.py", "--cases", "56"], "gan": ["bench_gan.py", "--size", "128", "--steps", "2", "--repeats", "2"],
                 "segmenter": ["bench_segmenter.py", "--steps", "10", "--repeats", "2"],
+                "segmenter_paper": ["bench_segmenter.py", "--profile", "paper", "--size", "128", "--steps", "4", "--repeats", "2"],
                 "serving": ["bench_serving.py", "--images", "16", "--requests", "8", "--repeats", "2"]}
-    return {"data": ["bench_data.py"], "gan": ["bench_gan.py"], "segmenter": ["bench_segmenter.py"], "serving": ["bench_serving.py"]}
+    return {"data": ["bench_data.py"], "gan": ["bench_gan.py"], "segmenter": ["bench_segmenter.py"],
+            "segmenter_paper": ["bench_segmenter.py", "--profile", "paper", "--size", "256", "--steps", "12", "--repeats", "3"],
+            "serving": ["bench_serving.py"]}
+
+
+# The paper profile's segmenter work (Makefile PAPER_OVERRIDES): four arms x seeds 1-3, 50 epochs, one pass
+# over each arm's images per epoch (30 / 300 / 300 / 300 images at augment.factor 10), validation on 10 images.
+PAPER_ARM_IMAGES = {"none": 30, "classic": 300, "gan": 300, "classic+gan": 300}
+PAPER_SEEDS, PAPER_EPOCHS = 3, 50
+
+
+def paper_segmenter_minutes(images_per_s: float) -> dict:
+    """Lower bound of the paper profile's segmenter stage from the measured train-step rate (no
+    validation, loading or registration counted)."""
+    images = sum(PAPER_ARM_IMAGES.values()) * PAPER_SEEDS * PAPER_EPOCHS
+    return {"paper_segmenter_train_images": images, "paper_segmenter_min_lower_bound": round(images / images_per_s / 60, 1)}
 
 
 def stage_resources(folder: Path = Path("work/resources")) -> dict:
@@ -53,6 +69,12 @@ def table(result: dict) -> str:
         s = b["segmenter"]
         rows.append((f"segmenter train step, {s['size']} px, batch {s['batch']} ({s['ours_precision']})", f"{s['ours_images_per_s']} img/s",
                      f"plain model.fit, fp32: {s['reference_images_per_s']} img/s", f"{s['ratio']}x"))
+    if "segmenter_paper" in b:
+        s = b["segmenter_paper"]
+        rows.append((f"segmenter train step, paper U-Net ({s['base_filters']} filters) {s['size']} px, batch {s['batch']} ({s['ours_precision']})",
+                     f"{s['ours_images_per_s']} img/s", f"plain model.fit, fp32: {s['reference_images_per_s']} img/s", f"{s['ratio']}x"))
+        rows.append(("paper profile segmenter stage, lower bound (4 arms x 3 seeds x 50 epochs)",
+                     f"{s['paper_segmenter_min_lower_bound']} min for {s['paper_segmenter_train_images']} training images", "budget for all of make paper: 60 min", ""))
     if "serving" in b:
         v = b["serving"]
         rows.append((f"generation (augment render), {v['size']} px", f"{v['generation_images_per_s']} img/s",
@@ -120,12 +142,14 @@ def main() -> None:
         target.unlink(missing_ok=True)
         started = time.perf_counter()
         print(f"== bench {name}: {' '.join(command)}", flush=True)
-        flag = "--out" if name == "segmenter" else "--json"
+        flag = "--out" if name.startswith("segmenter") else "--json"
         code = subprocess.call([sys.executable, str(HERE / command[0]), *command[1:], flag, str(target)])
         if code or not target.is_file():
             failed.append(f"{name} (exit {code})")
             continue
         benchmarks[name] = json.loads(target.read_text()) | {"bench_seconds": round(time.perf_counter() - started, 1)}
+        if name == "segmenter_paper":
+            benchmarks[name] |= paper_segmenter_minutes(benchmarks[name]["ours_images_per_s"])
     result = {"machine": common.machine(), "finished": time.strftime("%Y-%m-%d %H:%M %Z"), "quick": args.quick,
               "benchmarks": benchmarks, "stage_resources": stage_resources(), "failed": failed}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -54,3 +54,8 @@ def test_readme_table_replaced_between_markers_only(tmp_path):
 def test_every_pipeline_stage_is_benchmarked(stage):
     dvc = (Path(__file__).resolve().parents[1] / "dvc.yaml").read_text()
     assert f"\n  {stage}:\n" in dvc
+
+
+def test_paper_segmenter_lower_bound_is_images_over_rate():
+    # (30 + 300 + 300 + 300) images x 3 seeds x 50 epochs = 139 500 images; at 10 images/s: 13 950 s = 232.5 min
+    assert run_all.paper_segmenter_minutes(10.0) == {"paper_segmenter_train_images": 139500, "paper_segmenter_min_lower_bound": 232.5}
