@@ -110,6 +110,15 @@ def test_team_stack_end_to_end(tmp_path, monkeypatch):
         status = _run([BIN / "mrisynth", "team", "status"], repo, base)
         assert status.stdout.count(" up ") == 3, status.stdout
         assert "url = s3://dvc" in (repo / ".dvc" / "config.local").read_text()
+        # secrets stay out of process command lines (`ps`) and out of files others can read
+        password = json.loads((team_dir / "state.json").read_text())["pg_password"]
+        for pid in team.stack_processes(team_dir):
+            try:
+                assert password.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes(), f"pid {pid} shows the password"
+            except FileNotFoundError:
+                pass
+        for secret in (team_dir / "state.json", team_dir / "env.sh", repo / ".dvc" / "config.local"):
+            assert secret.stat().st_mode & 0o077 == 0, f"{secret} is readable by others"
         env = base | env_vars
         tracking = env_vars["MLFLOW_TRACKING_URI"]
 

@@ -455,7 +455,12 @@ def _start_mlflow(paths: Paths, state: dict, limit: float) -> subprocess.Popen:
     env.update({k: v for k, v in env_vars(state, paths.root).items() if k.startswith(("AWS_", "MLFLOW_S3"))})
     env.pop("MLFLOW_TRACKING_URI", None)
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    cmd = [_tool("mlflow"), "server", "--backend-store-uri", env_vars(state, paths.root)["MRISYNTH_TEAM_MLFLOW_DB"],
+    # the password goes to libpq through a 0600 password file, not onto the command line (`ps`, the log)
+    pgpass = paths.root / "mlflow.pgpass"
+    _write_private(pgpass, f"{HOST}:{p['postgres']}:mlflow:{state['pg_user']}:{state['pg_password']}\n")
+    env["PGPASSFILE"] = str(pgpass)
+    backend = f"postgresql+psycopg2://{state['pg_user']}@{HOST}:{p['postgres']}/mlflow"
+    cmd = [_tool("mlflow"), "server", "--backend-store-uri", backend,
            "--artifacts-destination", "s3://mlflow", "--host", HOST, "--port", str(p["mlflow"]),
            "--workers", os.environ.get("MRISYNTH_TEAM_MLFLOW_WORKERS", "2")]
     proc = _spawn(paths, "mlflow", cmd, env=env)
@@ -483,6 +488,7 @@ def configure_dvc_remote(state: dict, repo: Path, name: str = "team") -> bool:
         done = subprocess.run([dvc, *args], cwd=repo, capture_output=True, text=True, timeout=60)
         if done.returncode != 0:
             raise TeamError(f"team up: dvc remote {name}: `dvc {' '.join(args[:3])}` failed in {repo}: {done.stderr.strip().splitlines()[-1:]}")
+    (repo / ".dvc" / "config.local").chmod(0o600)  # it holds the S3 secret
     return True
 
 
