@@ -8,8 +8,6 @@ Usage: python bench/bench_gan.py [--size 256] [--batch 4] [--steps 4] [--repeats
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import keras
 import numpy as np
@@ -44,16 +42,6 @@ def reference_step_fn(generator, discriminator, g_opt, d_opt, alpha=100.0):
     return train_step
 
 
-def _time(run_steps, repeats: int) -> list[float]:
-    run_steps(1)  # warm-up: tracing
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run_steps(None)
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=256)
@@ -77,8 +65,8 @@ def main() -> None:
         for x, y in ref_inputs[:limit]:
             ref_step(x, y)
 
-    ref_times = _time(run_reference, args.repeats)
-    ref_rate = statistics.median(args.steps / t for t in ref_times)
+    ref_times = common.timings(lambda: run_reference(None), args.repeats, warmup=lambda: run_reference(1))
+    ref_rate = common.median_rate(args.steps, ref_times)
 
     split = SplitArrays(images, np.zeros(images.shape[:3], np.uint8), images.any(-1), cond, np.arange(n).astype(str))
     print(f"reference (tutorial step, fp32, batch 1): {ref_rate:.3f} images/s  (runs: {', '.join(f'{args.steps / t:.3f}' for t in ref_times)})")
@@ -92,8 +80,8 @@ def main() -> None:
                     break
                 trainer._train_step(x, y)
 
-        times = _time(run_ours, args.repeats)
-        rates[batch] = statistics.median(args.steps * batch / t for t in times)
+        times = common.timings(lambda run_ours=run_ours: run_ours(None), args.repeats, warmup=lambda run_ours=run_ours: run_ours(1))
+        rates[batch] = common.median_rate(args.steps * batch, times)
         print(f"mrisynth ({args.precision}, batch {batch}, tf.data): {rates[batch]:.3f} images/s  "
               f"(runs: {', '.join(f'{args.steps * batch / t:.3f}' for t in times)}); ratio {rates[batch] / ref_rate:.2f}x")
     print(f"ratio at the configured batch {args.batch}: {rates[args.batch] / ref_rate:.2f}x  (target >= 1.5x)")

@@ -12,8 +12,6 @@ import argparse
 import dataclasses
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import keras
@@ -25,6 +23,8 @@ from mrisynth.core import models
 from mrisynth.io import devices
 from mrisynth.segmenter import ce_dice_loss
 
+import common
+
 
 def _model(p: TrainSegmenterParams, size: int, precision: str):
     keras.mixed_precision.set_global_policy(precision)
@@ -34,14 +34,9 @@ def _model(p: TrainSegmenterParams, size: int, precision: str):
     return model
 
 
-def _time(fit, steps: int, batch: int, repeats: int) -> float:
-    fit(5)  # warm-up: tracing
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fit(steps)
-        rates.append(steps * batch / (time.perf_counter() - start))
-    return statistics.median(rates)
+def _rate(fit, steps: int, batch: int, repeats: int) -> float:
+    """Median images/s of fit(steps) after a 5-step warm-up (tracing)."""
+    return common.median_rate(steps * batch, common.timings(lambda: fit(steps), repeats, warmup=lambda: fit(5)))
 
 
 def main() -> None:
@@ -63,7 +58,7 @@ def main() -> None:
     precision = devices.resolve_precision(p.precision)
     ours = _model(p, args.size, precision)
     data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(300, seed=0).repeat().batch(p.batch_size).prefetch(tf.data.AUTOTUNE)
-    ours_rate = _time(lambda n: ours.fit(data, steps_per_epoch=n, epochs=1, verbose=0), args.steps, p.batch_size, args.repeats)
+    ours_rate = _rate(lambda n: ours.fit(data, steps_per_epoch=n, epochs=1, verbose=0), args.steps, p.batch_size, args.repeats)
 
     reference = _model(p, args.size, "float32")
     n_images = args.steps * p.batch_size
@@ -72,7 +67,7 @@ def main() -> None:
         count = n * p.batch_size
         reference.fit(x[:count], y[:count], batch_size=p.batch_size, epochs=1, verbose=0, shuffle=True)
 
-    reference_rate = _time(fit_reference, args.steps, p.batch_size, args.repeats)
+    reference_rate = _rate(fit_reference, args.steps, p.batch_size, args.repeats)
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
         "profile": args.profile, "size": args.size, "batch": p.batch_size, "base_filters": p.base_filters, "depth": p.depth,

@@ -46,16 +46,6 @@ def _conditioning(n: int, size: int, seed: int = 0) -> np.ndarray:
     return encoding.conditioning(labels, np.broadcast_to(brain, labels.shape))
 
 
-def _median_rate(fn, n: int, repeats: int) -> float:
-    fn()  # warm-up (tracing)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(n / t for t in times)
-
-
 def _load(port: int, body: bytes, requests: int, concurrency: int) -> dict:
     def one(_):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -93,14 +83,14 @@ def main() -> None:
     generator = models.build_generator(size, encoding.CONDITION_CHANNELS, 4, gan.dropout, gan.width)
     cond = _conditioning(args.images, size)
 
-    ours = _median_rate(lambda: generation.render(generator, cond, batch_size=8), args.images, args.repeats)
-    plain = _median_rate(lambda: generator.predict(cond, batch_size=8, verbose=0), args.images, args.repeats)
+    ours = common.median_rate(args.images, common.timings(lambda: generation.render(generator, cond, batch_size=8), args.repeats))
+    plain = common.median_rate(args.images, common.timings(lambda: generator.predict(cond, batch_size=8, verbose=0), args.repeats))
     print(f"generation at {size}px, width {gan.width}, {precision}: render {ours:.1f} images/s vs model.predict {plain:.1f} images/s "
           f"= {ours / plain:.2f}x")
 
     served = Generator(export_model(generator), "bench")
     one = cond[:1]
-    direct = _median_rate(lambda: [served.predict(one) for _ in range(10)], 10, args.repeats)
+    direct = common.median_rate(10, common.timings(lambda: [served.predict(one) for _ in range(10)], args.repeats))
     service = Service(served)
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), service.handler())
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
