@@ -1,7 +1,8 @@
 """What the machine offers: accelerators, CPU features, and the precision policy that follows.
 
 `precision: auto` (params.yaml) resolves here, once per process:
-- a GPU visible to TensorFlow            -> mixed_float16 (tensor cores; loss scaling by Keras);
+- a GPU visible to TensorFlow            -> mixed_float16 (tensor cores; losses scaled: the GAN's
+                                            LossScaleOptimizer, the segmenter's compile);
 - a CPU with AMX-BF16 or AVX512-BF16    -> mixed_bfloat16 (~1.7x float32 for the paper GAN here);
 - otherwise                              -> float32.
 Any other value is used as written. Nothing here hides a device: no CUDA_VISIBLE_DEVICES, no
@@ -64,12 +65,17 @@ def choose_precision(requested: str, gpu_names: tuple[str, ...], flags: frozense
     return "float32", "auto: no GPU and no bfloat16 CPU instructions"
 
 
+def _on_this_machine(requested: str) -> tuple[str, str]:
+    """choose_precision for this machine (TensorFlow is asked for GPUs only when the choice needs it)."""
+    return choose_precision(requested, gpus() if requested == "auto" else (), cpu_flags())
+
+
 def resolve_precision(requested: str) -> str:
     """The Keras mixed-precision policy to use for `requested` (see the module docstring)."""
-    return choose_precision(requested, gpus() if requested == "auto" else (), cpu_flags())[0]
+    return _on_this_machine(requested)[0]
 
 
 def precision_tags(requested: str) -> dict[str, str]:
     """{"precision": policy, "precision_requested": requested, "precision_reason": why} for run tags."""
-    policy, why = choose_precision(requested, gpus() if requested == "auto" else (), cpu_flags())
+    policy, why = _on_this_machine(requested)
     return {"precision": policy, "precision_requested": requested, "precision_reason": why}
