@@ -1,10 +1,12 @@
 """The team stack end to end: `mrisynth team up` (PostgreSQL, SeaweedFS S3, MLflow server), the tiny pipeline
-(preprocess, two parallel tune workers on one PostgreSQL study, then the whole tiny `dvc repro`) tracked on the server,
+(preprocess, two parallel tune workers on one PostgreSQL study, the tune stage, then the rest of the tiny `dvc repro`
+with train_gan on two worker processes under MultiWorkerMirroredStrategy) tracked on the server,
 `dvc push`/`dvc pull` through the S3 remote, a stopped tracking server failing fast, `team down`."""
 import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +39,16 @@ def _copy_repo(dest: Path) -> Path:
             shutil.copy2(REPO / name, dest / name)
     (dest / "data.dvc").unlink(missing_ok=True)
     return dest
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
 
 
 def _run(cmd, cwd, env, timeout=300, check=True):
@@ -89,6 +101,7 @@ def test_team_stack_end_to_end(tmp_path, monkeypatch):
     for section, values in TINY_PARAMS.items():
         params[section].update(values)
     params["tune"]["n_trials"] = 1  # the stage's own trials, after the two workers'
+    params["train_gan"] |= {"strategy": "multi_worker", "cluster_wait_s": 120, "peer_timeout_s": 20}  # 2 workers (TF_CONFIG)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     brats = tmp_path / "brats"
     for i in range(1, 9):
@@ -122,16 +135,25 @@ def test_team_stack_end_to_end(tmp_path, monkeypatch):
         env = base | env_vars
         tracking = env_vars["MLFLOW_TRACKING_URI"]
 
-        # ---- pipeline against the stack: preprocess, two tune workers in parallel on the PostgreSQL study, then the
-        # rest of the tiny `dvc repro` (tune adds its own trial; train_gan ... evaluate)
+        # ---- pipeline against the stack: preprocess, two tune workers in parallel on the PostgreSQL study, the tune
+        # stage (adds its own trial), then train_gan ... evaluate, with train_gan on two workers: the helper worker is
+        # `python pipelines/train_gan.py` with its TF_CONFIG, the chief is the `dvc repro` process
         t0 = time.monotonic()
         _run([BIN / "dvc", "repro", "preprocess"], repo, env)
         workers = [subprocess.Popen([BIN / "python", "pipelines/tune.py", "--worker", "--n-trials", str(WORKER_TRIALS)], cwd=repo, env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
         outputs = [w.communicate(timeout=240)[0] for w in workers]
         assert all(w.returncode == 0 for w in workers), "\n".join(o[-2000:] for o in outputs)
-        ran = _run([BIN / "dvc", "repro"], repo, env)
-        for stage in ("tune", "train_gan", "augment", "train_segmenter", "gan_usefulness", "evaluate"):
+        ran = _run([BIN / "dvc", "repro", "tune"], repo, env)
+        assert "Running stage 'tune'" in ran.stdout, ran.stdout[-2000:]
+        hosts = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+        tf_config = [json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}}) for i in (0, 1)]
+        gan_worker = subprocess.Popen([BIN / "python", "pipelines/train_gan.py"], cwd=repo, env=env | {"TF_CONFIG": tf_config[1]},
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        ran = _run([BIN / "dvc", "repro"], repo, env | {"TF_CONFIG": tf_config[0]})
+        gan_worker_out = gan_worker.communicate(timeout=120)[0]
+        assert gan_worker.returncode == 0 and "worker 1 of 2 finished" in gan_worker_out, gan_worker_out[-3000:]
+        for stage in ("train_gan", "augment", "train_segmenter", "gan_usefulness", "evaluate"):
             assert f"Running stage '{stage}'" in ran.stdout, ran.stdout[-2000:]
         pipeline_s = time.monotonic() - t0
 
@@ -162,6 +184,9 @@ def test_team_stack_end_to_end(tmp_path, monkeypatch):
                 tags = {t["key"]: t["value"] for t in r["data"].get("tags", [])}
                 assert tags.get("state") == optuna_state[int(r["info"]["run_name"].split()[1])], (r["info"], tags)
         gan_run = json.loads((repo / "reports" / "train_gan.json").read_text())["run_id"]
+        (gan_info,) = [r for r in runs if r["info"]["run_id"] == gan_run]
+        gan_tags = {t["key"]: t["value"] for t in gan_info["data"].get("tags", [])}
+        assert (gan_tags["strategy"], gan_tags["workers"], gan_tags["replicas"]) == ("multi_worker", "2", "2"), gan_tags
         registry = params["train_gan"]["registry_name"]
         versions = _api(tracking, "model-versions/search", filter=f"name='{registry}'")["model_versions"]
         assert [v["run_id"] for v in versions] == [gan_run], versions

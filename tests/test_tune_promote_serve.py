@@ -104,6 +104,51 @@ def test_two_workers_share_one_storage(tiny_project):
     assert len({round(t.params["alpha"], 12) for t in study.trials}) == 4
 
 
+def test_a_killed_worker_leaves_its_trial_failed_and_the_others_carry_on(tiny_project):
+    """Two workers on one SQLite study with a 1 s heartbeat; one is SIGKILLed inside a trial. The
+    survivor finishes its trials and, at its next trial start, marks the silent trial FAIL (Optuna's
+    stale-trial check) and ends that trial's MLflow run KILLED; the stage then picks the best alpha
+    from completed trials only."""
+    storage = f"sqlite:///{tiny_project / 'optuna_killed.db'}"
+    path = _params_file(tiny_project, "params_killed.yaml", {
+        "tune": {"epochs": 1, "storage": storage, "study_name": "killed", "heartbeat_s": 1, "prune_startup_trials": 10,
+                 "out": "work/tune/killed_alpha.json"},
+        "train_gan": {"experiment": "tiny-killed"},
+    })
+    cmd = [sys.executable, str(REPO / "pipelines" / "tune.py"), "--params", str(path), "--worker", "--n-trials"]
+    victim = subprocess.Popen(cmd + ["5"], cwd=tiny_project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    survivor = subprocess.Popen(cmd + ["3"], cwd=tiny_project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        running = []
+        while not running and time.monotonic() < deadline:  # the victim is inside a trial
+            time.sleep(0.3)
+            names = optuna.get_all_study_names(storage) if (tiny_project / "optuna_killed.db").exists() else []
+            if names:
+                trials = optuna.load_study(study_name=names[0], storage=storage).get_trials(deepcopy=False)
+                running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("worker_pid") == victim.pid]
+        assert running, "the victim never started a trial"
+        victim.kill()
+        victim.communicate()
+        out, _ = survivor.communicate(timeout=300)
+    finally:
+        for proc in (victim, survivor):
+            proc.kill()
+    assert survivor.returncode == 0, out[-3000:]
+    study = optuna.load_study(study_name=names[0], storage=storage)
+    killed = study.trials[running[0].number]
+    assert killed.state == optuna.trial.TrialState.FAIL, killed.state
+    theirs = [t for t in study.trials if t.user_attrs.get("worker_pid") == survivor.pid]
+    assert len(theirs) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in theirs)
+    run = mlflow.MlflowClient().get_run(killed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["state"] == "FAIL"
+    assert f"trial {killed.number} (worker pid {victim.pid}) stopped heartbeating; marked FAIL" in out
+
+    assert tune.run(str(path), n_trials=1) == 0  # the stage itself: one more trial, then the best completed one
+    written = json.loads((tiny_project / "work" / "tune" / "killed_alpha.json").read_text())
+    assert written["trial"] != killed.number and written["completed_trials"] == 4
+
+
 # ---------------------------------------------------------------- promotion
 @pytest.fixture(scope="module")
 def promo(trained_base):

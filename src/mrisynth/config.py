@@ -66,6 +66,7 @@ REMOVED = {"restart": "`restart` is no longer a tracked parameter (setting it ba
                       "`python pipelines/train_gan.py --restart` or set MRISYNTH_RESTART=1 for one run"}
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # auto: see mrisynth.io.devices
+STRATEGIES = ("default", "mirrored", "multi_worker")  # see mrisynth.io.distribute
 
 
 @dataclass(frozen=True)
@@ -85,13 +86,20 @@ class TrainGanParams:
     precision: str = "auto"
     seed: int = 42
     checkpoint_every: int = 10  # write the resume state every N epochs (and at the end); the best checkpoint on every improvement
+    strategy: str = "default"   # default | mirrored | multi_worker (mrisynth.io.distribute); batch_size is the global batch
+    cpu_replicas: int = 2       # mirrored on a machine without GPUs: logical CPU devices
+    cluster_wait_s: float = 300.0  # multi_worker: longest wait for every worker to join
+    peer_timeout_s: float = 30.0   # multi_worker: a worker silent this long stops the chief with an error
     grid_every: int = 5
     grid_images: int = 4
     out_dir: str = "work/gan"
     model_path: str = "models/generator.keras"
 
     def check(self) -> None:
-        _positive(self, "epochs", "batch_size", "learning_rate", "width", "grid_every", "grid_images", "checkpoint_every")
+        _positive(self, "epochs", "batch_size", "learning_rate", "width", "grid_every", "grid_images", "checkpoint_every",
+                  "cpu_replicas", "cluster_wait_s", "peer_timeout_s")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"train_gan.strategy={self.strategy!r}: expected one of {STRATEGIES}")
         if self.alpha < 0:
             raise ConfigError(f"train_gan.alpha={self.alpha}: expected alpha >= 0")
         if not 0 <= self.dropout < 1 or not 0 <= self.beta_1 < 1:
@@ -119,9 +127,12 @@ class TuneParams:
     prune_startup_trials: int = 2
     prune_warmup_epochs: int = 1
     seed: int = 0
+    heartbeat_s: int = 60           # RDB storages: a trial whose worker is silent 2 x this long is marked FAIL (0 = off)
     out: str = "work/tune/best_alpha.json"
 
     def check(self) -> None:
+        if self.heartbeat_s < 0:
+            raise ConfigError(f"tune.heartbeat_s={self.heartbeat_s}: expected seconds >= 0 (0 = no heartbeat)")
         if self.n_trials < 0 or self.epochs < 1 or self.segmenter_epochs < 1:
             raise ConfigError("tune.n_trials must be >= 0, tune.epochs and tune.segmenter_epochs >= 1")
         if not 0 < self.alpha_low < self.alpha_high:

@@ -17,6 +17,7 @@ resumed run ends with the same weights as an uninterrupted one on the same machi
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -36,7 +37,7 @@ import tensorflow as tf
 from mrisynth.config import TrainGanParams
 from mrisynth.core import encoding, losses, models, quality
 from mrisynth.errors import ConfigError, MrisynthError
-from mrisynth.io import devices
+from mrisynth.io import devices, distribute
 from mrisynth.io.arrays import SplitArrays
 
 
@@ -156,28 +157,46 @@ def arrays_key(*splits: SplitArrays) -> str:
 
 
 class GanTrainer:
-    """pix2pix-style conditional GAN: generator(conditioning) -> image; D(conditioning, image) -> patches."""
+    """pix2pix-style conditional GAN: generator(conditioning) -> image; D(conditioning, image) -> patches.
 
-    def __init__(self, settings: GanSettings, size: int, in_channels: int, out_channels: int):
+    `distribution` (mrisynth.io.distribute; default: one device) decides where the steps run. Under a
+    tf.distribute strategy `settings.batch_size` is the global batch: each global batch (the same
+    shuffled order as on one device) is split row-wise over the replicas, each replica's losses are
+    weighted by its share of the rows, gradients are summed over replicas, and BatchNorm statistics
+    are synchronised, so one step equals the one-device step on the same batch up to float rounding
+    (dropout masks are drawn per replica, so with dropout > 0 runs agree in distribution only). The
+    learning rate needs no scaling: the global batch is unchanged."""
+
+    def __init__(self, settings: GanSettings, size: int, in_channels: int, out_channels: int,
+                 distribution: distribute.Distribution | None = None):
         self.settings = settings
+        self.dist = distribution if distribution is not None else distribute.make("default")
         self.policy = devices.resolve_precision(settings.precision)
         keras.mixed_precision.set_global_policy(self.policy)
         keras.utils.set_random_seed(settings.seed)
-        self.generator = models.build_generator(size, in_channels, out_channels, settings.dropout, settings.width)
-        self.discriminator = models.build_discriminator(size, in_channels, out_channels, settings.width)
-        self.g_opt = keras.optimizers.Adam(settings.learning_rate, beta_1=settings.beta_1)
-        self.d_opt = keras.optimizers.Adam(settings.learning_rate, beta_1=settings.beta_1)
-        if self.policy == "mixed_float16":  # float16 gradients underflow without loss scaling (bfloat16 needs none)
-            self.g_opt = keras.optimizers.LossScaleOptimizer(self.g_opt)
-            self.d_opt = keras.optimizers.LossScaleOptimizer(self.d_opt)
-        self.g_opt.build(self.generator.trainable_variables)
-        self.d_opt.build(self.discriminator.trainable_variables)
-        self._train_step = tf.function(self.train_step)
+        sync = self.dist.distributed
+        with self.dist.strategy.scope() if sync else contextlib.nullcontext():
+            self.generator = models.build_generator(size, in_channels, out_channels, settings.dropout, settings.width, synchronized_bn=sync)
+            self.discriminator = models.build_discriminator(size, in_channels, out_channels, settings.width, synchronized_bn=sync)
+            self.g_opt = keras.optimizers.Adam(settings.learning_rate, beta_1=settings.beta_1)
+            self.d_opt = keras.optimizers.Adam(settings.learning_rate, beta_1=settings.beta_1)
+            if self.policy == "mixed_float16":  # float16 gradients underflow without loss scaling (bfloat16 needs none)
+                self.g_opt = keras.optimizers.LossScaleOptimizer(self.g_opt)
+                self.d_opt = keras.optimizers.LossScaleOptimizer(self.d_opt)
+            self.g_opt.build(self.generator.trainable_variables)
+            self.d_opt.build(self.discriminator.trainable_variables)
+        self._train_step = tf.function(self._replicated_step if sync else self.train_step)
         self._eval_step = tf.function(self.eval_step)
 
+    @property
+    def is_chief(self) -> bool:
+        """False on the non-chief workers of a multi-worker run: they train, but never validate or write."""
+        return self.dist.is_chief
+
     # ------------------------------------------------------------------ steps
-    def train_step(self, cond, real):
-        """One G and one D update on a batch. cond (B, S, S, 4), real (B, S, S, C) in [-1, 1]."""
+    def train_step(self, cond, real, weight=None):
+        """One G and one D update on a batch. cond (B, S, S, 4), real (B, S, S, C) in [-1, 1].
+        weight: this replica's share of the global batch under tf.distribute (None on one device)."""
         alpha = self.settings.alpha
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
             fake = self.generator(cond, training=True)
@@ -185,6 +204,8 @@ class GanTrainer:
             disc_fake = self.discriminator([cond, fake], training=True)
             g_total, g_gan, g_l1 = losses.generator_loss(disc_fake, real, fake, alpha)
             d_loss = losses.discriminator_loss(disc_real, disc_fake)
+            if weight is not None:  # replica means -> shares of the global mean (gradients are summed over replicas)
+                g_total, g_gan, g_l1, d_loss = (value * weight for value in (g_total, g_gan, g_l1, d_loss))
             # the identity unless the optimizer scales (LossScaleOptimizer under mixed_float16); inside the tapes
             g_scaled, d_scaled = self.g_opt.scale_loss(g_total), self.d_opt.scale_loss(d_loss)
         g_grads = g_tape.gradient(g_scaled, self.generator.trainable_variables)
@@ -192,6 +213,78 @@ class GanTrainer:
         self.g_opt.apply_gradients(list(zip(g_grads, self.generator.trainable_variables)))  # a list: LossScaleOptimizer reads it twice
         self.d_opt.apply_gradients(list(zip(d_grads, self.discriminator.trainable_variables)))
         return {"g_loss": g_total, "g_gan": g_gan, "g_l1": g_l1, "d_loss": d_loss}
+
+    def _replicated_step(self, cond, real, weight):
+        """train_step on every replica (per-replica inputs from `_split`); the global-batch mean losses."""
+        strategy = self.dist.strategy
+        per_replica = strategy.run(self.train_step, args=(cond, real, weight))
+        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
+
+    def _split(self, cond, real) -> tuple:
+        """A global batch as per-replica values: contiguous row blocks, one per replica (np.array_split),
+        with each block's share of the rows. Every worker builds the same global batch and keeps the
+        blocks of its own replicas."""
+        n = int(cond.shape[0])
+        bounds = np.cumsum([0] + [len(part) for part in np.array_split(np.arange(n), self.dist.replicas)])
+        strategy = self.dist.strategy
+
+        def block(values):
+            def value_fn(ctx):
+                i = ctx.replica_id_in_sync_group
+                return values[int(bounds[i]):int(bounds[i + 1])]
+            return strategy.experimental_distribute_values_from_function(value_fn)
+
+        weights = np.diff(bounds).astype(np.float32) / n
+        weight = strategy.experimental_distribute_values_from_function(lambda ctx: tf.constant(weights[ctx.replica_id_in_sync_group]))
+        return block(cond), block(real), weight
+
+    def check_batches(self, count: int) -> None:
+        """Under tf.distribute every global batch, the last one included, needs a row for each replica."""
+        replicas, batch = self.dist.replicas, self.settings.batch_size
+        tail = count % batch
+        if self.dist.distributed and (batch < replicas or 0 < tail < replicas):
+            raise ConfigError(
+                f"train_gan.batch_size={batch} over {count} training images leaves a batch of {tail or batch} rows for "
+                f"{replicas} replicas ({self.dist.kind}); choose a global batch_size >= {replicas} whose last batch "
+                f"(count % batch_size) is 0 or >= {replicas}")
+
+    def sync_from_chief(self, epoch: int, fingerprint: dict) -> int:
+        """Multi-worker: check that every worker trains with the same settings and data (a ConfigError
+        on every worker otherwise), then copy every variable (weights, optimizer and RNG state) and the
+        start epoch from the chief's first replica to all replicas, so a chief that resumed from its
+        checkpoint and fresh workers continue from the same state. Returns the chief's epoch."""
+        strategy = self.dist.strategy
+        mine = int(hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:15], 16)
+
+        def agree(value):
+            ctx = tf.distribute.get_replica_context()
+            chief = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.where(tf.equal(ctx.replica_id_in_sync_group, 0), value, tf.zeros_like(value)))
+            return ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.not_equal(value, chief), tf.int64))
+
+        differing = int(strategy.experimental_local_results(strategy.run(tf.function(agree), args=(tf.constant(mine, tf.int64),)))[0])
+        if differing:
+            raise ConfigError(f"{self.dist.task}: {differing} of {self.dist.replicas} replicas train with other parameters, data or "
+                              "precision than the chief (train_gan params, work/preprocessed, the tuned alpha); give every worker "
+                              "the same params.yaml and data (e.g. `dvc pull`) and rerun all of them")
+        variables = [*self.generator.variables, *self.discriminator.variables, *self.g_opt.variables, *self.d_opt.variables]
+
+        def replica_fn(epoch_value):
+            ctx = tf.distribute.get_replica_context()
+            first = tf.equal(ctx.replica_id_in_sync_group, 0)
+            values = [tf.where(first, v.value, tf.zeros_like(v.value)) for v in variables]
+            values.append(tf.where(first, epoch_value, tf.zeros_like(epoch_value)))
+            out = list(values)
+            for dtype in {value.dtype for value in values}:  # one all-reduce per dtype (it packs its tensors)
+                where = [i for i, value in enumerate(values) if value.dtype == dtype]
+                for i, value in zip(where, ctx.all_reduce(tf.distribute.ReduceOp.SUM, [values[i] for i in where])):
+                    out[i] = value
+            return out
+
+        reduced = strategy.run(tf.function(replica_fn), args=(tf.constant(epoch, tf.int64),))
+        local = [strategy.experimental_local_results(value)[0] for value in reduced]
+        for variable, value in zip(variables, local[:-1]):
+            variable.assign(value)
+        return int(local[-1])
 
     def eval_step(self, cond, real):
         """Losses on a validation batch in inference mode, and the generated images."""
@@ -279,9 +372,17 @@ class GanTrainer:
         return folder
 
     # ------------------------------------------------------------------ loop
+    def fingerprint(self, train: SplitArrays, val: SplitArrays) -> dict:
+        """settings.fingerprint, plus the strategy and replica count under tf.distribute (they change the numerics)."""
+        values = self.settings.fingerprint(arrays_key(train, val))
+        return values | self.dist.tags() if self.dist.distributed else values
+
     def prepare(self, train: SplitArrays, val: SplitArrays, out_dir: Path, restart: bool = False) -> TrainState:
-        """The state to start from: a resumable interrupted run (same parameters and data) or a fresh one."""
-        return prepare_state(Path(out_dir), self.settings.fingerprint(arrays_key(train, val)), restart)
+        """The state to start from: a resumable interrupted run (same parameters and data) or a fresh one.
+        Non-chief workers touch no files: they start fresh and take the chief's state in `fit`."""
+        if not self.is_chief:
+            return TrainState(fingerprint=self.fingerprint(train, val))
+        return prepare_state(Path(out_dir), self.fingerprint(train, val), restart)
 
     def fit(
         self,
@@ -298,25 +399,32 @@ class GanTrainer:
 
         After every epoch: validation losses and image quality, the best checkpoint when the
         validation generator loss improves, and the resume checkpoint. A NaN/inf loss raises
-        TrainingError and leaves the best checkpoint in place."""
+        TrainingError and leaves the best checkpoint in place. Non-chief workers only train (no
+        validation, no files, no callbacks); a worker that stops answering raises TrainingError."""
         out_dir = Path(out_dir)
+        self.check_batches(len(train))
         if state is None:
             state = self.prepare(train, val, out_dir, restart)
-        if state.epoch > 0:
+        if state.epoch > 0 and self.is_chief:
             self.load_last(out_dir, Path(state.resume_from) if state.resume_from else None)
             best_record = out_dir / "best.json"
             if best_record.is_file():  # the best checkpoint may be newer than the resume state
                 record = json.loads(best_record.read_text())
                 if record["val_g_loss"] < state.best_val:
                     state.best_val, state.best_epoch = record["val_g_loss"], record["epoch"]
-        if on_start:
+        if self.dist.kind == "multi_worker":
+            state.epoch = self._cluster_call(state, lambda: self.sync_from_chief(state.epoch, state.fingerprint | {"epochs": self.settings.epochs}))
+        if on_start and self.is_chief:
             on_start(state)
         for epoch in range(state.epoch, self.settings.epochs):
             start = time.perf_counter()
             sums: dict[str, float] = {}
             batches = 0
             for step, (cond, real) in enumerate(self.dataset(train, epoch)):
-                result = self._train_step(cond, real)
+                if self.dist.distributed:
+                    result = self._cluster_call(state, lambda: self._train_step(*self._split(cond, real)))
+                else:
+                    result = self._train_step(cond, real)
                 values = {k: float(v) for k, v in result.items()}
                 bad = [k for k, v in values.items() if not math.isfinite(v)]
                 if bad:  # state.json stays as the last resume checkpoint wrote it (its epoch matches those weights)
@@ -329,6 +437,9 @@ class GanTrainer:
                     sums[k] = sums.get(k, 0.0) + v
                 batches += 1
             metrics = {k: v / max(batches, 1) for k, v in sums.items()}
+            if not self.is_chief:  # the chief validates, checkpoints and reports
+                state.epoch = epoch + 1
+                continue
             metrics |= self.validate(val)
             improved = metrics["val_g_loss"] < state.best_val
             saving = time.perf_counter()
@@ -345,8 +456,31 @@ class GanTrainer:
             if on_epoch:
                 on_epoch(EpochResult(epoch + 1, metrics, improved, time.perf_counter() - start, saved_s), self, state)
         state.completed = True
-        save_state(out_dir, state)
+        if self.is_chief:
+            save_state(out_dir, state)
         return state
+
+    def _cluster_call(self, state: TrainState, call: Callable):
+        """Run a step that talks to other workers; a worker that is down becomes a one-line TrainingError."""
+        try:
+            return call()
+        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
+                tf.errors.FailedPreconditionError, tf.errors.InternalError) as exc:
+            if self.dist.kind != "multi_worker":
+                raise
+            first = _cause_line(exc.message or str(exc))
+            raise TrainingError(
+                f"{self.dist.task}: the {self.dist.workers}-worker cluster lost a worker during epoch {state.epoch + 1} "
+                f"({type(exc).__name__}: {first}); training stopped. The resume state written so far is kept; "
+                "restart every worker and rerun to resume") from None
+
+
+def _cause_line(message: str) -> str:
+    """The informative line of a TensorFlow runtime error (not 'Graph execution error:', node
+    traces or source lines), shortened."""
+    skip = ("Graph execution error", "Detected at node", "File ", "[[", "in user code", "Traceback", "{{function_node")
+    lines = [line.strip() for line in message.splitlines() if line.strip() and not line.strip().startswith(skip)]
+    return (lines[0] if lines else message.strip())[:300]
 
 
 def save_state(out_dir: Path, state: TrainState) -> None:

@@ -32,12 +32,13 @@ def _depth(size: int) -> int:
     return int(math.log2(size))
 
 
-def downsample(filters: int, name: str, batchnorm: bool = True) -> keras.Sequential:
-    """Conv2D 4x4 stride 2 (+ BatchNorm) + LeakyReLU(0.2): (H, W, c) -> (H/2, W/2, filters)."""
+def downsample(filters: int, name: str, batchnorm: bool = True, synchronized: bool = False) -> keras.Sequential:
+    """Conv2D 4x4 stride 2 (+ BatchNorm) + LeakyReLU(0.2): (H, W, c) -> (H/2, W/2, filters).
+    synchronized: BatchNorm statistics over the global batch of all replicas (tf.distribute)."""
     block = keras.Sequential(name=name)
     block.add(layers.Conv2D(filters, KERNEL, strides=2, padding="same", kernel_initializer=_init(), use_bias=not batchnorm))
     if batchnorm:
-        block.add(layers.BatchNormalization(momentum=0.9))
+        block.add(layers.BatchNormalization(momentum=0.9, synchronized=synchronized))
     block.add(layers.LeakyReLU(0.2))
     return block
 
@@ -63,18 +64,20 @@ def generator_filters(size: int, width: float = 1.0) -> tuple[list[int], list[in
     return down, list(reversed(down))
 
 
-def build_generator(size: int = 256, in_channels: int = 4, out_channels: int = 4, dropout: float = 0.3, width: float = 1.0) -> keras.Model:
+def build_generator(size: int = 256, in_channels: int = 4, out_channels: int = 4, dropout: float = 0.3, width: float = 1.0,
+                    synchronized_bn: bool = False) -> keras.Model:
     """U-Net generator: conditioning (N, size, size, in_channels) -> image (N, size, size, out_channels) in [-1, 1].
 
     Down blocks with BatchNorm + LeakyReLU, a stride-2 bottleneck with ReLU down to 1x1, up blocks
     (transposed conv, dropout, ReLU) each concatenated with the matching down block's output, and a
-    stride-2 transposed-conv output layer with tanh. `width` scales every filter count (1.0 = paper)."""
+    stride-2 transposed-conv output layer with tanh. `width` scales every filter count (1.0 = paper).
+    `synchronized_bn`: BatchNorm over the global batch when trained under tf.distribute."""
     down_filters, up_filters = generator_filters(size, width)
     inputs = keras.Input((size, size, in_channels), name="conditioning")
     x = inputs
     skips = []
     for i, filters in enumerate(down_filters):
-        x = downsample(filters, f"down{i + 1}")(x)
+        x = downsample(filters, f"down{i + 1}", synchronized=synchronized_bn)(x)
         skips.append(x)
     x = layers.Conv2D(_scaled(BOTTLENECK_FILTERS, width), KERNEL, strides=2, padding="same", kernel_initializer=_init(), name="bottleneck")(x)
     x = layers.ReLU(name="bottleneck_relu")(x)
@@ -86,7 +89,8 @@ def build_generator(size: int = 256, in_channels: int = 4, out_channels: int = 4
     return keras.Model(inputs, outputs, name="generator")
 
 
-def build_discriminator(size: int = 256, in_channels: int = 4, out_channels: int = 4, width: float = 1.0) -> keras.Model:
+def build_discriminator(size: int = 256, in_channels: int = 4, out_channels: int = 4, width: float = 1.0,
+                        synchronized_bn: bool = False) -> keras.Model:
     """Patch discriminator: (conditioning, image) -> (N, size/2^k, size/2^k, 1) real probabilities.
 
     k = 5 blocks at 256 (64-128-256-512-512), fewer at smaller sizes so the patch map stays >= 8x8;
@@ -97,7 +101,7 @@ def build_discriminator(size: int = 256, in_channels: int = 4, out_channels: int
     image = keras.Input((size, size, out_channels), name="image")
     x = layers.Concatenate(name="pair")([cond, image])
     for i, filters in enumerate(DISC_FILTERS[:n_blocks]):
-        x = downsample(_scaled(filters, width), f"disc{i + 1}")(x)
+        x = downsample(_scaled(filters, width), f"disc{i + 1}", synchronized=synchronized_bn)(x)
     logits = layers.Conv2D(1, KERNEL, strides=1, padding="same", kernel_initializer=_init(), name="logits")(x)
     outputs = layers.Activation("sigmoid", dtype="float32", name="probability")(logits)
     return keras.Model([cond, image], outputs, name="discriminator")

@@ -254,6 +254,17 @@ class StageRun:
         mlflow.end_run(status="KILLED")
 
 
+def terminate_run(run_id: str, status: str, tags: dict[str, object] | None = None) -> None:
+    """End a run that its own process can no longer end (the process was killed): tags, then status
+    (FINISHED, FAILED or KILLED)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, str(value))
+    client.set_terminated(run_id, status)
+
+
 @contextlib.contextmanager
 def stage_run(name: str, tags: dict[str, object] | None = None, params: dict[str, object] | None = None,
               resume_run_id: str | None = None, system_metrics: bool | None = None):

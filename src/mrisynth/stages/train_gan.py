@@ -3,7 +3,11 @@
 Reads  work/preprocessed/{train,val}.npz, data/ (GX gate), params `preprocess`, `train_gan`.
 Writes models/generator.keras (best checkpoint), work/gan/ (resume state, persisted by DVC),
        reports/train_gan.json (metrics), reports/train_gan_history.csv (loss curves),
-       an MLflow run and a registered model version with alias `challenger`."""
+       an MLflow run and a registered model version with alias `challenger`.
+
+`train_gan.strategy` (mrisynth.io.distribute): under `multi_worker` the same command runs on every
+worker, each with its own TF_CONFIG; the chief (the `dvc repro` process) writes everything above,
+the other workers only train and write nothing."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +25,7 @@ from mrisynth.config import as_flat_dict, load_params
 from mrisynth.core import encoding
 from mrisynth.stages import stage_main
 from mrisynth.errors import DataError, MrisynthError
-from mrisynth.io import arrays, gx, tracking
+from mrisynth.io import arrays, distribute, gx, tracking
 
 ALIAS = "challenger"
 
@@ -91,6 +95,8 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
 
     params = load_params(params_path)
     p, pre = params.train_gan, params.preprocess
+    # first: splitting the CPU into logical devices (mirrored without GPUs) must precede TensorFlow's start-up
+    dist = distribute.make(p.strategy, p.cpu_replicas, p.cluster_wait_s, p.peer_timeout_s)
     report = gx.validate_dataset(Path(pre.data_dir))
     if not report.success:
         print(report.summary(), file=sys.stderr)
@@ -102,14 +108,18 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
     alpha, alpha_source = resolve_alpha(p)
     settings = GanSettings.from_params(p, alpha)
     channels = train.images.shape[-1]
-    trainer = GanTrainer(settings, pre.image_size, encoding.CONDITION_CHANNELS, channels)
+    trainer = GanTrainer(settings, pre.image_size, encoding.CONDITION_CHANNELS, channels, dist)
     out_dir = Path(p.out_dir)
+    if not trainer.is_chief:  # a helper worker: trains in step with the chief, writes and tracks nothing
+        trainer.fit(train, val, out_dir)
+        print(f"train_gan: {dist.task} of {dist.workers} finished {p.epochs} epochs; the chief wrote the model, reports and MLflow run")
+        return 0
     restart = restart or os.environ.get("MRISYNTH_RESTART", "") not in ("", "0")
     state = trainer.prepare(train, val, out_dir, restart=restart)
     resuming = state.epoch > 0
 
     tracking.configure(p.experiment)
-    tags = tracking.run_tags("train_gan", p.precision)
+    tags = tracking.run_tags("train_gan", p.precision) | (dist.tags() if dist.distributed else {})
     grid_rows = min(p.grid_images, len(val))
     started = time.perf_counter()
     run_params = as_flat_dict(p) | {"alpha_used": alpha, "alpha_source": alpha_source, "size": pre.image_size,

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -52,24 +53,42 @@ def storage_url(t) -> str:
     return os.environ.get("MRISYNTH_TUNE_STORAGE") or t.storage
 
 
-def storage(url: str):
+def _trial_worker_lost(study, trial) -> None:
+    """Optuna's failed_trial_callback: another worker found `trial` stale (its worker stopped
+    heartbeating, e.g. killed) and marked it FAIL; end its MLflow run as KILLED to match."""
+    from mrisynth.io import tracking
+
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    print(f"tune: trial {trial.number} (worker pid {trial.user_attrs.get('worker_pid')}) stopped heartbeating; marked FAIL", file=sys.stderr)
+    if run_id:
+        try:
+            tracking.terminate_run(run_id, "KILLED", {"state": "FAIL", "failure": "its worker stopped heartbeating; marked failed by another worker"})
+        except Exception as exc:  # noqa: BLE001 - bookkeeping only: never stop the surviving worker
+            print(f"tune: could not mark MLflow run {run_id} of trial {trial.number} KILLED ({exc})", file=sys.stderr)
+
+
+def storage(url: str, heartbeat_s: int = 0):
     """An Optuna storage for a URL: sqlite:/// and postgresql:// (RDB, with a lock timeout), or journal:<file>.
 
+    RDB storages with heartbeat_s > 0: every running trial heartbeats; a trial silent for 2 x heartbeat_s
+    (its worker was killed) is marked FAIL by the next worker that starts a trial (or by the tune stage
+    before it picks the best alpha), and its MLflow run ends KILLED.
     A database server that does not answer fails within about 3 x 10 s with one line naming it."""
     import optuna
 
+    beat = {"heartbeat_interval": heartbeat_s, "grace_period": 2 * heartbeat_s, "failed_trial_callback": _trial_worker_lost} if heartbeat_s else {}
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
     if url.startswith("sqlite:"):
-        return _rdb(url, engine_kwargs={"connect_args": {"timeout": 60}})
+        return _rdb(url, engine_kwargs={"connect_args": {"timeout": 60}}, **beat)
     if url.startswith(("postgresql", "mysql")):
         import sqlalchemy.exc
 
         connect = {"connect_timeout": 10}
         try:
-            return _rdb(url, attempts=3, engine_kwargs={"connect_args": connect, "pool_pre_ping": True}, heartbeat_interval=60, grace_period=180)
+            return _rdb(url, attempts=3, engine_kwargs={"connect_args": connect, "pool_pre_ping": True}, **beat)
         except sqlalchemy.exc.OperationalError as exc:
             raise ServiceError(f"tune storage {url.split('://')[0]}://...@{url.split('@')[-1]} did not answer within 3 x {connect['connect_timeout']} s "
                                f"({(str(exc.orig or exc).strip().splitlines() or [type(exc).__name__])[0]}); start it (`make team-up`) or set "
@@ -85,9 +104,10 @@ def study_scope(params, train, val) -> str:
 
     t = params.tune
     shaping = {
-        "tune": {k: v for k, v in dataclasses.asdict(t).items() if k not in ("n_trials", "storage", "study_name", "out")},
+        "tune": {k: v for k, v in dataclasses.asdict(t).items() if k not in ("n_trials", "storage", "study_name", "out", "heartbeat_s")},
         "train_gan": {k: v for k, v in dataclasses.asdict(params.train_gan).items()
-                      if k not in ("alpha", "alpha_file", "epochs", "grid_every", "grid_images", "out_dir", "model_path", "experiment", "registry_name")},
+                      if k not in ("alpha", "alpha_file", "epochs", "grid_every", "grid_images", "out_dir", "model_path", "experiment", "registry_name",
+                                   "strategy", "cpu_replicas", "cluster_wait_s", "peer_timeout_s")},  # trials train on one device
         "size": params.preprocess.image_size,
         "augment": dataclasses.asdict(params.augment) if t.objective == "downstream" else None,
         "train_segmenter": dataclasses.asdict(params.train_segmenter) if t.objective == "downstream" else None,
@@ -108,7 +128,7 @@ def make_study(t, scope: str | None = None, worker: bool = False):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    shared = storage(storage_url(t))
+    shared = storage(storage_url(t), t.heartbeat_s)
     name = f"{t.study_name}-{scope}" if scope else t.study_name
     seed = t.seed + (os.getpid() if worker else 0)
     for attempt in range(6):  # concurrent workers may both try to create the study
@@ -227,6 +247,8 @@ def optimise(params, n_trials: int, parent_name: str = "tune", worker: bool = Fa
         def objective(trial):
             alpha = trial.suggest_float("alpha", t.alpha_low, t.alpha_high, log=True)
             with parent.child(f"trial {trial.number}") as child:
+                trial.set_user_attr("mlflow_run_id", child.run_id)  # for _trial_worker_lost
+                trial.set_user_attr("worker_pid", os.getpid())
                 child.log_params({"alpha": alpha, "trial": trial.number, "objective": t.objective})
                 try:
                     value = objective_fn(trial, params, alpha, train, val, child.log_metrics)
@@ -260,6 +282,7 @@ def run(params_path: str = "params.yaml", worker: bool = False, n_trials: int | 
         return 0
     import optuna
 
+    optuna.storages.fail_stale_trials(study)  # trials of killed workers -> FAIL, never the best (no-op without heartbeat)
     completed = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
     if not completed:
         raise MrisynthError(f"tune: no trial of study {study.study_name!r} completed (all pruned or failed); raise tune.epochs or n_trials")

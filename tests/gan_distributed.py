@@ -1,0 +1,69 @@
+"""Helper process for test_distribute.py: trains the tiny GAN under a tf.distribute strategy in a fresh
+TensorFlow process (splitting the CPU into logical devices needs one) and writes what the test compares.
+
+    python tests/gan_distributed.py --strategy mirrored --out result.json --out-dir gan/ [--epochs 3] ...
+
+Multi-worker: set TF_CONFIG per process. Writes (chief only) result.json: the history and the
+generator weights file; a non-chief writes nothing."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+SIZE, TRAIN, VAL, BATCH = 32, 6, 2, 4  # 6 images at batch 4: a full batch and a 2-row tail, split over 2 replicas
+
+
+def settings(epochs: int, alpha: float = 100.0):
+    from mrisynth.gan import GanSettings
+
+    # dropout 0: replicas draw their own dropout masks, so only a dropout-free run can match one device step by step
+    return GanSettings(alpha=alpha, epochs=epochs, batch_size=BATCH, width=0.25, precision="float32", seed=3, checkpoint_every=1, dropout=0.0)
+
+
+def data():
+    from test_gan_training import _tiny_split
+
+    return _tiny_split(TRAIN, SIZE, 0), _tiny_split(VAL, SIZE, 10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--strategy", default="default")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--alpha", type=float, default=100.0)
+    parser.add_argument("--interrupt-after", type=int, default=0, help="the chief stops (KeyboardInterrupt) after this epoch")
+    parser.add_argument("--peer-timeout", type=float, default=30.0)
+    parser.add_argument("--cluster-wait", type=float, default=120.0)
+    args = parser.parse_args()
+
+    from mrisynth.io import distribute
+
+    dist = distribute.make(args.strategy, cpu_replicas=2, cluster_wait_s=args.cluster_wait, peer_timeout_s=args.peer_timeout)
+    import numpy as np
+
+    from mrisynth.gan import GanTrainer
+
+    train, val = data()
+    trainer = GanTrainer(settings(args.epochs, args.alpha), SIZE, 4, 4, dist)
+
+    def on_epoch(result, trainer_, state):
+        print(f"epoch {result.epoch} done", flush=True)
+        if result.epoch == args.interrupt_after:
+            raise KeyboardInterrupt
+
+    state = trainer.fit(train, val, Path(args.out_dir), on_epoch=on_epoch)
+    if trainer.is_chief:
+        weights = Path(args.out).with_suffix(".npz")
+        np.savez(weights, *[np.asarray(w) for w in trainer.generator.get_weights()])
+        Path(args.out).write_text(json.dumps({"history": state.history, "weights": str(weights), "replicas": dist.replicas,
+                                              "workers": dist.workers, "task": dist.task}))
+
+
+if __name__ == "__main__":
+    main()
