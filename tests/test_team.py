@@ -193,6 +193,21 @@ def test_team_stack_end_to_end(tmp_path, monkeypatch):
         models = _api(tracking, "registered-models/search")["registered_models"]
         assert {registry, params["train_segmenter"]["registry_name"]} <= {m["name"] for m in models}
 
+        # the UI shows the runs, checked in a headless browser where one is installed (apt-get install chromium): the
+        # rendered runs table names every stage run; MRISYNTH_TEAM_SCREENSHOT=path keeps a screenshot (the README's picture)
+        browser = shutil.which("chromium") or shutil.which("chromium-browser")
+        if browser:
+            page = f"{tracking}/#/experiments/{experiment['experiment_id']}/runs"
+            chrome = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1800,1100",
+                      "--virtual-time-budget=20000"]
+            dom = _run(chrome + ["--dump-dom", page], tmp_path, base, timeout=120).stdout
+            top = {r["info"]["run_name"] for r in runs if not any(t["key"] == "mlflow.parentRunId" for t in r["data"].get("tags", []))}
+            assert {"preprocess", "tune", "tune worker", "train_gan", "train_segmenter", "evaluate"} <= top, top
+            missing = [name for name in top if f">{name}<" not in dom]
+            assert not missing, (missing, dom[-2000:])  # nested runs (trials, arm/seed runs) sit folded under these
+            if os.environ.get("MRISYNTH_TEAM_SCREENSHOT"):
+                _run(chrome + [f"--screenshot={os.environ['MRISYNTH_TEAM_SCREENSHOT']}", page], tmp_path, base, timeout=120)
+
         # artifacts are in the object store (listed with boto3, not through MLflow)
         import boto3
 
