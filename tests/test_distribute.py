@@ -139,6 +139,22 @@ def test_mirrored_on_two_cpu_devices_matches_one_device(tmp_path, one_device):
 
 
 @pytest.mark.slow
+def test_overflow_skips_on_every_replica_and_replicas_draw_their_own_dropout(tmp_path):
+    """float16 loss scaling with an overflow: like one device, every replica skips the step and halves the scale;
+    an overflow in one replica's gradients only makes every replica skip (each deciding alone left NaN weights,
+    or a hang across workers). Dropout: the same input rows on both replicas get different masks."""
+    results = {}
+    for strategy in ("default", "mirrored"):
+        code, out = _finish(_start(tmp_path, strategy, strategy, None, "--probe"))
+        assert code == 0, out[-3000:]
+        results[strategy] = json.loads((tmp_path / f"{strategy}.json").read_text())
+    for strategy, result in results.items():
+        assert result["finite"] and result["scale_after"] == result["scale_before"] / 2, (strategy, result)
+    assert results["mirrored"]["all_replicas_skip"] == [True, True], results["mirrored"]
+    assert results["mirrored"]["dropout_difference"] > 1e-3, results["mirrored"]
+
+
+@pytest.mark.slow
 def test_two_workers_resume_together_and_match_one_device(tmp_path, one_device):
     """Two worker processes; the chief is stopped after epoch 2 (its resume state holds epoch 2), the
     helper worker then fails; both are restarted: the chief resumes, the fresh worker takes the chief's

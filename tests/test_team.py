@@ -150,8 +150,12 @@ def test_team_stack_end_to_end(tmp_path, monkeypatch):
         tf_config = [json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}}) for i in (0, 1)]
         gan_worker = subprocess.Popen([BIN / "python", "pipelines/train_gan.py"], cwd=repo, env=env | {"TF_CONFIG": tf_config[1]},
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        ran = _run([BIN / "dvc", "repro"], repo, env | {"TF_CONFIG": tf_config[0]})
-        gan_worker_out = gan_worker.communicate(timeout=120)[0]
+        try:
+            ran = _run([BIN / "dvc", "repro"], repo, env | {"TF_CONFIG": tf_config[0]})
+            gan_worker_out = gan_worker.communicate(timeout=120)[0]
+        finally:
+            gan_worker.kill()  # a no-op once it has finished
+            gan_worker.communicate()
         assert gan_worker.returncode == 0 and "worker 1 of 2 finished" in gan_worker_out, gan_worker_out[-3000:]
         for stage in ("train_gan", "augment", "train_segmenter", "gan_usefulness", "evaluate"):
             assert f"Running stage '{stage}'" in ran.stdout, ran.stdout[-2000:]

@@ -127,7 +127,7 @@ class TuneParams:
     prune_startup_trials: int = 2
     prune_warmup_epochs: int = 1
     seed: int = 0
-    heartbeat_s: int = 60           # RDB storages: a trial whose worker is silent 2 x this long is marked FAIL (0 = off)
+    heartbeat_s: int = 60           # RDB storages: a trial whose worker is silent 3 x this long is marked FAIL (0 = off)
     out: str = "work/tune/best_alpha.json"
 
     def check(self) -> None:

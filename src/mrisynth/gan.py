@@ -175,9 +175,11 @@ class GanTrainer:
         keras.mixed_precision.set_global_policy(self.policy)
         keras.utils.set_random_seed(settings.seed)
         sync = self.dist.distributed
+        self._shape = (size, in_channels, out_channels)
+        self._portable: keras.Model | None = None
         with self.dist.strategy.scope() if sync else contextlib.nullcontext():
-            self.generator = models.build_generator(size, in_channels, out_channels, settings.dropout, settings.width, synchronized_bn=sync)
-            self.discriminator = models.build_discriminator(size, in_channels, out_channels, settings.width, synchronized_bn=sync)
+            self.generator = models.build_generator(size, in_channels, out_channels, settings.dropout, settings.width, distributed=sync)
+            self.discriminator = models.build_discriminator(size, in_channels, out_channels, settings.width, distributed=sync)
             self.g_opt = keras.optimizers.Adam(settings.learning_rate, beta_1=settings.beta_1)
             self.d_opt = keras.optimizers.Adam(settings.learning_rate, beta_1=settings.beta_1)
             if self.policy == "mixed_float16":  # float16 gradients underflow without loss scaling (bfloat16 needs none)
@@ -187,6 +189,18 @@ class GanTrainer:
             self.d_opt.build(self.discriminator.trainable_variables)
         self._train_step = tf.function(self._replicated_step if sync else self.train_step)
         self._eval_step = tf.function(self.eval_step)
+
+    def portable_generator(self) -> keras.Model:
+        """The generator to save and register: under tf.distribute, a one-device twin built from standard
+        Keras layers (plain BatchNorm and Dropout) holding the trained weights, so the saved file is the
+        same kind of model as a one-device run's; on one device, the generator itself."""
+        if not self.dist.distributed:
+            return self.generator
+        if self._portable is None:
+            size, in_channels, out_channels = self._shape
+            self._portable = models.build_generator(size, in_channels, out_channels, self.settings.dropout, self.settings.width)
+        self._portable.set_weights(self.generator.get_weights())
+        return self._portable
 
     @property
     def is_chief(self) -> bool:
@@ -210,6 +224,10 @@ class GanTrainer:
             g_scaled, d_scaled = self.g_opt.scale_loss(g_total), self.d_opt.scale_loss(d_loss)
         g_grads = g_tape.gradient(g_scaled, self.generator.trainable_variables)
         d_grads = d_tape.gradient(d_scaled, self.discriminator.trainable_variables)
+        if weight is not None and isinstance(self.g_opt, keras.optimizers.LossScaleOptimizer):
+            # LossScaleOptimizer decides "finite?" on each replica's own gradients (before the sum): agree first,
+            # so every replica skips an overflowing step together (otherwise some all-reduce and some do not: a hang)
+            g_grads, d_grads = _agree_finite(g_grads), _agree_finite(d_grads)
         self.g_opt.apply_gradients(list(zip(g_grads, self.generator.trainable_variables)))  # a list: LossScaleOptimizer reads it twice
         self.d_opt.apply_gradients(list(zip(d_grads, self.discriminator.trainable_variables)))
         return {"g_loss": g_total, "g_gan": g_gan, "g_l1": g_l1, "d_loss": d_loss}
@@ -445,7 +463,7 @@ class GanTrainer:
             saving = time.perf_counter()
             if improved:
                 state.best_val, state.best_epoch = metrics["val_g_loss"], epoch
-                self.generator.save(out_dir / "best_generator.keras")
+                self.portable_generator().save(out_dir / "best_generator.keras")
                 (out_dir / "best.json").write_text(json.dumps({"epoch": epoch, "val_g_loss": float(metrics["val_g_loss"])}))
             state.epoch = epoch + 1
             state.history.append({"epoch": epoch + 1, **metrics})
@@ -464,8 +482,7 @@ class GanTrainer:
         """Run a step that talks to other workers; a worker that is down becomes a one-line TrainingError."""
         try:
             return call()
-        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
-                tf.errors.FailedPreconditionError, tf.errors.InternalError) as exc:
+        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError, tf.errors.AbortedError) as exc:
             if self.dist.kind != "multi_worker":
                 raise
             first = _cause_line(exc.message or str(exc))
@@ -473,6 +490,14 @@ class GanTrainer:
                 f"{self.dist.task}: the {self.dist.workers}-worker cluster lost a worker during epoch {state.epoch + 1} "
                 f"({type(exc).__name__}: {first}); training stopped. The resume state written so far is kept; "
                 "restart every worker and rerun to resume") from None
+
+
+def _agree_finite(grads: list) -> list:
+    """In a replica context: the gradients, or all NaN on every replica when any replica's are not finite."""
+    ctx = tf.distribute.get_replica_context()
+    finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]))
+    bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32))
+    return [None if g is None else g * tf.cast(tf.where(bad > 0, float("nan"), 1.0), g.dtype) for g in grads]
 
 
 def _cause_line(message: str) -> str:

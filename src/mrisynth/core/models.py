@@ -43,12 +43,39 @@ def downsample(filters: int, name: str, batchnorm: bool = True, synchronized: bo
     return block
 
 
-def upsample(filters: int, name: str, dropout: float) -> keras.Sequential:
-    """Conv2DTranspose 4x4 stride 2 + Dropout + ReLU: (H, W, c) -> (2H, 2W, filters)."""
+class _ReplicaSeedGenerator(keras.random.SeedGenerator):
+    """Seeds that differ per tf.distribute replica (the replica id is added to the second seed word);
+    replica 0, and calls outside any strategy, get the plain seed."""
+
+    def next(self, ordered=True):
+        import tensorflow as tf
+
+        seed = super().next(ordered)
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None:
+            return seed
+        replica = tf.cast(ctx.replica_id_in_sync_group, seed.dtype)
+        return seed + tf.stack([tf.zeros_like(replica), replica])
+
+
+class ReplicaDropout(layers.Dropout):
+    """Dropout for training under tf.distribute: each replica draws its own masks, as the rows of one
+    batch do on one device (a plain Dropout's seed state is mirrored, so every replica would repeat
+    replica 0's masks). Only for training; saved models use plain Dropout (GanTrainer.portable_generator)."""
+
+    def __init__(self, rate, **kwargs):
+        super().__init__(rate, **kwargs)
+        if rate > 0:  # the same tracked state variable, per-replica seeds (Dropout is built in __init__: no new state)
+            self.seed_generator.__class__ = _ReplicaSeedGenerator
+
+
+def upsample(filters: int, name: str, dropout: float, replica_dropout: bool = False) -> keras.Sequential:
+    """Conv2DTranspose 4x4 stride 2 + Dropout + ReLU: (H, W, c) -> (2H, 2W, filters).
+    replica_dropout: per-replica dropout masks (ReplicaDropout), for tf.distribute training."""
     block = keras.Sequential(name=name)
     block.add(layers.Conv2DTranspose(filters, KERNEL, strides=2, padding="same", kernel_initializer=_init()))
     if dropout > 0:
-        block.add(layers.Dropout(dropout))
+        block.add(ReplicaDropout(dropout) if replica_dropout else layers.Dropout(dropout))
     block.add(layers.ReLU())
     return block
 
@@ -65,24 +92,25 @@ def generator_filters(size: int, width: float = 1.0) -> tuple[list[int], list[in
 
 
 def build_generator(size: int = 256, in_channels: int = 4, out_channels: int = 4, dropout: float = 0.3, width: float = 1.0,
-                    synchronized_bn: bool = False) -> keras.Model:
+                    distributed: bool = False) -> keras.Model:
     """U-Net generator: conditioning (N, size, size, in_channels) -> image (N, size, size, out_channels) in [-1, 1].
 
     Down blocks with BatchNorm + LeakyReLU, a stride-2 bottleneck with ReLU down to 1x1, up blocks
     (transposed conv, dropout, ReLU) each concatenated with the matching down block's output, and a
     stride-2 transposed-conv output layer with tanh. `width` scales every filter count (1.0 = paper).
-    `synchronized_bn`: BatchNorm over the global batch when trained under tf.distribute."""
+    `distributed`: for training under tf.distribute - BatchNorm over the global batch of all replicas and
+    per-replica dropout masks (the weights are the same as without it)."""
     down_filters, up_filters = generator_filters(size, width)
     inputs = keras.Input((size, size, in_channels), name="conditioning")
     x = inputs
     skips = []
     for i, filters in enumerate(down_filters):
-        x = downsample(filters, f"down{i + 1}", synchronized=synchronized_bn)(x)
+        x = downsample(filters, f"down{i + 1}", synchronized=distributed)(x)
         skips.append(x)
     x = layers.Conv2D(_scaled(BOTTLENECK_FILTERS, width), KERNEL, strides=2, padding="same", kernel_initializer=_init(), name="bottleneck")(x)
     x = layers.ReLU(name="bottleneck_relu")(x)
     for i, (filters, skip) in enumerate(zip(up_filters, reversed(skips))):
-        x = upsample(filters, f"up{i + 1}", dropout)(x)
+        x = upsample(filters, f"up{i + 1}", dropout, replica_dropout=distributed)(x)
         x = layers.Concatenate(name=f"skip{i + 1}")([x, skip])
     x = layers.Conv2DTranspose(out_channels, KERNEL, strides=2, padding="same", kernel_initializer=_init(), name="output")(x)
     outputs = layers.Activation("tanh", dtype="float32", name="tanh")(x)
@@ -90,7 +118,7 @@ def build_generator(size: int = 256, in_channels: int = 4, out_channels: int = 4
 
 
 def build_discriminator(size: int = 256, in_channels: int = 4, out_channels: int = 4, width: float = 1.0,
-                        synchronized_bn: bool = False) -> keras.Model:
+                        distributed: bool = False) -> keras.Model:
     """Patch discriminator: (conditioning, image) -> (N, size/2^k, size/2^k, 1) real probabilities.
 
     k = 5 blocks at 256 (64-128-256-512-512), fewer at smaller sizes so the patch map stays >= 8x8;
@@ -101,7 +129,7 @@ def build_discriminator(size: int = 256, in_channels: int = 4, out_channels: int
     image = keras.Input((size, size, out_channels), name="image")
     x = layers.Concatenate(name="pair")([cond, image])
     for i, filters in enumerate(DISC_FILTERS[:n_blocks]):
-        x = downsample(_scaled(filters, width), f"disc{i + 1}", synchronized=synchronized_bn)(x)
+        x = downsample(_scaled(filters, width), f"disc{i + 1}", synchronized=distributed)(x)
     logits = layers.Conv2D(1, KERNEL, strides=1, padding="same", kernel_initializer=_init(), name="logits")(x)
     outputs = layers.Activation("sigmoid", dtype="float32", name="probability")(logits)
     return keras.Model([cond, image], outputs, name="discriminator")

@@ -111,11 +111,14 @@ def _coordination(cluster: dict, peer_timeout_s: float, cluster_wait_s: float) -
 WATCHDOG = """
 import os, sys, time
 parent, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-time.sleep(seconds)
-if os.getppid() == parent:  # still the process that asked (not a recycled pid)
-    sys.stderr.write(message + chr(10))
-    sys.stderr.flush()
-    os.kill(parent, 9)
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline:
+    time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    if os.getppid() != parent:  # the parent is gone (this process was re-parented): nothing to guard
+        sys.exit(0)
+sys.stderr.write(message + chr(10))
+sys.stderr.flush()
+os.kill(parent, 9)
 """
 
 
@@ -123,8 +126,11 @@ if os.getppid() == parent:  # still the process that asked (not a recycled pid)
 def _deadline(seconds: float, message: str):
     """Kill this process with `message` (one line on stderr) unless the block ends within `seconds`.
     TensorFlow's cluster join blocks in C++ while holding the GIL, so neither SIGTERM, an alarm
-    handler nor a Python thread can stop it; a small watchdog process can."""
-    watchdog = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(seconds), message])
+    handler nor a Python thread can stop it; a small watchdog process can. The watchdog exits as soon
+    as this process is gone, keeps no pipe open (stdin/stdout closed; stderr only for the message)
+    and never signals another process (it checks that this one is still its parent)."""
+    watchdog = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(seconds), message],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     try:
         yield
     finally:
@@ -150,10 +156,12 @@ def make(kind: str, cpu_replicas: int = 2, cluster_wait_s: float = 300.0, peer_t
     members = sum(len(v) for v in cluster.values())
     message = (f"train_gan: TF_CONFIG names {members} tasks, but not all of them joined within train_gan.cluster_wait_s="
                f"{cluster_wait_s:g} s; start every worker (same params, same data) and rerun")
-    with _deadline(cluster_wait_s, message):  # TensorFlow's join cannot be interrupted, not even by SIGTERM
+    # TensorFlow's join can neither be interrupted (not even by SIGTERM) nor relied on to honour its register
+    # timeout (measured: it waited on past it), so the watchdog enforces cluster_wait_s
+    with _deadline(cluster_wait_s, message):
         try:
             strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        except (RuntimeError, tf.errors.OpError) as exc:
+        except (RuntimeError, tf.errors.OpError) as exc:  # a join that fails by itself (e.g. a bad address)
             raise ConfigError(f"{message} ({exc})") from exc
     workers = sum(len(v) for k, v in cluster.items() if k in ("chief", "worker"))
     return Distribution(kind, strategy, replicas=strategy.num_replicas_in_sync, workers=workers,

@@ -94,6 +94,14 @@ def record_resources(stage: str, wall_s: float, folder: Path = RESOURCES_DIR) ->
     return record
 
 
+_RECORD = {"resources": True}
+
+
+def skip_resource_record() -> None:
+    """This process is a helper (a non-chief training worker), not the stage: write no resources file."""
+    _RECORD["resources"] = False
+
+
 def stage_main(run: Callable[[], int]) -> None:
     """Run a stage and exit with its code; a user-facing error prints one readable block and exits 2.
 
@@ -111,7 +119,7 @@ def stage_main(run: Callable[[], int]) -> None:
     started = time.perf_counter()
     try:
         code = run()
-        if not code:
+        if not code and _RECORD["resources"]:
             try:
                 record_resources(str(getattr(run, "__module__", "stage")).rsplit(".", 1)[-1], time.perf_counter() - started)
             except OSError as exc:  # a bookkeeping file must not fail a finished stage

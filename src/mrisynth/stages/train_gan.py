@@ -23,7 +23,7 @@ import numpy as np
 from mrisynth import generation
 from mrisynth.config import as_flat_dict, load_params
 from mrisynth.core import encoding
-from mrisynth.stages import stage_main
+from mrisynth.stages import skip_resource_record, stage_main
 from mrisynth.errors import DataError, MrisynthError
 from mrisynth.io import arrays, distribute, gx, tracking
 
@@ -111,6 +111,7 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
     trainer = GanTrainer(settings, pre.image_size, encoding.CONDITION_CHANNELS, channels, dist)
     out_dir = Path(p.out_dir)
     if not trainer.is_chief:  # a helper worker: trains in step with the chief, writes and tracks nothing
+        skip_resource_record()
         trainer.fit(train, val, out_dir)
         print(f"train_gan: {dist.task} of {dist.workers} finished {p.epochs} epochs; the chief wrote the model, reports and MLflow run")
         return 0

@@ -58,11 +58,14 @@ def _trial_worker_lost(study, trial) -> None:
     heartbeating, e.g. killed) and marked it FAIL; end its MLflow run as KILLED to match."""
     from mrisynth.io import tracking
 
-    run_id = trial.user_attrs.get("mlflow_run_id")
     print(f"tune: trial {trial.number} (worker pid {trial.user_attrs.get('worker_pid')}) stopped heartbeating; marked FAIL", file=sys.stderr)
-    if run_id:
+    runs = ((trial.user_attrs.get("mlflow_run_id"), {"state": "FAIL", "failure": "its worker stopped heartbeating; marked failed by another worker"}),
+            (trial.user_attrs.get("mlflow_parent_run_id"), {"failure": f"this worker stopped heartbeating during trial {trial.number}"}))
+    for run_id, tags in runs:  # the trial's run and its worker's run end KILLED
+        if not run_id:
+            continue
         try:
-            tracking.terminate_run(run_id, "KILLED", {"state": "FAIL", "failure": "its worker stopped heartbeating; marked failed by another worker"})
+            tracking.terminate_run(run_id, "KILLED", tags)
         except Exception as exc:  # noqa: BLE001 - bookkeeping only: never stop the surviving worker
             print(f"tune: could not mark MLflow run {run_id} of trial {trial.number} KILLED ({exc})", file=sys.stderr)
 
@@ -70,13 +73,13 @@ def _trial_worker_lost(study, trial) -> None:
 def storage(url: str, heartbeat_s: int = 0):
     """An Optuna storage for a URL: sqlite:/// and postgresql:// (RDB, with a lock timeout), or journal:<file>.
 
-    RDB storages with heartbeat_s > 0: every running trial heartbeats; a trial silent for 2 x heartbeat_s
+    RDB storages with heartbeat_s > 0: every running trial heartbeats; a trial silent for 3 x heartbeat_s
     (its worker was killed) is marked FAIL by the next worker that starts a trial (or by the tune stage
     before it picks the best alpha), and its MLflow run ends KILLED.
     A database server that does not answer fails within about 3 x 10 s with one line naming it."""
     import optuna
 
-    beat = {"heartbeat_interval": heartbeat_s, "grace_period": 2 * heartbeat_s, "failed_trial_callback": _trial_worker_lost} if heartbeat_s else {}
+    beat = {"heartbeat_interval": heartbeat_s, "grace_period": 3 * heartbeat_s, "failed_trial_callback": _trial_worker_lost} if heartbeat_s else {}
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
@@ -249,6 +252,7 @@ def optimise(params, n_trials: int, parent_name: str = "tune", worker: bool = Fa
             with parent.child(f"trial {trial.number}") as child:
                 trial.set_user_attr("mlflow_run_id", child.run_id)  # for _trial_worker_lost
                 trial.set_user_attr("worker_pid", os.getpid())
+                trial.set_user_attr("mlflow_parent_run_id", parent.run_id)
                 child.log_params({"alpha": alpha, "trial": trial.number, "objective": t.objective})
                 try:
                     value = objective_fn(trial, params, alpha, train, val, child.log_metrics)
