@@ -101,9 +101,30 @@ def test_resume_state_is_written_every_n_epochs_and_best_survives(tmp_path):
     assert final.completed and final.best_val <= best["val_g_loss"] and (out / "best_generator.keras").is_file()
 
 
+def test_best_generator_is_written_with_the_resume_state_and_on_an_exception(tmp_path):
+    """The best weights stay in memory between checkpoints (checkpoint I/O budget); they reach the disk with
+    each resume state, at the end, and before any exception propagates (here: an interrupt after epoch 3)."""
+    train, val = _tiny_split(4), _tiny_split(2, seed=10)
+    out = tmp_path / "gan"
+    seen, best_epoch = [], []
+
+    def watch(result, trainer, state):
+        best = out / "best.json"
+        seen.append(json.loads(best.read_text())["epoch"] + 1 if best.is_file() else None)
+        if result.epoch == 3:
+            best_epoch.append(state.best_epoch)  # the best so far, in memory
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        GanTrainer(GanSettings(**{**TINY.__dict__, "epochs": 6, "checkpoint_every": 2}), 64, 4, 4).fit(train, val, out, on_epoch=watch)
+    assert seen[0] is None and seen[1] is not None and seen[1] <= 2 and seen[2] == seen[1]  # on disk at epoch 2 only
+    assert json.loads((out / "best.json").read_text())["epoch"] == best_epoch[0]  # flushed by the exception
+    assert (out / "best_generator.keras").is_file()
+
+
 def test_nan_loss_stops_and_keeps_best(tmp_path):
     train, val = _tiny_split(4), _tiny_split(2, seed=10)
-    trainer = GanTrainer(GanSettings(**{**TINY.__dict__, "epochs": 3}), 64, 4, 4)
+    trainer = GanTrainer(GanSettings(**{**TINY.__dict__, "epochs": 3, "checkpoint_every": 10}), 64, 4, 4)  # no checkpoint before the NaN
     real_step = trainer._train_step
     calls = {"n": 0}
 

@@ -85,7 +85,7 @@ class TrainGanParams:
     width: float = 0.5
     precision: str = "auto"
     seed: int = 42
-    checkpoint_every: int = 10  # write the resume state every N epochs (and at the end); the best checkpoint on every improvement
+    checkpoint_every: int = 10  # write the resume state every N epochs (and at the end); the best generator with it (in memory in between)
     strategy: str = "default"   # default | mirrored | multi_worker (mrisynth.io.distribute); batch_size is the global batch
     cpu_replicas: int = 2       # mirrored on a machine without GPUs: logical CPU devices
     cluster_wait_s: float = 300.0  # multi_worker: longest wait for every worker to join

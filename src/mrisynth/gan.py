@@ -9,7 +9,8 @@ Checkpoint folder (`out_dir`):
                                MANIFEST.json (sha256 of every file) written last; the folder is built
                                under a temporary name and renamed into place, so a kill leaves either
                                the old states or a complete new one. The newest KEEP_STATES are kept.
-    best_generator.keras       the generator with the lowest validation loss so far
+    best_generator.keras       the generator with the lowest validation loss so far (held in memory between
+                               checkpoints; written with each resume state, at the end and on any exception)
 
 Resuming verifies the newest state's checksums and falls back to an older complete one with a
 one-line warning. Data order is seeded per epoch and the RNG state is restored, so an interrupted and
@@ -176,7 +177,8 @@ class GanTrainer:
         keras.utils.set_random_seed(settings.seed)
         sync = self.dist.distributed
         self._shape = (size, in_channels, out_channels)
-        self._portable: keras.Model | None = None
+        self._portable: keras.Model | None = None  # a plain one-device generator, for writing the best weights
+        self._best: tuple[int, float, list] | None = None  # (epoch, val_g_loss, weights) not yet written
         with self.dist.strategy.scope() if sync else contextlib.nullcontext():
             self.generator = models.build_generator(size, in_channels, out_channels, settings.dropout, settings.width, distributed=sync)
             self.discriminator = models.build_discriminator(size, in_channels, out_channels, settings.width, distributed=sync)
@@ -190,17 +192,22 @@ class GanTrainer:
         self._train_step = tf.function(self._replicated_step if sync else self.train_step)
         self._eval_step = tf.function(self.eval_step)
 
-    def portable_generator(self) -> keras.Model:
-        """The generator to save and register: under tf.distribute, a one-device twin built from standard
-        Keras layers (plain BatchNorm and Dropout) holding the trained weights, so the saved file is the
-        same kind of model as a one-device run's; on one device, the generator itself."""
-        if not self.dist.distributed:
-            return self.generator
+    def _flush_best(self, out_dir: Path) -> float:
+        """Write the best generator held in memory (if newer than the file) to best_generator.keras and
+        best.json; returns the seconds spent. The file is a one-device model of plain Keras layers (under
+        tf.distribute too: plain BatchNorm and Dropout), the trained weights copied into it."""
+        if self._best is None:
+            return 0.0
+        started = time.perf_counter()
+        epoch, value, weights = self._best
         if self._portable is None:
             size, in_channels, out_channels = self._shape
             self._portable = models.build_generator(size, in_channels, out_channels, self.settings.dropout, self.settings.width)
-        self._portable.set_weights(self.generator.get_weights())
-        return self._portable
+        self._portable.set_weights(weights)
+        self._portable.save(Path(out_dir) / "best_generator.keras")
+        (Path(out_dir) / "best.json").write_text(json.dumps({"epoch": epoch, "val_g_loss": value}))
+        self._best = None
+        return time.perf_counter() - started
 
     @property
     def is_chief(self) -> bool:
@@ -415,8 +422,11 @@ class GanTrainer:
         """Train to `settings.epochs`, resuming an interrupted run in out_dir when its parameters match
         (or from `state`, as returned by `prepare`).
 
-        After every epoch: validation losses and image quality, the best checkpoint when the
-        validation generator loss improves, and the resume checkpoint. A NaN/inf loss raises
+        After every epoch: validation losses and image quality, and the best generator (kept in memory
+        when the validation generator loss improves). Every `checkpoint_every` epochs and at the end: the
+        resume state and the best generator on disk (best_generator.keras, best.json); on any exception
+        (a NaN loss, an interrupt) the best generator is written before it propagates. A SIGKILL loses
+        at most the epochs since the last checkpoint, and the rerun retrains them from that state. A NaN/inf loss raises
         TrainingError and leaves the best checkpoint in place. Non-chief workers only train (no
         validation, no files, no callbacks); a worker that stops answering raises TrainingError."""
         out_dir = Path(out_dir)
@@ -434,45 +444,50 @@ class GanTrainer:
             state.epoch = self._cluster_call(state, lambda: self.sync_from_chief(state.epoch, state.fingerprint | {"epochs": self.settings.epochs}))
         if on_start and self.is_chief:
             on_start(state)
-        for epoch in range(state.epoch, self.settings.epochs):
-            start = time.perf_counter()
-            sums: dict[str, float] = {}
-            batches = 0
-            for step, (cond, real) in enumerate(self.dataset(train, epoch)):
-                if self.dist.distributed:
-                    result = self._cluster_call(state, lambda: self._train_step(*self._split(cond, real)))
-                else:
-                    result = self._train_step(cond, real)
-                values = {k: float(v) for k, v in result.items()}
-                bad = [k for k, v in values.items() if not math.isfinite(v)]
-                if bad:  # state.json stays as the last resume checkpoint wrote it (its epoch matches those weights)
-                    raise TrainingError(
-                        f"epoch {epoch + 1}, step {step + 1}: {', '.join(bad)} is {values[bad[0]]}; training stopped. "
-                        f"The best checkpoint (epoch {state.best_epoch + 1}) is kept in {out_dir / 'best_generator.keras'}; "
-                        "lower the learning rate or alpha, or use precision float32, and rerun with --restart"
-                    )
-                for k, v in values.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                batches += 1
-            metrics = {k: v / max(batches, 1) for k, v in sums.items()}
-            if not self.is_chief:  # the chief validates, checkpoints and reports
+        try:
+            for epoch in range(state.epoch, self.settings.epochs):
+                start = time.perf_counter()
+                sums: dict[str, float] = {}
+                batches = 0
+                for step, (cond, real) in enumerate(self.dataset(train, epoch)):
+                    if self.dist.distributed:
+                        result = self._cluster_call(state, lambda: self._train_step(*self._split(cond, real)))
+                    else:
+                        result = self._train_step(cond, real)
+                    values = {k: float(v) for k, v in result.items()}
+                    bad = [k for k, v in values.items() if not math.isfinite(v)]
+                    if bad:  # state.json stays as the last resume checkpoint wrote it (its epoch matches those weights)
+                        raise TrainingError(
+                            f"epoch {epoch + 1}, step {step + 1}: {', '.join(bad)} is {values[bad[0]]}; training stopped. "
+                            f"The best checkpoint (epoch {state.best_epoch + 1}) is kept in {out_dir / 'best_generator.keras'}; "
+                            "lower the learning rate or alpha, or use precision float32, and rerun with --restart"
+                        )
+                    for k, v in values.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    batches += 1
+                metrics = {k: v / max(batches, 1) for k, v in sums.items()}
+                if not self.is_chief:  # the chief validates, checkpoints and reports
+                    state.epoch = epoch + 1
+                    continue
+                metrics |= self.validate(val)
+                improved = metrics["val_g_loss"] < state.best_val
+                saving = time.perf_counter()
+                if improved:  # kept in memory; written with the next resume state (or on an exception)
+                    state.best_val, state.best_epoch = metrics["val_g_loss"], epoch
+                    self._best = (epoch, float(metrics["val_g_loss"]), [np.array(w) for w in self.generator.get_weights()])
                 state.epoch = epoch + 1
-                continue
-            metrics |= self.validate(val)
-            improved = metrics["val_g_loss"] < state.best_val
-            saving = time.perf_counter()
-            if improved:
-                state.best_val, state.best_epoch = metrics["val_g_loss"], epoch
-                self.portable_generator().save(out_dir / "best_generator.keras")
-                (out_dir / "best.json").write_text(json.dumps({"epoch": epoch, "val_g_loss": float(metrics["val_g_loss"])}))
-            state.epoch = epoch + 1
-            state.history.append({"epoch": epoch + 1, **metrics})
-            state.completed = state.epoch >= self.settings.epochs
-            if state.completed or state.epoch % self.settings.checkpoint_every == 0:
-                self.save_last(out_dir, state)  # resume state (~3x the generator's size) every N epochs only
-            saved_s = time.perf_counter() - saving
-            if on_epoch:
-                on_epoch(EpochResult(epoch + 1, metrics, improved, time.perf_counter() - start, saved_s), self, state)
+                state.history.append({"epoch": epoch + 1, **metrics})
+                state.completed = state.epoch >= self.settings.epochs
+                if state.completed or state.epoch % self.settings.checkpoint_every == 0:
+                    self._flush_best(out_dir)
+                    self.save_last(out_dir, state)  # resume state (~3x the generator's size) every N epochs only
+                saved_s = time.perf_counter() - saving
+                if on_epoch:
+                    on_epoch(EpochResult(epoch + 1, metrics, improved, time.perf_counter() - start, saved_s), self, state)
+        except BaseException:  # NaN stop, interrupt, lost worker, a failing callback: keep the best generator
+            if self.is_chief:
+                self._flush_best(out_dir)
+            raise
         state.completed = True
         if self.is_chief:
             save_state(out_dir, state)

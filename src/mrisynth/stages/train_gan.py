@@ -169,7 +169,7 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
             "best_epoch": state.best_epoch + 1, "best_val_g_loss": state.best_val, "alpha": alpha, "epochs": p.epochs,
             **{k: best_row[k] for k in ("val_g_l1", "val_mae", "val_psnr", "val_ssim")},
             "train_seconds": train_seconds,
-            # checkpoint I/O (best generator on each improvement, resume state every checkpoint_every epochs)
+            # checkpoint I/O (best generator and resume state every checkpoint_every epochs; best weights copied in memory on improvement)
             # of the epochs trained in this process, as a share of train_seconds; issue budget: <= 5 %
             "checkpoint_seconds": round(sum(checkpoint_seconds), 2),
             "checkpoint_share": round(sum(checkpoint_seconds) / max(train_seconds, 1e-9), 4),
