@@ -76,6 +76,20 @@ def gz(path: Path) -> bytes:
     return gzip.decompress(path.read_bytes())
 
 
+def tf_configs(n: int = 2) -> list[str]:
+    """TF_CONFIG values for an n-worker cluster on free localhost ports, one per worker index."""
+    import json
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    hosts = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
+    for s in sockets:
+        s.close()
+    return [json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}}) for i in range(n)]
+
+
 def make_tiny_project(root: Path, brats_root: Path, extra_params: dict | None = None) -> Path:
     """A working folder with data/ (imported tiny cases, 64 px), params.yaml for tiny, fast runs,
     preprocessed arrays and its own MLflow SQLite store. Returns the folder; the caller chdirs."""

@@ -9,7 +9,6 @@ steps agree with the one-device run within 1e-5 (absolute; the weights are O(1))
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import tf_configs
 from mrisynth.config import TrainGanParams
 from mrisynth.errors import ConfigError
 from mrisynth.io import distribute
@@ -76,21 +76,6 @@ def test_batches_too_small_for_the_replicas_are_refused(count, ok):
 
 
 # ---------------------------------------------------------------- real strategies in fresh processes
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def _tf_configs(n: int = 2) -> list[str]:
-    hosts = [f"127.0.0.1:{p}" for p in _free_ports(n)]
-    return [json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}}) for i in range(n)]
-
-
 def _start(tmp: Path, name: str, strategy: str, tf_config: str | None = None, *extra) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"} | {"TF_CPP_MIN_LOG_LEVEL": "2"}
     if tf_config:
@@ -159,7 +144,7 @@ def test_two_workers_resume_together_and_match_one_device(tmp_path, one_device):
     """Two worker processes; the chief is stopped after epoch 2 (its resume state holds epoch 2), the
     helper worker then fails; both are restarted: the chief resumes, the fresh worker takes the chief's
     state, and after the same global steps the weights match the one-device run. Only the chief writes."""
-    configs = _tf_configs()
+    configs = tf_configs()
     worker = _start(tmp_path, "worker", "multi_worker", configs[1], "--interrupt-after", 2)
     chief = _start(tmp_path, "chief", "multi_worker", configs[0], "--interrupt-after", 2)
     chief_code, chief_out = _finish(chief)
@@ -168,7 +153,7 @@ def test_two_workers_resume_together_and_match_one_device(tmp_path, one_device):
     assert worker_code != 0 and "lost a worker" in worker_out, worker_out[-2000:]
     assert (tmp_path / "chief-gan" / "resume" / "epoch-0002").is_dir()
 
-    configs = _tf_configs()
+    configs = tf_configs()
     worker = _start(tmp_path, "worker", "multi_worker", configs[1])
     chief = _start(tmp_path, "chief", "multi_worker", configs[0])
     chief_code, chief_out = _finish(chief)
@@ -185,7 +170,7 @@ def test_two_workers_resume_together_and_match_one_device(tmp_path, one_device):
 @pytest.mark.slow
 def test_a_hung_worker_stops_the_chief_within_the_peer_timeout(tmp_path):
     peer_timeout = 6
-    configs = _tf_configs()
+    configs = tf_configs()
     worker = _start(tmp_path, "worker", "multi_worker", configs[1], "--epochs", 500, "--peer-timeout", peer_timeout)
     chief = _start(tmp_path, "chief", "multi_worker", configs[0], "--epochs", 500, "--peer-timeout", peer_timeout)
     try:
@@ -207,7 +192,7 @@ def test_a_hung_worker_stops_the_chief_within_the_peer_timeout(tmp_path):
 
 @pytest.mark.slow
 def test_a_missing_worker_fails_the_start_within_cluster_wait(tmp_path):
-    configs = _tf_configs()
+    configs = tf_configs()
     started = time.monotonic()
     code, out = _finish(_start(tmp_path, "chief", "multi_worker", configs[0], "--cluster-wait", 3), timeout=90)
     took = time.monotonic() - started
@@ -219,7 +204,7 @@ def test_a_missing_worker_fails_the_start_within_cluster_wait(tmp_path):
 
 @pytest.mark.slow
 def test_workers_with_other_parameters_refuse_to_train(tmp_path):
-    configs = _tf_configs()
+    configs = tf_configs()
     worker = _start(tmp_path, "worker", "multi_worker", configs[1], "--alpha", 5.0)
     chief = _start(tmp_path, "chief", "multi_worker", configs[0])
     for proc in (chief, worker):

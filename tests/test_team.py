@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, write_tiny_case
+from conftest import REPO, tf_configs, write_tiny_case
 from mrisynth.ingest import ImportOptions, import_brats
 from test_pipeline_e2e import TINY_PARAMS, _tracked_files
 
@@ -39,16 +38,6 @@ def _copy_repo(dest: Path) -> Path:
             shutil.copy2(REPO / name, dest / name)
     (dest / "data.dvc").unlink(missing_ok=True)
     return dest
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _run(cmd, cwd, env, timeout=300, check=True):
@@ -146,8 +135,7 @@ def test_team_stack_end_to_end(tmp_path, monkeypatch):
         assert all(w.returncode == 0 for w in workers), "\n".join(o[-2000:] for o in outputs)
         ran = _run([BIN / "dvc", "repro", "tune"], repo, env)
         assert "Running stage 'tune'" in ran.stdout, ran.stdout[-2000:]
-        hosts = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-        tf_config = [json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}}) for i in (0, 1)]
+        tf_config = tf_configs(2)
         gan_worker = subprocess.Popen([BIN / "python", "pipelines/train_gan.py"], cwd=repo, env=env | {"TF_CONFIG": tf_config[1]},
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
