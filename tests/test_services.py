@@ -53,6 +53,22 @@ def test_a_stage_pointed_at_a_dead_server_exits_2_with_one_line(tmp_path):
     assert time.perf_counter() - start < 45
 
 
+def test_a_stage_pointed_at_a_dead_object_store_exits_2_with_one_line(tmp_path):
+    """The team's artifact store (MLFLOW_S3_ENDPOINT_URL) down: the stage stops at its start, not mid-upload."""
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"MLFLOW_S3_ENDPOINT_URL": endpoint, "MRISYNTH_WATCH_LAUNCHER": "0"}
+    start = time.perf_counter()
+    code = ("import sys; from mrisynth.stages import stage_main; from mrisynth.io import tracking; "
+            "stage_main(lambda: tracking.configure('mrisynth') and 0)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: S3 object store (MLFLOW_S3_ENDPOINT_URL) {endpoint} did not answer"), out.stderr
+    assert "MLFLOW_S3_ENDPOINT_URL" in lines[0] and "make team-up" in lines[0]
+    assert time.perf_counter() - start < 45
+    assert not any(tmp_path.iterdir())  # nothing written: no store, no run
+
+
 @pytest.mark.skipif(importlib.util.find_spec("psycopg2") is None, reason="no PostgreSQL driver (psycopg2) installed")
 def test_unreachable_optuna_database_is_one_line_naming_it():
     from mrisynth.stages.tune import storage

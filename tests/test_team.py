@@ -228,7 +228,15 @@ def test_team_stack_end_to_end(tmp_path, monkeypatch):
         assert len([k for k in pushed if k.startswith("data/")]) > 8
         dvc_s = time.monotonic() - t0
 
-        # ---- fault: the tracking server stopped; a stage pointed at it fails in bounded time with one line naming the URI
+        # ---- faults: the object store, then the tracking server stopped; a stage fails in bounded time with one line
+        # naming the URI, before it writes anything
+        assert team.stop_component("weed")
+        t0 = time.monotonic()
+        failed = _run([BIN / "python", "pipelines/tune.py", "--worker", "--n-trials", "1"], repo, env, timeout=120, check=False)
+        store_fault_s = time.monotonic() - t0
+        assert failed.returncode == 2 and store_fault_s < FAULT_BOUND_S, (failed.returncode, store_fault_s, failed.stderr[-1500:])
+        lines = [line for line in (failed.stdout + failed.stderr).splitlines() if env_vars["MLFLOW_S3_ENDPOINT_URL"] in line]
+        assert len(lines) == 1 and "S3 object store" in lines[0] and "Traceback" not in failed.stderr, failed.stderr[-1500:]
         assert team.stop_component("mlflow")
         t0 = time.monotonic()
         failed = _run([BIN / "python", "pipelines/tune.py", "--worker", "--n-trials", "1"], repo, env, timeout=120, check=False)
@@ -249,5 +257,5 @@ def test_team_stack_end_to_end(tmp_path, monkeypatch):
     assert not list((team_dir / "pids").glob("*.pid"))
     assert left == [], [(p, Path(f"/proc/{p}/cmdline").read_bytes()[:200]) for p in left]
     print(f"\nteam stack timings: up {up_s:.1f} s, preprocess + 2 tune workers + tiny dvc repro {pipeline_s:.1f} s, "
-          f"dvc push/pull {dvc_s:.1f} s, fault {fault_s:.1f} s, down {down_s:.1f} s, total {time.monotonic() - started:.1f} s")
+          f"dvc push/pull {dvc_s:.1f} s, object-store fault {store_fault_s:.1f} s, tracking fault {fault_s:.1f} s, down {down_s:.1f} s, total {time.monotonic() - started:.1f} s")
     shutil.rmtree(team_dir, ignore_errors=True)

@@ -23,12 +23,19 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BA
 PROBE_TIMEOUT_S = 10.0
 
 
-def probe_server(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
-    """Raise ServiceError (one line naming the URI) unless something answers HTTP at `uri` within `timeout`.
+OBJECT_STORE_HINT = ("start it (`make team-up`, then `source .team/env.sh`) or unset MLFLOW_S3_ENDPOINT_URL "
+                     "(and MLFLOW_TRACKING_URI) to use the local stores")
 
-    Any HTTP answer counts (200 from /health, but also 401/403 behind an authenticating proxy or 404
-    under a path prefix): only a refused, unreachable or silent server is an error. TLS follows
-    MLFLOW_TRACKING_INSECURE_TLS and MLFLOW_TRACKING_SERVER_CERT_PATH as MLflow does."""
+
+def probe_server(uri: str, timeout: float = PROBE_TIMEOUT_S, what: str = "MLflow tracking server", path: str = "/health",
+                 hint: str = "start it (`make team-up`, then `source .team/env.sh`) or unset MLFLOW_TRACKING_URI to use the local sqlite store") -> None:
+    """Raise ServiceError (one line naming `what` and the URI) unless something answers HTTP at `uri` + `path`
+    within `timeout`.
+
+    Any HTTP answer counts (200 from /health, but also 401/403 behind an authenticating proxy, 404
+    under a path prefix, or an S3 endpoint's 403 to an anonymous request): only a refused,
+    unreachable or silent server is an error. TLS follows MLFLOW_TRACKING_INSECURE_TLS and
+    MLFLOW_TRACKING_SERVER_CERT_PATH as MLflow does."""
     import http.client
     import ssl
     import urllib.error
@@ -43,21 +50,22 @@ def probe_server(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
         else:
             context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout, context=context):
+        with urllib.request.urlopen(f"{uri.rstrip('/')}{path}", timeout=timeout, context=context):
             return
     except urllib.error.HTTPError:
         return  # it answered
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
         problem = str(getattr(exc, "reason", exc)) or type(exc).__name__
-    raise ServiceError(f"MLflow tracking server {uri} did not answer within {timeout:.0f} s ({problem}); "
-                       "start it (`make team-up`, then `source .team/env.sh`) or unset MLFLOW_TRACKING_URI to use the local sqlite store")
+    raise ServiceError(f"{what} {uri} did not answer within {timeout:.0f} s ({problem}); {hint}")
 
 
 def configure_uri() -> str:
     """Point MLflow at MLFLOW_TRACKING_URI or the embedded default store; returns the URI.
 
     A server URI (http/https) is probed first, and MLflow's HTTP retries and timeout are bounded
-    (HTTP_DEFAULTS, unless set in the environment)."""
+    (HTTP_DEFAULTS, unless set in the environment). An S3 object store named by MLFLOW_S3_ENDPOINT_URL
+    (the team stack's artifact store) is probed too, so a stage fails at its start, in bounded time and
+    with one line, instead of in the middle of an artifact upload."""
     import mlflow
 
     uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
@@ -65,6 +73,9 @@ def configure_uri() -> str:
         for key, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(key, value)
         probe_server(uri)
+    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL", "")
+    if endpoint.startswith(("http://", "https://")):
+        probe_server(endpoint, what="S3 object store (MLFLOW_S3_ENDPOINT_URL)", path="/", hint=OBJECT_STORE_HINT)
     mlflow.set_tracking_uri(uri)
     return uri
 
