@@ -38,34 +38,35 @@ def test_configure_bounds_mlflow_http_retries(monkeypatch):
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2" and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"
 
 
+def _configure_in_a_stage(env: dict, cwd) -> tuple[subprocess.CompletedProcess, list[str], float]:
+    """What every stage does first when it reaches MLflow (tracking.configure), under the stages' error
+    handler, in a fresh process: (result, non-empty stderr lines, seconds)."""
+    start = time.perf_counter()
+    code = ("import sys; from mrisynth.stages import stage_main; from mrisynth.io import tracking; "
+            "stage_main(lambda: tracking.configure('mrisynth') and 0)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, cwd=cwd)
+    return out, [line for line in out.stderr.splitlines() if line.strip()], time.perf_counter() - start
+
+
 def test_a_stage_pointed_at_a_dead_server_exits_2_with_one_line(tmp_path):
     env = os.environ | {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_closed_port()}", "MRISYNTH_WATCH_LAUNCHER": "0"}
     params = tmp_path / "params.yaml"
     params.write_text((REPO / "params.yaml").read_text())
-    start = time.perf_counter()
-    # what every stage does first when it reaches MLflow (tracking.configure), under the stages' error handler
-    code = ("import sys; from mrisynth.stages import stage_main; from mrisynth.io import tracking; "
-            "stage_main(lambda: tracking.configure('mrisynth') and 0)")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    out, lines, seconds = _configure_in_a_stage(env, tmp_path)
     assert out.returncode == 2, out.stderr
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: MLflow tracking server http://127.0.0.1:"), out.stderr
-    assert time.perf_counter() - start < 45
+    assert seconds < 45
 
 
 def test_a_stage_pointed_at_a_dead_object_store_exits_2_with_one_line(tmp_path):
     """The team's artifact store (MLFLOW_S3_ENDPOINT_URL) down: the stage stops at its start, not mid-upload."""
     endpoint = f"http://127.0.0.1:{_closed_port()}"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"MLFLOW_S3_ENDPOINT_URL": endpoint, "MRISYNTH_WATCH_LAUNCHER": "0"}
-    start = time.perf_counter()
-    code = ("import sys; from mrisynth.stages import stage_main; from mrisynth.io import tracking; "
-            "stage_main(lambda: tracking.configure('mrisynth') and 0)")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    out, lines, seconds = _configure_in_a_stage(env, tmp_path)
     assert out.returncode == 2, out.stderr
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: S3 object store (MLFLOW_S3_ENDPOINT_URL) {endpoint} did not answer"), out.stderr
     assert "MLFLOW_S3_ENDPOINT_URL" in lines[0] and "make team-up" in lines[0]
-    assert time.perf_counter() - start < 45
+    assert seconds < 45
     assert not any(tmp_path.iterdir())  # nothing written: no store, no run
 
 
