@@ -73,7 +73,7 @@ def test_bad_generator_is_named(tmp_path, trained):
     broken.write_bytes(b"not a model")
     with pytest.raises(DataError, match="broken.keras: cannot load the generator"):
         augmentation.load_generator(broken, 64, 4)
-    with pytest.raises(DataError, match=r"generator maps \(None, 64, 64, 4\) -> \(None, 64, 64, 4\), but the data needs \(None, 128, 128, 4\)"):
+    with pytest.raises(DataError, match=r"generator maps \(None, 64, 64, 4\) -> \(None, 64, 64, 4\), but the data and train_gan.synthesis='full' need \(None, 128, 128, 4\)"):
         augmentation.load_generator(trained / "models" / "generator.keras", 128, 4)
 
 

@@ -198,8 +198,15 @@ def test_promotion_gate(promo):
         promote("promo-generator", v1)
     with pytest.raises(PromotionError, match="expected a validation metric"):
         promote("promo-generator", v1, metric="test_dice_gain")
+    _tag(v1, -0.010)  # worse than classic augmentation on validation: never champion, not even the first version
+    refused = promote("promo-generator", v1)
+    assert not refused.promoted and "not above the margin 0" in refused.reason and "--force" in refused.reason
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias("promo-generator", "champion")
+    assert not promote("promo-generator", v1, margin=0.02).promoted
     _tag(v1, 0.010)
-    assert promote("promo-generator", v1).promoted  # no champion yet
+    assert not promote("promo-generator", v1, margin=0.02).promoted  # a configured margin binds too
+    assert promote("promo-generator", v1).promoted  # no champion yet, gain above 0
     _tag(v1, 0.0, "test_dice_gain_beyond_classic")
     _tag(v2, 0.005)
     _tag(v2, 0.9, "test_dice_gain_beyond_classic")  # a far better TEST tag must not matter

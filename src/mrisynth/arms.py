@@ -49,6 +49,12 @@ def _read(augmented_dir: Path, rows) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def _select(arm: str, manifest):
+    """The manifest rows of an augmented arm (a boolean Series)."""
+    return {"classic+gan": manifest["in_mix"], "classic": manifest["kind"].isin(["real", "classic"]),
+            "gan": manifest["kind"].isin(["real", "gan"])}[arm]
+
+
 def arm_data(arm: str, train: arrays.SplitArrays, augmented_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """(images (N, S, S, C) float32, classes (N, S, S) uint8) for one arm."""
     if arm == "none":
@@ -56,9 +62,7 @@ def arm_data(arm: str, train: arrays.SplitArrays, augmented_dir: Path) -> tuple[
     if arm not in ARMS:
         raise DataError(f"arm {arm!r}: expected one of {list(ARMS)}")
     path, manifest = _manifest(augmented_dir)
-    select = {"classic+gan": manifest["in_mix"], "classic": manifest["kind"].isin(["real", "classic"]),
-              "gan": manifest["kind"].isin(["real", "gan"])}[arm]
-    rows = manifest[select]
+    rows = manifest[_select(arm, manifest)]
     expected = len(train)  # every arm holds at least the real training slices
     if len(rows) < expected:
         raise DataError(f"{path}: arm {arm!r} selects {len(rows)} images, expected at least {expected}; rerun `dvc repro augment`")
@@ -66,6 +70,14 @@ def arm_data(arm: str, train: arrays.SplitArrays, augmented_dir: Path) -> tuple[
     if images.shape[1:3] != train.images.shape[1:3]:
         raise DataError(f"{path}: augmented images are {images.shape[1:3]}, expected {train.images.shape[1:3]}; rerun `dvc repro augment`")
     return images, encoding.labels_to_classes(labels)
+
+
+def arm_real(arm: str, train: arrays.SplitArrays, augmented_dir: Path) -> np.ndarray:
+    """(N,) bool, aligned with `arm_data`'s images: True where the image is a real training slice."""
+    if arm == "none":
+        return np.ones(len(train), bool)
+    _, manifest = _manifest(augmented_dir)
+    return (manifest.loc[_select(arm, manifest), "kind"] == "real").to_numpy()
 
 
 def synthetic_only(augmented_dir: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mrisynth import generation
-from mrisynth.core import encoding, transforms
+from mrisynth.core import encoding, inpaint, transforms
 from mrisynth.errors import DataError
 from mrisynth.io import arrays, tiff
 
@@ -42,8 +42,9 @@ def plan(n_train: int, factor: int, synthetic_fraction: float, arms: tuple[str, 
     }
 
 
-def load_generator(path: Path, size: int, channels: int):
-    """The trained generator, checked against the data's shapes (clear errors naming model and shapes)."""
+def load_generator(path: Path, size: int, channels: int, synthesis: str = "full"):
+    """The trained generator, checked against the data's shapes and the synthesis it was trained for
+    (clear errors naming model and shapes)."""
     import keras
 
     if not Path(path).is_file():
@@ -52,16 +53,20 @@ def load_generator(path: Path, size: int, channels: int):
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:
         raise DataError(f"{path}: cannot load the generator ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); retrain with `dvc repro train_gan`") from exc
-    expected_in, expected_out = (None, size, size, encoding.CONDITION_CHANNELS), (None, size, size, channels)
+    conditioning = inpaint.in_channels(channels) if synthesis == "inpaint" else encoding.CONDITION_CHANNELS
+    expected_in, expected_out = (None, size, size, conditioning), (None, size, size, channels)
     if tuple(model.input_shape) != expected_in or tuple(model.output_shape) != expected_out:
         raise DataError(
-            f"{path}: generator maps {tuple(model.input_shape)} -> {tuple(model.output_shape)}, but the data needs "
-            f"{expected_in} -> {expected_out}; retrain it at preprocess.image_size {size} (`dvc repro train_gan`)"
+            f"{path}: generator maps {tuple(model.input_shape)} -> {tuple(model.output_shape)}, but the data and "
+            f"train_gan.synthesis={synthesis!r} need {expected_in} -> {expected_out}; retrain it (`dvc repro train_gan`)"
         )
     return model
 
 
-def synthesise(train: arrays.SplitArrays, generator, params, arms: tuple[str, ...]) -> tuple[list[Sample], dict]:
+def synthesise(train: arrays.SplitArrays, generator, params, arms: tuple[str, ...], synthesis: str = "full",
+               margin_fraction: float = 0.03) -> tuple[list[Sample], dict]:
+    """Real, classic and GAN samples (module doc). synthesis 'inpaint': every GAN sample is a real
+    training slice with a tumour region re-generated (see `_inpaint_samples`)."""
     rng = np.random.default_rng(params.seed)
     ranges = transforms.ClassicRanges(params.rotation, params.shift, tuple(params.scale), params.flip, params.brightness)
     n = len(train)
@@ -73,6 +78,9 @@ def synthesise(train: arrays.SplitArrays, generator, params, arms: tuple[str, ..
         image, labels, desc = transforms.classic(train.images[src], train.labels[src], rng, ranges)
         samples.append(Sample(image, labels, "classic", ids[src], desc, k < counts["classic_mix"]))
 
+    if synthesis == "inpaint":
+        gan, fallbacks = _inpaint_samples(train, generator, params, ranges, counts, rng, margin_fraction)
+        return samples + gan, counts | {"recombination_fallbacks": fallbacks}
     label_maps, brains, provenance = [], [], []
     fallbacks = 0
     for k in range(counts["gan_total"]):
@@ -100,6 +108,54 @@ def synthesise(train: arrays.SplitArrays, generator, params, arms: tuple[str, ..
         for k, (image, labels, (source, desc)) in enumerate(zip(images, label_maps, provenance)):
             samples.append(Sample(image, labels, "gan", source, desc, k < counts["gan_mix"]))
     return samples, counts | {"recombination_fallbacks": fallbacks}
+
+
+def _inpaint_samples(train, generator, params, ranges, counts, rng, margin_fraction) -> tuple[list[Sample], int]:
+    """Tumour-in-context GAN samples. With probability `recombine_fraction`: a donor's tumour
+    (rotated/scaled/flipped) is placed in another training slice's brain, away from the host's own
+    tumour (which is kept), and its region is generated; otherwise a classic-transformed training slice
+    gets its own tumour region re-generated (new appearance, same shape). Outside the regions every
+    pixel is the real (transformed) slice's."""
+    n, size = len(train), train.images.shape[1]
+    margin = inpaint.margin_pixels(margin_fraction, size)
+    ids = [str(c) for c in train.case_ids]
+    hosts, labels_out, brains, regions, provenance = [], [], [], [], []
+    fallbacks = 0
+    no_shift = transforms.ClassicRanges(rotation=ranges.rotation, shift=0.0, scale=ranges.scale, flip=ranges.flip)
+    for _ in range(counts["gan_total"]):
+        placed = None
+        if n > 1 and rng.random() < params.recombine_fraction:
+            donor, host = (int(i) for i in rng.choice(n, size=2, replace=False))
+            geometry = transforms.sample_geometry(rng, no_shift, size)
+            moved = transforms.warp(train.labels[donor], geometry, is_mask=True)
+            placed = inpaint.place_away(moved, train.brain[host], train.labels[host], margin, rng)
+            if placed is None:
+                fallbacks += 1
+            else:
+                tumour, (cy, cx) = placed
+                labels = np.where(tumour > 0, tumour, train.labels[host]).astype(np.uint8)
+                brain = train.brain[host] | (labels > 0)
+                hosts.append(train.images[host])
+                labels_out.append(labels)
+                brains.append(brain)
+                regions.append(inpaint.region(tumour, brain, margin))
+                provenance.append((f"{ids[donor]}+{ids[host]}", f"recombine:inpaint;{geometry.describe()};at=({cy},{cx})"))
+        if placed is None:
+            src = int(rng.integers(n))
+            image, labels, moved_brain, desc = transforms.classic_with_brain(train.images[src], train.labels[src], train.brain[src], rng, ranges)
+            brain = moved_brain | (labels > 0)
+            hosts.append(image)
+            labels_out.append(labels)
+            brains.append(brain)
+            regions.append(inpaint.region(labels, brain, margin))
+            provenance.append((ids[src], f"inpaint-own:{desc}"))
+    if not hosts:
+        return [], fallbacks
+    images = generation.render_inpaint(generator, np.stack(hosts), np.stack(labels_out), np.stack(brains), np.stack(regions), margin,
+                                       sample=params.sample_dropout, seed=params.seed)
+    samples = [Sample(image, labels, "gan", source, desc, k < counts["gan_mix"])
+               for k, (image, labels, (source, desc)) in enumerate(zip(images, labels_out, provenance))]
+    return samples, fallbacks
 
 
 def write(out_dir: Path, samples: list[Sample], sample_dropout: bool = False) -> pd.DataFrame:

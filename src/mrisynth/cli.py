@@ -93,7 +93,8 @@ def _cmd_promote(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     tracking.configure(params.train_gan.experiment)
     name = args.name or params.train_gan.registry_name
-    decision = promote(name, args.version, params.promote.metric, params.promote.higher_is_better, force=args.force)
+    decision = promote(name, args.version, params.promote.metric, params.promote.higher_is_better, force=args.force,
+                       margin=params.promote.margin)
     verdict = "PROMOTED to @champion" if decision.promoted else "NOT promoted"
     print(f"{name} v{decision.candidate}: {verdict} ({decision.reason}); "
           f"{params.promote.metric}: candidate {decision.candidate_value:.5f}, champion "

@@ -21,11 +21,11 @@ class DataParams:
 
     out: str = "data"
     phantom_version: int = 2
-    phantom_cases: int = 72
+    phantom_cases: int = 100
     seed: int = 2020
     train: int = 30
-    val: int = 10
-    test: int = 25
+    val: int = 20
+    test: int = 50
     image_size: int = 256
     modalities: tuple[str, ...] = MODALITIES
     slice: str = "max-tumor"
@@ -67,6 +67,8 @@ REMOVED = {"restart": "`restart` is no longer a tracked parameter (setting it ba
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # auto: see mrisynth.io.devices
 STRATEGIES = ("default", "mirrored", "multi_worker")  # see mrisynth.io.distribute
+SYNTHESES = ("full", "inpaint")  # train_gan.synthesis (mrisynth.core.inpaint)
+SELECTIONS = ("val_loss", "last")  # train_gan.select
 
 
 @dataclass(frozen=True)
@@ -90,12 +92,36 @@ class TrainGanParams:
     cpu_replicas: int = 2       # mirrored on a machine without GPUs: logical CPU devices
     cluster_wait_s: float = 300.0  # multi_worker: longest wait for every worker to join
     peer_timeout_s: float = 30.0   # multi_worker: a worker silent this long stops the chief with an error
+    generator: str = "pix2pix"  # the generator architecture (mrisynth.core.generators.GENERATORS)
+    synthesis: str = "full"     # full: the whole image from the label map (the paper) | inpaint: the tumour region of a real slice (mrisynth.core.inpaint)
+    inpaint_margin: float = 0.03  # inpaint: region = tumour grown by this fraction of the side; the blend ramp has the same width
+    inpaint_blobs: float = 0.5  # inpaint training: probability of adding a random tumour-free region to a slice's region
+    diffaugment: str = ""       # DiffAugment before the discriminator: comma-separated subset of translation,cutout,color ("" = off, the paper)
+    disc_blocks: int = 0        # > 0: a shallower PatchGAN with at most this many blocks (0 = the paper's depth for the size)
+    select: str = "val_loss"    # the kept generator: val_loss (lowest validation G loss, the paper) | last (the final epoch)
     grid_every: int = 5
     grid_images: int = 4
     out_dir: str = "work/gan"
     model_path: str = "models/generator.keras"
 
     def check(self) -> None:
+        from mrisynth.core import diffaugment, generators
+
+        if self.generator not in generators.GENERATORS:
+            raise ConfigError(f"train_gan.generator={self.generator!r}: expected one of {sorted(generators.GENERATORS)}")
+        if self.synthesis not in SYNTHESES:
+            raise ConfigError(f"train_gan.synthesis={self.synthesis!r}: expected one of {list(SYNTHESES)}")
+        if self.select not in SELECTIONS:
+            raise ConfigError(f"train_gan.select={self.select!r}: expected one of {list(SELECTIONS)}")
+        try:
+            diffaugment.parse(self.diffaugment)
+        except ValueError as exc:
+            raise ConfigError(f"train_gan.diffaugment={self.diffaugment!r}: {exc}") from None
+        if not 0 < self.inpaint_margin < 0.5 or not 0 <= self.inpaint_blobs <= 1:
+            raise ConfigError(f"train_gan.inpaint_margin={self.inpaint_margin} (expected 0 < m < 0.5) and "
+                              f"train_gan.inpaint_blobs={self.inpaint_blobs} (expected a probability in [0, 1])")
+        if self.disc_blocks < 0:
+            raise ConfigError(f"train_gan.disc_blocks={self.disc_blocks}: expected 0 (the paper's depth) or a positive count")
         _positive(self, "epochs", "batch_size", "learning_rate", "width", "grid_every", "grid_images", "checkpoint_every",
                   "cpu_replicas", "cluster_wait_s", "peer_timeout_s")
         if self.strategy not in STRATEGIES:
@@ -147,6 +173,7 @@ class PromoteParams:
 
     metric: str = "val_dice_gain_beyond_classic"
     higher_is_better: bool = True
+    margin: float | None = 0.0  # the candidate must beat this on its own (first version too); null = only beat the champion
 
     def check(self) -> None:
         if self.metric.startswith("test"):
@@ -199,6 +226,7 @@ class TrainSegmenterParams:
     learning_rate: float = 2e-3
     dice_weight: float = 1.0
     equal_steps: bool = True  # every arm gets the same number of updates per epoch (False: one pass per arm, as the paper)
+    real_share: float | None = None  # augmented arms: each batch element is a real slice with this probability (null: every image alike, the paper)
     steps_per_epoch: int = 25  # > 0: this many updates per epoch for every arm (an "epoch" = a validation/early-stopping period)
     precision: str = "auto"
     experiment: str = "mrisynth"
@@ -224,6 +252,8 @@ class TrainSegmenterParams:
             raise ConfigError(f"train_segmenter.dropout: expected a value in [0, 1), found {self.dropout}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train_segmenter.precision={self.precision!r}: expected one of {PRECISIONS}")
+        if self.real_share is not None and not 0 < self.real_share < 1:
+            raise ConfigError(f"train_segmenter.real_share={self.real_share}: expected a share in (0, 1), or null for every image alike")
 
 
 @dataclass(frozen=True)

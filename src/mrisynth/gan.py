@@ -19,6 +19,7 @@ resumed run ends with the same weights as an uninterrupted one on the same machi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -36,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from mrisynth.config import TrainGanParams
-from mrisynth.core import encoding, losses, models, quality
+from mrisynth.core import diffaugment, encoding, generators, inpaint, losses, models, quality
 from mrisynth.errors import ConfigError, MrisynthError
 from mrisynth.io import devices, distribute
 from mrisynth.io.arrays import SplitArrays
@@ -61,20 +62,38 @@ class GanSettings:
     precision: str = TrainGanParams.precision
     seed: int = TrainGanParams.seed
     checkpoint_every: int = TrainGanParams.checkpoint_every
+    generator: str = TrainGanParams.generator
+    synthesis: str = TrainGanParams.synthesis
+    inpaint_margin: float = TrainGanParams.inpaint_margin
+    inpaint_blobs: float = TrainGanParams.inpaint_blobs
+    diffaugment: str = TrainGanParams.diffaugment
+    disc_blocks: int = TrainGanParams.disc_blocks
+    select: str = TrainGanParams.select
 
     @classmethod
     def from_params(cls, params: TrainGanParams, alpha: float, epochs: int | None = None) -> "GanSettings":
-        """From the `train_gan` params section (TrainGanParams), with the alpha actually used."""
-        names = ("batch_size", "learning_rate", "beta_1", "dropout", "width", "precision", "seed", "checkpoint_every")
+        """From the `train_gan` params section (TrainGanParams), with the alpha actually used: every
+        field of this class is copied by name (a new field cannot be forgotten here)."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("alpha", "epochs")]
         return cls(alpha=alpha, epochs=epochs or params.epochs, **{n: getattr(params, n) for n in names})
+
+    def in_channels(self, image_channels: int) -> int:
+        """Generator input channels: the 4-channel label conditioning, or the inpainting one (core.inpaint)."""
+        return inpaint.in_channels(image_channels) if self.synthesis == "inpaint" else encoding.CONDITION_CHANNELS
 
     def fingerprint(self, data_key: str) -> dict:
         """What must match for a resume: everything but `epochs` (extending a run is allowed) and
-        `checkpoint_every`."""
+        `checkpoint_every`. Fields at their paper defaults are left out, so resume states written
+        before those fields existed still match."""
         values = {k: v for k, v in self.__dict__.items() if k not in ("epochs", "checkpoint_every")}
+        values = {k: v for k, v in values.items() if k not in _NEWER_DEFAULTS or v != _NEWER_DEFAULTS[k]}
         values["precision"] = devices.resolve_precision(self.precision)  # `auto` may mean another policy elsewhere
         values["data"] = data_key
         return values
+
+
+_NEWER_DEFAULTS = {"generator": "pix2pix", "synthesis": "full", "inpaint_margin": TrainGanParams.inpaint_margin,
+                   "inpaint_blobs": TrainGanParams.inpaint_blobs, "diffaugment": "", "disc_blocks": 0, "select": "val_loss"}
 
 
 @dataclass
@@ -179,9 +198,18 @@ class GanTrainer:
         self._shape = (size, in_channels, out_channels)
         self._portable: keras.Model | None = None  # a plain one-device generator, for writing the best weights
         self._best: tuple[int, float, list] | None = None  # (epoch, val_g_loss, weights) not yet written
+        if settings.synthesis == "inpaint" and sync:
+            raise ConfigError(f"train_gan.synthesis=inpaint with strategy {self.dist.kind!r}: inpainting trains on one device only "
+                              "for now; set train_gan.strategy: default")
+        if in_channels != settings.in_channels(out_channels):
+            raise ConfigError(f"GanTrainer: {in_channels} conditioning channels given, synthesis {settings.synthesis!r} needs "
+                              f"{settings.in_channels(out_channels)} (GanSettings.in_channels)")
+        self._augment = diffaugment.parse(settings.diffaugment)
+        self._augment_seed = keras.random.SeedGenerator(settings.seed + 1) if self._augment else None
         with self.dist.strategy.scope() if sync else contextlib.nullcontext():
-            self.generator = models.build_generator(size, in_channels, out_channels, settings.dropout, settings.width, distributed=sync)
-            self.discriminator = models.build_discriminator(size, in_channels, out_channels, settings.width, distributed=sync)
+            self.generator = generators.build(settings.generator, size, in_channels, out_channels, settings.dropout, settings.width, distributed=sync)
+            self.discriminator = models.build_discriminator(size, in_channels, out_channels, settings.width, distributed=sync,
+                                                            blocks=settings.disc_blocks)
             self.g_opt = keras.optimizers.Adam(settings.learning_rate, beta_1=settings.beta_1)
             self.d_opt = keras.optimizers.Adam(settings.learning_rate, beta_1=settings.beta_1)
             if self.policy == "mixed_float16":  # float16 gradients underflow without loss scaling (bfloat16 needs none)
@@ -202,7 +230,7 @@ class GanTrainer:
         epoch, value, weights = self._best
         if self._portable is None:
             size, in_channels, out_channels = self._shape
-            self._portable = models.build_generator(size, in_channels, out_channels, self.settings.dropout, self.settings.width)
+            self._portable = generators.build(self.settings.generator, size, in_channels, out_channels, self.settings.dropout, self.settings.width)
         self._portable.set_weights(weights)
         self._portable.save(Path(out_dir) / "best_generator.keras")
         (Path(out_dir) / "best.json").write_text(json.dumps({"epoch": epoch, "val_g_loss": value}))
@@ -215,16 +243,36 @@ class GanTrainer:
         return self.dist.is_chief
 
     # ------------------------------------------------------------------ steps
-    def train_step(self, cond, real, weight=None):
-        """One G and one D update on a batch. cond (B, S, S, 4), real (B, S, S, C) in [-1, 1].
-        weight: this replica's share of the global batch under tf.distribute (None on one device)."""
-        alpha = self.settings.alpha
+    def _fake(self, cond, real, blend, training: bool):
+        """The generated image; inpainting: real * (1 - blend) + G * blend (real outside the region)."""
+        out = self.generator(cond, training=training)
+        return out if blend is None else real * (1.0 - blend) + out * blend
+
+    def _discriminate(self, cond, image, training: bool):
+        """D on a pair; while training, DiffAugment first (train_gan.diffaugment: one transform per pair)."""
+        if training and self._augment:
+            cond, image = diffaugment.augment(cond, image, self._augment, self._augment_seed)
+        return self.discriminator([cond, image], training=training)
+
+    def _losses(self, disc_real, disc_fake, real, fake, blend):
+        """(g_total, g_gan, g_l1, d_loss); inpainting: the L1 is the mean over the blended region."""
+        if blend is None:
+            g_total, g_gan, g_l1 = losses.generator_loss(disc_fake, real, fake, self.settings.alpha)
+        else:
+            g_gan = losses.bce(1.0, disc_fake)
+            g_l1 = losses.region_l1(real, fake, blend)
+            g_total = g_gan + self.settings.alpha * g_l1
+        return g_total, g_gan, g_l1, losses.discriminator_loss(disc_real, disc_fake)
+
+    def train_step(self, cond, real, weight=None, blend=None):
+        """One G and one D update on a batch. cond (B, S, S, K), real (B, S, S, C) in [-1, 1].
+        weight: this replica's share of the global batch under tf.distribute (None on one device).
+        blend (B, S, S, 1): inpainting's blend weight (None: full synthesis, the paper)."""
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
-            fake = self.generator(cond, training=True)
-            disc_real = self.discriminator([cond, real], training=True)
-            disc_fake = self.discriminator([cond, fake], training=True)
-            g_total, g_gan, g_l1 = losses.generator_loss(disc_fake, real, fake, alpha)
-            d_loss = losses.discriminator_loss(disc_real, disc_fake)
+            fake = self._fake(cond, real, blend, training=True)
+            disc_real = self._discriminate(cond, real, training=True)
+            disc_fake = self._discriminate(cond, fake, training=True)
+            g_total, g_gan, g_l1, d_loss = self._losses(disc_real, disc_fake, real, fake, blend)
             if weight is not None:  # replica means -> shares of the global mean (gradients are summed over replicas)
                 g_total, g_gan, g_l1, d_loss = (value * weight for value in (g_total, g_gan, g_l1, d_loss))
             # the identity unless the optimizer scales (LossScaleOptimizer under mixed_float16); inside the tapes
@@ -311,36 +359,51 @@ class GanTrainer:
             variable.assign(value)
         return int(local[-1])
 
-    def eval_step(self, cond, real):
+    def eval_step(self, cond, real, blend=None):
         """Losses on a validation batch in inference mode, and the generated images."""
-        fake = self.generator(cond, training=False)
-        disc_real = self.discriminator([cond, real], training=False)
-        disc_fake = self.discriminator([cond, fake], training=False)
-        g_total, g_gan, g_l1 = losses.generator_loss(disc_fake, real, fake, self.settings.alpha)
-        d_loss = losses.discriminator_loss(disc_real, disc_fake)
+        fake = self._fake(cond, real, blend, training=False)
+        disc_real = self._discriminate(cond, real, training=False)
+        disc_fake = self._discriminate(cond, fake, training=False)
+        g_total, g_gan, g_l1, d_loss = self._losses(disc_real, disc_fake, real, fake, blend)
         return {"g_loss": g_total, "g_gan": g_gan, "g_l1": g_l1, "d_loss": d_loss}, fake
 
     # ------------------------------------------------------------------ data
+    def inputs(self, split: SplitArrays, epoch: int | None) -> tuple[np.ndarray, ...]:
+        """(conditioning, image in [-1, 1]) arrays, plus the blend weight (N, S, S, 1) when inpainting.
+        Inpainting regions: each slice's tumour with the margin, plus random tumour-free regions drawn
+        per training epoch (seeded by seed and epoch, so a resumed run draws the same); validation
+        (epoch None) uses the tumour regions only."""
+        images = encoding.to_tanh(split.images).astype(np.float32)
+        if self.settings.synthesis != "inpaint":
+            return split.conditioning.astype(np.float32), images
+        margin = inpaint.margin_pixels(self.settings.inpaint_margin, split.images.shape[1])
+        if epoch is None:  # validation: the same regions as generation.render_split
+            rng, blobs = np.random.default_rng(0), 0.0
+        else:
+            rng, blobs = np.random.default_rng([self.settings.seed, epoch]), self.settings.inpaint_blobs
+        cond, blend = inpaint.split_inputs(split.labels, split.brain, split.images, margin, blobs, rng)
+        return cond, images, blend
+
     def dataset(self, split: SplitArrays, epoch: int | None) -> tf.data.Dataset:
-        """(conditioning, image in [-1, 1]) batches; shuffled with a per-epoch seed when epoch is given."""
-        data = tf.data.Dataset.from_tensor_slices(
-            (split.conditioning.astype(np.float32), encoding.to_tanh(split.images).astype(np.float32))
-        )
+        """Batches of `inputs`; shuffled with a per-epoch seed when epoch is given."""
+        data = tf.data.Dataset.from_tensor_slices(self.inputs(split, epoch))
         if epoch is not None:
             data = data.shuffle(len(split), seed=self.settings.seed * 1000 + epoch, reshuffle_each_iteration=False)
         return data.batch(self.settings.batch_size).prefetch(tf.data.AUTOTUNE)
 
-    def generate(self, conditioning: np.ndarray, batch_size: int = 8) -> np.ndarray:
-        """[0, 1] images (N, S, S, C) for conditioning (N, S, S, 4), inference mode, zero outside the brain."""
+    def render(self, split: SplitArrays, count: int) -> np.ndarray:
+        """`generation.render_split` of the first `count` slices with the generator being trained."""
         from mrisynth import generation
 
-        return generation.render(self.generator, conditioning, batch_size)
+        first = SplitArrays(**{k: getattr(split, k)[:count] for k in ("images", "labels", "brain", "conditioning", "case_ids", "spacing")})
+        return generation.render_split(self.generator, first, self.settings.synthesis, self.settings.inpaint_margin)
 
     def validate(self, val: SplitArrays) -> dict[str, float]:
         totals: dict[str, float] = {}
         fakes, count = [], 0
-        for cond, real in self.dataset(val, None):
-            step, fake = self._eval_step(cond, real)
+        for batch in self.dataset(val, None):
+            cond, real, *blend = batch
+            step, fake = self._eval_step(cond, real, *blend)
             n = int(cond.shape[0])
             for k, v in step.items():
                 totals[k] = totals.get(k, 0.0) + float(v) * n
@@ -354,8 +417,11 @@ class GanTrainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _variables(self) -> dict[str, list]:
-        return {"g": list(self.g_opt.variables), "d": list(self.d_opt.variables),
-                "gr": _rng_variables(self.generator), "dr": _rng_variables(self.discriminator)}
+        found = {"g": list(self.g_opt.variables), "d": list(self.d_opt.variables),
+                 "gr": _rng_variables(self.generator), "dr": _rng_variables(self.discriminator)}
+        if self._augment_seed is not None:  # DiffAugment's RNG (absent without it: the paper's files are unchanged)
+            found["ar"] = [self._augment_seed.state]
+        return found
 
     def save_last(self, out_dir: Path, state: TrainState) -> Path:
         """Write a complete resume state atomically (see module doc); returns its folder."""
@@ -449,11 +515,14 @@ class GanTrainer:
                 start = time.perf_counter()
                 sums: dict[str, float] = {}
                 batches = 0
-                for step, (cond, real) in enumerate(self.dataset(train, epoch)):
+                for step, batch in enumerate(self.dataset(train, epoch)):
                     if self.dist.distributed:
+                        cond, real = batch
                         result = self._cluster_call(state, lambda: self._train_step(*self._split(cond, real)))
+                    elif len(batch) == 3:  # inpainting: (cond, real, blend)
+                        result = self._train_step(batch[0], batch[1], None, batch[2])
                     else:
-                        result = self._train_step(cond, real)
+                        result = self._train_step(*batch)
                     values = {k: float(v) for k, v in result.items()}
                     bad = [k for k, v in values.items() if not math.isfinite(v)]
                     if bad:  # state.json stays as the last resume checkpoint wrote it (its epoch matches those weights)
@@ -470,7 +539,8 @@ class GanTrainer:
                     state.epoch = epoch + 1
                     continue
                 metrics |= self.validate(val)
-                improved = metrics["val_g_loss"] < state.best_val
+                # select val_loss: the lowest validation G loss (the paper); last: every epoch replaces the kept one
+                improved = metrics["val_g_loss"] < state.best_val or self.settings.select == "last"
                 saving = time.perf_counter()
                 if improved:  # kept in memory; written with the next resume state (or on an exception)
                     state.best_val, state.best_epoch = metrics["val_g_loss"], epoch

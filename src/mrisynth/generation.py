@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mrisynth.core import encoding
+from mrisynth.core import encoding, inpaint
+from mrisynth.core.inpaint import BRAIN_CHANNEL
 
 
 def _sampler(generator):
@@ -30,8 +31,9 @@ def _sampler(generator):
 
 
 def render(generator, conditioning: np.ndarray, batch_size: int = 8, sample: bool = False, seed: int = 0) -> np.ndarray:
-    """(N, S, S, C) float32 images in [0, 1] for conditioning (N, S, S, 4); zero outside the brain
-    (channel 3), as the skull-stripped training images. sample: dropout active (see module doc)."""
+    """(N, S, S, C) float32 images in [0, 1] for conditioning (N, S, S, K); zero outside the brain
+    (channel 3 in both the 4-channel and the inpainting layout), as the skull-stripped training images.
+    sample: dropout active (see module doc)."""
     import keras
 
     if len(conditioning) == 0:
@@ -43,7 +45,8 @@ def render(generator, conditioning: np.ndarray, batch_size: int = 8, sample: boo
     out = [np.asarray(model(conditioning[i : i + batch_size].astype(np.float32), training=False), dtype=np.float32)
            for i in range(0, len(conditioning), batch_size)]
     images = encoding.from_tanh(np.concatenate(out))
-    return np.clip(images * conditioning[..., -1:], 0.0, 1.0).astype(np.float32)
+    brain = conditioning[..., BRAIN_CHANNEL : BRAIN_CHANNEL + 1]
+    return np.clip(images * brain, 0.0, 1.0).astype(np.float32)
 
 
 def render_labels(generator, labels: np.ndarray, brain: np.ndarray, batch_size: int = 8, sample: bool = False, seed: int = 0) -> np.ndarray:
@@ -51,10 +54,36 @@ def render_labels(generator, labels: np.ndarray, brain: np.ndarray, batch_size: 
     return render(generator, encoding.conditioning(labels, brain), batch_size, sample, seed)
 
 
-def diversity(generator, conditioning: np.ndarray, samples: int = 4, seed: int = 0) -> float:
-    """Mean per-pixel standard deviation (intensity units of [0, 1] images, inside the brain, over all
-    channels) across `samples` dropout-active renders of the same conditioning."""
-    renders = np.stack([render(generator, conditioning, sample=True, seed=seed + k) for k in range(samples)])
+def render_split(generator, split, synthesis: str = "full", margin_fraction: float = 0.03, sample: bool = False,
+                 seed: int = 0) -> np.ndarray:
+    """[0, 1] images (N, S, S, C) of a split's label maps: full synthesis from its conditioning, or
+    (synthesis 'inpaint') its own tumour regions re-generated inside its real slices."""
+    if synthesis != "inpaint":
+        return render(generator, split.conditioning, sample=sample, seed=seed)
+    margin = inpaint.margin_pixels(margin_fraction, split.images.shape[1])
+    cond, weights = inpaint.split_inputs(split.labels, split.brain, split.images, margin, 0.0, np.random.default_rng(0))
+    return inpaint.composite(split.images.astype(np.float32), render(generator, cond, sample=sample, seed=seed), weights[..., 0])
+
+
+def diversity(generator, split, samples: int = 4, seed: int = 0, synthesis: str = "full", margin_fraction: float = 0.03) -> float:
+    """Mean per-pixel standard deviation (intensity units of [0, 1] images, over all channels) across
+    `samples` dropout-active renders of the same label maps of a split: inside the brain (full
+    synthesis) or inside the re-generated regions (inpainting, where everything else is real)."""
+    renders = np.stack([render_split(generator, split, synthesis, margin_fraction, sample=True, seed=seed + k) for k in range(samples)])
     spread = renders.std(axis=0)                                  # (N, S, S, C)
-    brain = conditioning[..., -1] > 0
-    return float(spread[brain].mean()) if brain.any() else 0.0
+    if synthesis == "inpaint":
+        margin = inpaint.margin_pixels(margin_fraction, split.images.shape[1])
+        where = inpaint.training_regions(split.labels, split.brain, margin, 0.0, np.random.default_rng(0))
+    else:
+        where = split.conditioning[..., BRAIN_CHANNEL] > 0
+    return float(spread[where].mean()) if where.any() else 0.0
+
+
+def render_inpaint(generator, images: np.ndarray, labels: np.ndarray, brain: np.ndarray, regions: np.ndarray, margin: int,
+                   batch_size: int = 8, sample: bool = False, seed: int = 0) -> np.ndarray:
+    """Inpainting (mrisynth.core.inpaint): (N, S, S, C) [0, 1] images equal to `images` outside `regions`
+    (N, S, S) and generated for `labels` inside, blended over `margin` pixels at the region's border."""
+    cond = inpaint.conditioning(labels, brain, images, regions)
+    generated = render(generator, cond, batch_size, sample, seed)
+    weights = np.stack([inpaint.blend_weight(r, margin) for r in regions]) if len(regions) else np.zeros(regions.shape, np.float32)
+    return inpaint.composite(images.astype(np.float32), generated, weights)

@@ -38,8 +38,14 @@ def _metric(version, metric: str) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def promote(name: str, version: str | None = None, metric: str = "val_dice_gain_beyond_classic", higher_is_better: bool = True, force: bool = False) -> Decision:
-    """Compare a candidate (default alias `challenger`) with `champion`; move `champion` when better or forced."""
+def promote(name: str, version: str | None = None, metric: str = "val_dice_gain_beyond_classic", higher_is_better: bool = True,
+            force: bool = False, margin: float | None = 0.0) -> Decision:
+    """Compare a candidate (default alias `challenger`) with `champion`; move `champion` when better or forced.
+
+    `margin`: the candidate must also be better than this value on its own (above it when higher is
+    better, below it otherwise), the very first version included, so a generator whose validation
+    gain beyond classic augmentation is not positive never becomes `champion` unless `force`.
+    None: no absolute gate."""
     from mrisynth.io import tracking
 
     if metric.startswith("test"):
@@ -65,6 +71,11 @@ def promote(name: str, version: str | None = None, metric: str = "val_dice_gain_
         decision = Decision(False, str(candidate.version), str(champion.version), value, champion_value, "already the champion")
     elif force:
         decision = Decision(True, str(candidate.version), champion and str(champion.version), value, champion_value, "forced")
+    elif margin is not None and not (value > margin if higher_is_better else value < margin):
+        side = "above" if higher_is_better else "below"
+        decision = Decision(False, str(candidate.version), champion and str(champion.version), value, champion_value,
+                            f"{metric} {value:.5f} is not {side} the margin {margin:g} (promote.margin): on validation this "
+                            "generator does not improve the segmenter; pass --force to promote it anyway")
     elif champion is None:
         decision = Decision(True, str(candidate.version), None, value, None, "no champion yet")
     elif champion_value is None:

@@ -107,6 +107,23 @@ def jitter_fn(size: int):
     return apply
 
 
+def mixed_stream(images: np.ndarray, classes: np.ndarray, real: np.ndarray | None, real_share: float | None, seed: int):
+    """An endless, seeded tf.data stream of (image, classes) pairs: shuffled over all images, or (real_share
+    set and both real and other images present) drawn from the real ones with probability real_share."""
+    import tensorflow as tf
+
+    def stream(rows, shuffle_seed):
+        data = tf.data.Dataset.from_tensor_slices((images[rows].astype(np.float32), classes[rows].astype(np.int32)))
+        return data.shuffle(int(len(data)), seed=shuffle_seed, reshuffle_each_iteration=True).repeat()
+
+    if real_share is None or real is None or real.all() or not real.any():
+        data = tf.data.Dataset.from_tensor_slices((images.astype(np.float32), classes.astype(np.int32)))
+        return data.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).repeat()
+    real = np.asarray(real, bool)
+    return tf.data.Dataset.sample_from_datasets([stream(real, seed), stream(~real, seed + 1)],
+                                                weights=[real_share, 1.0 - real_share], seed=seed)
+
+
 _COMPILED: dict[tuple, keras.Model] = {}
 
 
@@ -146,6 +163,7 @@ def train(
     out_path: Path,
     on_epoch: Callable[[int, dict, bool], None] | None = None,
     steps_per_epoch: int | None = None,
+    real: np.ndarray | None = None,
 ) -> dict:
     """Train one segmenter for at most `params.epochs` epochs, stopping (not before `params.min_epochs`)
     after `params.patience` epochs without a validation tumour Dice gain above `params.min_delta`; the best model (highest
@@ -153,7 +171,11 @@ def train(
 
     steps_per_epoch: gradient updates per epoch (default: one pass over the images). Setting it to
     the same value for every arm gives each arm the same number of updates, so an arm with more
-    images is not also an arm with more training."""
+    images is not also an arm with more training.
+
+    real: (N,) bool, True for the real slices among `images`. With `params.real_share` set and both kinds
+    present, each batch element is drawn from the real slices with probability real_share, else from
+    the others (seeded), so real slices are not drowned by synthetic ones; otherwise every image alike."""
     import tensorflow as tf
 
     keras.mixed_precision.set_global_policy(devices.resolve_precision(params.precision))
@@ -162,8 +184,7 @@ def train(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     best = _BestByValDice(val_images, val_classes, out_path, on_epoch, params.patience, params.min_delta, params.min_epochs)
     steps = steps_per_epoch or math.ceil(len(images) / params.batch_size)
-    data = tf.data.Dataset.from_tensor_slices((images.astype(np.float32), classes.astype(np.int32)))
-    data = data.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).repeat()
+    data = mixed_stream(images, classes, real, params.real_share, seed)
     if params.jitter:
         data = data.map(jitter_fn(images.shape[1]), num_parallel_calls=1, deterministic=True)
     data = data.batch(params.batch_size).prefetch(tf.data.AUTOTUNE)

@@ -20,6 +20,15 @@ def l1(real, fake):
     return ops.mean(ops.abs(ops.cast(real, "float32") - ops.cast(fake, "float32")))
 
 
+def region_l1(real, fake, weight):
+    """Mean absolute error inside a region: sum(weight * |real - fake|) / (sum(weight) * C), weight
+    (B, H, W, 1) in [0, 1] (inpainting's blend weight); 0 for an empty region."""
+    diff = ops.abs(ops.cast(real, "float32") - ops.cast(fake, "float32"))
+    weight = ops.cast(weight, "float32")
+    channels = ops.cast(ops.shape(diff)[-1], "float32")
+    return ops.sum(diff * weight) / (ops.sum(weight) * channels + _EPS)
+
+
 def generator_loss(disc_fake, real, fake, alpha: float):
     """(total, gan, l1): the generator wants D(x, G(x)) -> 1, plus alpha times the L1 to the real image."""
     gan = bce(1.0, disc_fake)

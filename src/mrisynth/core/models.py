@@ -117,14 +117,57 @@ def build_generator(size: int = 256, in_channels: int = 4, out_channels: int = 4
     return keras.Model(inputs, outputs, name="generator")
 
 
+def spade(x, cond, filters: int, hidden: int, name: str, synchronized: bool = False):
+    """SPADE-style normalisation (Park et al. 2019) of x (N, h, w, filters) by the conditioning resized to
+    (N, h, w, K): parameter-free BatchNorm, then x * (1 + gamma) + beta with gamma, beta from a small
+    conv net on the conditioning, so the label map steers every scale (standard layers only)."""
+    normalized = layers.BatchNormalization(momentum=0.9, center=False, scale=False, synchronized=synchronized, name=f"{name}_norm")(x)
+    shared = layers.Conv2D(hidden, 3, padding="same", activation="relu", kernel_initializer=_init(), name=f"{name}_shared")(cond)
+    gamma = layers.Conv2D(filters, 3, padding="same", kernel_initializer="zeros", name=f"{name}_gamma")(shared)
+    beta = layers.Conv2D(filters, 3, padding="same", kernel_initializer="zeros", name=f"{name}_beta")(shared)
+    return layers.Add(name=f"{name}_out")([normalized, layers.Multiply(name=f"{name}_scale")([normalized, gamma]), beta])
+
+
+def build_spade_generator(size: int = 256, in_channels: int = 4, out_channels: int = 4, dropout: float = 0.3, width: float = 1.0,
+                          distributed: bool = False) -> keras.Model:
+    """The pix2pix U-Net (`build_generator`: same encoder, skips, filters and output) whose decoder blocks
+    are SPADE-normalised by the conditioning average-pooled to their scale: conditioning
+    (N, size, size, in_channels) -> image (N, size, size, out_channels) in [-1, 1]."""
+    down_filters, up_filters = generator_filters(size, width)
+    inputs = keras.Input((size, size, in_channels), name="conditioning")
+    x = inputs
+    skips = []
+    for i, filters in enumerate(down_filters):
+        x = downsample(filters, f"down{i + 1}", synchronized=distributed)(x)
+        skips.append(x)
+    x = layers.Conv2D(_scaled(BOTTLENECK_FILTERS, width), KERNEL, strides=2, padding="same", kernel_initializer=_init(), name="bottleneck")(x)
+    x = layers.ReLU(name="bottleneck_relu")(x)
+    hidden = _scaled(64, width)
+    for i, (filters, skip) in enumerate(zip(up_filters, reversed(skips))):
+        x = layers.Conv2DTranspose(filters, KERNEL, strides=2, padding="same", kernel_initializer=_init(), name=f"up{i + 1}_conv")(x)
+        factor = size // int(x.shape[1])
+        cond = layers.AveragePooling2D(factor, name=f"up{i + 1}_cond")(inputs) if factor > 1 else inputs
+        x = spade(x, cond, filters, hidden, f"up{i + 1}_spade", synchronized=distributed)
+        if dropout > 0:
+            x = (ReplicaDropout(dropout, name=f"up{i + 1}_dropout") if distributed else layers.Dropout(dropout, name=f"up{i + 1}_dropout"))(x)
+        x = layers.ReLU(name=f"up{i + 1}_relu")(x)
+        x = layers.Concatenate(name=f"skip{i + 1}")([x, skip])
+    x = layers.Conv2DTranspose(out_channels, KERNEL, strides=2, padding="same", kernel_initializer=_init(), name="output")(x)
+    outputs = layers.Activation("tanh", dtype="float32", name="tanh")(x)
+    return keras.Model(inputs, outputs, name="generator")
+
+
 def build_discriminator(size: int = 256, in_channels: int = 4, out_channels: int = 4, width: float = 1.0,
-                        distributed: bool = False) -> keras.Model:
+                        distributed: bool = False, blocks: int = 0) -> keras.Model:
     """Patch discriminator: (conditioning, image) -> (N, size/2^k, size/2^k, 1) real probabilities.
 
     k = 5 blocks at 256 (64-128-256-512-512), fewer at smaller sizes so the patch map stays >= 8x8;
     then a 1-filter 4x4 stride-1 conv. The sigmoid is a separate float32 layer, so `logits` can be
-    read without applying it twice."""
+    read without applying it twice. `blocks` > 0: at most that many blocks (a shallower PatchGAN with a
+    smaller receptive field: 3 blocks see 46 px patches, the paper's 4 at 128 px see 94 px)."""
     n_blocks = max(1, min(len(DISC_FILTERS), _depth(size) - 3))
+    if blocks > 0:
+        n_blocks = min(n_blocks, blocks)
     cond = keras.Input((size, size, in_channels), name="conditioning")
     image = keras.Input((size, size, out_channels), name="image")
     x = layers.Concatenate(name="pair")([cond, image])

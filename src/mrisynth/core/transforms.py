@@ -75,11 +75,19 @@ def brightness(image: np.ndarray, factor: float) -> np.ndarray:
 
 def classic(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, ranges: ClassicRanges) -> tuple[np.ndarray, np.ndarray, str]:
     """Rotation, shift, scale, flip (image and labels together) and brightness (image). Returns the description too."""
+    out_image, out_labels, _, desc = classic_with_brain(image, labels, None, rng, ranges)
+    return out_image, out_labels, desc
+
+
+def classic_with_brain(image: np.ndarray, labels: np.ndarray, brain: np.ndarray | None, rng: np.random.Generator,
+                       ranges: ClassicRanges) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
+    """`classic`, also moving a brain mask (H, W) with the same geometry (None: not given, None returned)."""
     geometry = sample_geometry(rng, ranges, image.shape[0])
     factor = float(1.0 + rng.uniform(-ranges.brightness, ranges.brightness))
     out_image = brightness(warp(image, geometry, is_mask=False), factor)
     out_labels = warp(labels, geometry, is_mask=True)
-    return out_image, out_labels, f"{geometry.describe()};brightness={factor:.3f}"
+    out_brain = None if brain is None else warp(brain.astype(np.uint8), geometry, is_mask=True).astype(bool)
+    return out_image, out_labels, out_brain, f"{geometry.describe()};brightness={factor:.3f}"
 
 
 def recombine(

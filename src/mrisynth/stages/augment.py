@@ -38,8 +38,9 @@ def run(params_path: str = "params.yaml") -> int:
     started = time.perf_counter()
     train = arrays.load_split(Path(pre.out_dir), "train")
     channels = train.images.shape[-1]
-    generator = load_generator(Path(params.train_gan.model_path), pre.image_size, channels)
-    samples, counts = synthesise(train, generator, p, params.train_segmenter.arms)
+    gan = params.train_gan
+    generator = load_generator(Path(gan.model_path), pre.image_size, channels, gan.synthesis)
+    samples, counts = synthesise(train, generator, p, params.train_segmenter.arms, gan.synthesis, gan.inpaint_margin)
     out_dir = Path(p.out_dir)
     manifest = write(out_dir, samples, p.sample_dropout)
     expected_mix = p.factor * len(train)
@@ -52,7 +53,7 @@ def run(params_path: str = "params.yaml") -> int:
         "train_images": len(train), "factor": p.factor, "mix_images": int(manifest["in_mix"].sum()),
         **{f"{kind}_images": int((manifest["kind"] == kind).sum()) for kind in ("real", "classic", "gan")},
         "recombined": int(manifest["transforms"].str.startswith("recombine").sum()),
-        **counts, "gan_dropout_sampling": p.sample_dropout, "seconds": round(time.perf_counter() - started, 2),
+        **counts, "synthesis": gan.synthesis, "gan_dropout_sampling": p.sample_dropout, "seconds": round(time.perf_counter() - started, 2),
     }
     Path("reports").mkdir(exist_ok=True)
     Path("reports/augment.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -34,7 +34,8 @@ def run(params_path: str = "params.yaml") -> int:
     g, seg, pre = params.gan_usefulness, params.train_segmenter, params.preprocess
     started = time.perf_counter()
     splits = {name: arrays.load_split(Path(pre.out_dir), name) for name in ("train", "val", "test")}
-    generator = load_generator(Path(params.train_gan.model_path), pre.image_size, splits["train"].images.shape[-1])
+    gan = params.train_gan
+    generator = load_generator(Path(gan.model_path), pre.image_size, splits["train"].images.shape[-1], gan.synthesis)
     runs_path = Path(seg.out_dir) / "runs.json"
     if not runs_path.is_file():
         raise DataError(f"{runs_path}: expected the trained segmenters' registry, found no file; run `dvc repro train_segmenter`")
@@ -53,12 +54,12 @@ def run(params_path: str = "params.yaml") -> int:
     for split in ("val", "test"):
         data = splits[split]
         gt = usefulness.scores(gan_train_model, data.images, encoding.labels_to_classes(data.labels))
-        gtest = usefulness.gan_test(real_models, generator, data, g.seed)
+        gtest = usefulness.gan_test(real_models, generator, data, g.seed, gan.synthesis, gan.inpaint_margin)
         for key in usefulness.KEYS:
             report[f"{split}_gan_train_{key}"] = gt[key]
             report[f"{split}_real_train_{key}"] = gtest[f"real_{key}"]
             report[f"{split}_gan_test_{key}"] = gtest[f"gan_test_{key}"]
-    report["diversity_val"] = generation.diversity(generator, splits["val"].conditioning, g.diversity_samples, g.seed)
+    report["diversity_val"] = generation.diversity(generator, splits["val"], g.diversity_samples, g.seed, gan.synthesis, gan.inpaint_margin)
     report["diversity_samples"] = g.diversity_samples
     report["seconds"] = round(time.perf_counter() - started, 1)
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mrisynth import generation
 from mrisynth.config import as_flat_dict, load_params
 from mrisynth.core import encoding
 from mrisynth.stages import skip_resource_record, stage_main
@@ -73,7 +72,8 @@ def write_reports(state, metrics: dict) -> None:
     Path("reports/train_gan_history.csv").write_text("\n".join(lines) + "\n")
 
 
-def register(params, best: Path, size: int, channels: int, run_id: str, tags: dict, example: np.ndarray | None = None) -> str:
+def register(params, best: Path, size: int, channels: int, run_id: str, tags: dict, example: np.ndarray | None = None,
+             in_channels: int = encoding.CONDITION_CHANNELS) -> str:
     """Register the best generator (Keras flavor via io/tracking: loading runs no code from the artifact
     store) with alias `challenger`. The logged model maps the tanh output to [0, 1] images, so it is
     servable without mrisynth installed. `example` is unused (kept for callers; see register_keras_model)."""
@@ -83,10 +83,12 @@ def register(params, best: Path, size: int, channels: int, run_id: str, tags: di
 
     served = export_model(keras.models.load_model(best, compile=False))
     return tracking.register_keras_model(
-        served, "generator", params.registry_name, tracking.generator_signature(size, channels, encoding.CONDITION_CHANNELS), tags,
+        served, "generator", params.registry_name, tracking.generator_signature(size, channels, in_channels), tags,
         alias=ALIAS,
         description=f"Best generator of run {run_id} (val_g_loss {tags.get('val_g_loss')}, epoch {tags.get('best_epoch')}); "
-                    f"input (N, {size}, {size}, 4) conditioning, output [0, 1] images.",
+                    f"input (N, {size}, {size}, {in_channels}) conditioning"
+                    + (" (inpainting: labels, brain, region, real context; mrisynth.core.inpaint)" if in_channels != encoding.CONDITION_CHANNELS else "")
+                    + ", output [0, 1] images.",
     )
 
 
@@ -108,7 +110,7 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
     alpha, alpha_source = resolve_alpha(p)
     settings = GanSettings.from_params(p, alpha)
     channels = train.images.shape[-1]
-    trainer = GanTrainer(settings, pre.image_size, encoding.CONDITION_CHANNELS, channels, dist)
+    trainer = GanTrainer(settings, pre.image_size, settings.in_channels(channels), channels, dist)
     out_dir = Path(p.out_dir)
     if not trainer.is_chief:  # a helper worker: trains in step with the chief, writes and tracks nothing
         skip_resource_record()
@@ -139,7 +141,7 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
             print(f"epoch {result.epoch}/{p.epochs}: g_loss {result.metrics['g_loss']:.4f} d_loss {result.metrics['d_loss']:.4f} "
                   f"val_g_loss {result.metrics['val_g_loss']:.4f} val_ssim {result.metrics['val_ssim']:.3f} ({result.seconds:.1f} s){' *best*' if result.improved else ''}")
             if result.epoch % p.grid_every == 0 or result.epoch == p.epochs:
-                generated = generation.render(trainer_.generator, val.conditioning[:grid_rows])
+                generated = trainer_.render(val, grid_rows)
                 titles = ["mask"] + [f"{name} {kind}" for name in (("FLAIR", "T1ce") if channels >= 3 else ("ch0",)) for kind in ("real", "generated")]
                 grid = tracking.titled_grid(tracking.image_grid(grid_panels(val.images[:grid_rows], val.labels[:grid_rows], generated)),
                                             titles, pre.image_size)
@@ -167,6 +169,7 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
         train_seconds = time.perf_counter() - started
         summary = {
             "best_epoch": state.best_epoch + 1, "best_val_g_loss": state.best_val, "alpha": alpha, "epochs": p.epochs,
+            "select": p.select, "generator": p.generator, "synthesis": p.synthesis,
             **{k: best_row[k] for k in ("val_g_l1", "val_mae", "val_psnr", "val_ssim")},
             "train_seconds": train_seconds,
             # checkpoint I/O (best generator and resume state every checkpoint_every epochs; best weights copied in memory on improvement)
@@ -177,8 +180,9 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
         run.log_metrics({f"best_{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and k not in ("alpha", "epochs")})
         version = register(p, best, pre.image_size, channels, state.run_id,
                            {"val_g_loss": f"{state.best_val:.5f}", "best_epoch": state.best_epoch + 1, "alpha": str(alpha),
-                            "data_hash": tags["data_hash"], "git_commit": tags["git_commit"], "size": pre.image_size, "run_id": state.run_id},
-                           val.conditioning[:1])
+                            "data_hash": tags["data_hash"], "git_commit": tags["git_commit"], "size": pre.image_size, "run_id": state.run_id,
+                            "generator": p.generator, "synthesis": p.synthesis, "select": p.select},
+                           val.conditioning[:1], in_channels=settings.in_channels(channels))
         summary["model_version"] = int(version)
         summary["run_id"] = state.run_id
         write_reports(state, summary)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mrisynth.arms import arm_data, arm_slug
+from mrisynth.arms import arm_data, arm_real, arm_slug
 from mrisynth.config import as_flat_dict, load_params
 from mrisynth.core import encoding
 from mrisynth.stages import stage_main
@@ -37,6 +37,7 @@ def run(params_path: str = "params.yaml") -> int:
     registry = {"parent_run_id": None, "arms": {}}
     summary: dict[str, dict] = {}
     data = {arm: arm_data(arm, train, Path(params.augment.out_dir)) for arm in p.arms}
+    real = {arm: arm_real(arm, train, Path(params.augment.out_dir)) for arm in p.arms}
     largest = max(len(images) for images, _ in data.values())
     steps = p.steps_per_epoch or (math.ceil(largest / p.batch_size) if p.equal_steps else None)
     run_params = as_flat_dict(p) | {"size": pre.image_size, "data_hash": tags["data_hash"], "augment_factor": params.augment.factor,
@@ -63,7 +64,7 @@ def run(params_path: str = "params.yaml") -> int:
                         print(f"[{arm} seed {seed}] epoch {epoch}/{p.epochs}: loss {row['loss']:.4f} "
                               f"val_dice_tumour {row['val_dice_tumour']:.4f}{' *best*' if improved else ''}", flush=True)
 
-                    result = segmenter.train(p, seed, images, classes, val.images, val_classes, path, on_epoch, steps)
+                    result = segmenter.train(p, seed, images, classes, val.images, val_classes, path, on_epoch, steps, real[arm])
                     seconds = time.perf_counter() - started
                     child.log_metrics({"best_val_dice_tumour": result["best_val_dice_tumour"], "best_epoch": result["best_epoch"],
                                         "epochs_run": result["epochs_run"], "train_seconds": seconds})

@@ -160,11 +160,11 @@ def report_epoch(trial, value: float, epoch: int) -> None:
 
 
 def _gan(params, alpha: float, train, epochs: int):
-    from mrisynth.core import encoding
     from mrisynth.gan import GanSettings, GanTrainer
 
     settings = GanSettings.from_params(params.train_gan, alpha, epochs)
-    return GanTrainer(settings, params.preprocess.image_size, encoding.CONDITION_CHANNELS, train.images.shape[-1])
+    channels = train.images.shape[-1]
+    return GanTrainer(settings, params.preprocess.image_size, settings.in_channels(channels), channels)
 
 
 def objective_image(trial, params, alpha: float, train, val, log) -> float:
@@ -191,7 +191,8 @@ def objective_downstream(trial, params, alpha: float, train, val, log) -> float:
     trainer = _gan(params, alpha, train, params.tune.epochs)
     with tempfile.TemporaryDirectory(prefix="tune-gan-") as tmp:
         trainer.fit(train, val, Path(tmp))
-        samples, _ = augmentation.synthesise(train, trainer.generator, params.augment, ("gan",))
+        samples, _ = augmentation.synthesise(train, trainer.generator, params.augment, ("gan",), params.train_gan.synthesis,
+                                             params.train_gan.inpaint_margin)
     gan_images = [s for s in samples if s.kind in ("real", "gan")]
     images = np.stack([s.image for s in gan_images]).astype(np.float32)
     classes = encoding.labels_to_classes(np.stack([s.labels for s in gan_images]))

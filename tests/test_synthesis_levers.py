@@ -1,0 +1,186 @@
+"""The levers for synthetic data worth training on: inpainting keeps real pixels, DiffAugment moves both
+members of a pair together, the generator registry, checkpoint selection, the segmenter's real share."""
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from mrisynth.core import diffaugment, generators, inpaint
+from mrisynth.errors import ConfigError
+from mrisynth.gan import GanSettings, GanTrainer
+from test_gan_training import _tiny_split
+
+TINY = GanSettings(alpha=100.0, epochs=2, batch_size=2, width=0.25, precision="float32", seed=3, checkpoint_every=1)
+
+
+def _blob_case(size=32):
+    labels = np.zeros((size, size), np.uint8)
+    labels[10:14, 12:16] = 2
+    labels[11:13, 13:15] = 4
+    brain = np.zeros((size, size), bool)
+    brain[4:28, 4:28] = True
+    return labels, brain
+
+
+def _small_tumours(n, size=64):
+    """Slices with a large brain and a small tumour each (room to place a donor tumour away from it)."""
+    from mrisynth.core import encoding
+    from mrisynth.io import arrays
+
+    rng = np.random.default_rng(4)
+    brain = np.zeros((n, size, size), bool)
+    brain[:, 6:58, 6:58] = True
+    labels = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        y, x = 12 + 3 * i, 14 + 2 * i
+        labels[i, y : y + 6, x : x + 5] = 2
+        labels[i, y + 2 : y + 4, x + 1 : x + 4] = 4
+    images = (rng.random((n, size, size, 4)) * brain[..., None]).astype(np.float32)
+    return arrays.SplitArrays(images, labels, brain, encoding.conditioning(labels, brain), np.array([f"c{i}" for i in range(n)]))
+
+
+def test_region_and_blend_weight_by_hand():
+    labels, brain = _blob_case()
+    region = inpaint.region(labels, brain, margin=2)
+    # the 4x4 tumour grown by a radius-2 disk: rows 8..15, columns 10..17 (corners cut)
+    assert region[8, 13] and region[15, 14] and region[12, 10] and not region[8, 10] and not region[7, 13]
+    weight = inpaint.blend_weight(region, feather=2)
+    assert weight[~region].max() == 0.0
+    assert weight[12, 13] == 1.0            # deep inside: fully generated
+    assert weight[8, 13] == pytest.approx(0.5)  # on the border row: distance 1 of 2
+    assert inpaint.margin_pixels(0.03, 128) == 4 and inpaint.margin_pixels(0.001, 64) == 1
+
+
+def test_composite_keeps_every_pixel_outside_the_region_bit_identical():
+    rng = np.random.default_rng(0)
+    labels, brain = _blob_case()
+    image = rng.random((32, 32, 4)).astype(np.float32)
+    generated = rng.random((32, 32, 4)).astype(np.float32)
+    region = inpaint.region(labels, brain, 3)
+    out = inpaint.composite(image, generated, inpaint.blend_weight(region, 3))
+    assert np.array_equal(out[~region], image[~region])
+    assert not np.allclose(out[region], image[region])
+    cond = inpaint.conditioning(labels, brain, image, region)
+    assert cond.shape == (32, 32, inpaint.in_channels(4)) == (32, 32, 9)
+    assert np.all(cond[..., 5:][region] == -1.0)                           # the region is blanked
+    assert np.allclose(cond[..., 5:][~region], image[~region] * 2 - 1)     # the context is the real image
+    assert np.array_equal(cond[..., 4], region.astype(np.float32))
+
+
+def test_place_away_keeps_clear_of_the_host_tumour():
+    rng = np.random.default_rng(1)
+    host_labels, brain = _blob_case(64)
+    brain[:] = False
+    brain[4:60, 4:60] = True
+    donor = np.zeros((64, 64), np.uint8)
+    donor[30:35, 30:36] = 1
+    for _ in range(10):
+        placed = inpaint.place_away(donor, brain, host_labels, 2, rng)
+        assert placed is not None
+        tumour, _ = placed
+        assert (tumour > 0).sum() == (donor > 0).sum() and np.all(brain[tumour > 0])
+        assert not np.any(inpaint.region(tumour, brain, 2) & (host_labels > 0))
+    assert inpaint.place_away(donor, np.zeros((64, 64), bool), host_labels, 2, rng) is None
+
+
+def test_diffaugment_applies_one_transform_to_both_members_of_a_pair():
+    rng = np.random.default_rng(0)
+    base = rng.random((3, 32, 32, 1)).astype(np.float32)
+    cond = np.concatenate([base, base], -1)                     # two conditioning channels equal to the image
+    image = base * 2 - 1                                        # the same picture on the tanh scale
+    seed = keras.random.SeedGenerator(5)
+    out_cond, out_image = diffaugment.augment(cond, image, ("translation", "cutout"), seed)
+    out_cond, out_image = np.asarray(out_cond), np.asarray(out_image)
+    assert not np.allclose(out_cond, cond)                      # something moved
+    # where the conditioning kept a value, the image holds the same picture (same shift, same hole)
+    kept = out_cond[..., 0] != 0
+    assert np.allclose(out_image[..., 0][kept], out_cond[..., 0][kept] * 2 - 1, atol=1e-6)
+    assert np.all(out_image[..., 0][~kept & (out_cond[..., 1] == 0)] <= -1 + 1e-6)
+    colour_cond, colour_image = diffaugment.augment(cond, image, ("color",), seed)
+    assert np.array_equal(np.asarray(colour_cond), cond) and not np.allclose(np.asarray(colour_image), image)
+    with pytest.raises(ValueError, match="unknown DiffAugment"):
+        diffaugment.parse("translation,zoom")
+
+
+@pytest.mark.parametrize("name", sorted(generators.GENERATORS))
+def test_every_registered_generator_builds_and_loads_safely(name, tmp_path):
+    model = generators.build(name, 32, 9, 4, 0.3, 0.25)
+    out = model(np.zeros((2, 32, 32, 9), np.float32))
+    assert out.shape == (2, 32, 32, 4) and float(np.abs(out).max()) <= 1.0
+    model.save(tmp_path / "g.keras")
+    keras.saving.load_model(tmp_path / "g.keras", compile=False, safe_mode=True)
+
+
+def test_inpainting_trainer_trains_and_renders_real_pixels_outside_the_region(tmp_path):
+    train, val = _tiny_split(4), _tiny_split(2, seed=10)
+    settings = dataclasses.replace(TINY, synthesis="inpaint", diffaugment="translation,cutout,color", disc_blocks=1,
+                                   generator="spade", select="last")
+    trainer = GanTrainer(settings, 64, settings.in_channels(4), 4)
+    state = trainer.fit(train, val, tmp_path / "gan")
+    assert state.completed and state.best_epoch == 1   # select last: the final epoch is kept
+    assert np.isfinite(state.history[-1]["g_loss"]) and "ar0" in np.load(next((tmp_path / "gan" / "resume").glob("epoch-*")) / "variables.npz")
+    rendered = trainer.render(val, 2)
+    margin = inpaint.margin_pixels(settings.inpaint_margin, 64)
+    regions = inpaint.training_regions(val.labels, val.brain, margin, 0.0, np.random.default_rng(0))
+    assert np.array_equal(rendered[~regions], val.images[~regions])
+    with pytest.raises(ConfigError, match="needs 9"):
+        GanTrainer(settings, 64, 4, 4)
+
+
+def test_inpaint_augmentation_and_its_generator_check(tmp_path):
+    from mrisynth import augmentation
+    from mrisynth.config import AugmentParams
+    from mrisynth.errors import DataError
+
+    train = _small_tumours(4)
+    generator = generators.build("pix2pix", 64, 9, 4, 0.3, 0.25)
+    params = AugmentParams(factor=3, seed=2)
+    samples, counts = augmentation.synthesise(train, generator, params, ("none", "gan", "classic+gan"), "inpaint", 0.05)
+    gan = [s for s in samples if s.kind == "gan"]
+    assert len(gan) == counts["gan_total"] == 8
+    recombined = [s for s in gan if s.transforms.startswith("recombine:inpaint")]
+    assert recombined, [s.transforms for s in gan]
+    for s in recombined:   # the host slice's pixels outside the new tumour's region are the real ones
+        host = list(train.case_ids).index(s.source_cases.split("+")[1])
+        region = inpaint.region(np.where(train.labels[host] > 0, 0, s.labels), train.brain[host] | (s.labels > 0),
+                                inpaint.margin_pixels(0.05, 64))
+        assert np.array_equal(s.image[~region], train.images[host][~region])
+        assert np.array_equal(s.labels[train.labels[host] > 0], train.labels[host][train.labels[host] > 0])  # host tumour kept
+    generator.save(tmp_path / "g.keras")
+    augmentation.load_generator(tmp_path / "g.keras", 64, 4, "inpaint")
+    with pytest.raises(DataError, match="synthesis='full'"):
+        augmentation.load_generator(tmp_path / "g.keras", 64, 4, "full")
+
+
+def test_real_share_sets_the_real_fraction_of_batches():
+    from mrisynth.segmenter import mixed_stream
+
+    images = np.zeros((40, 8, 8, 1), np.float32)
+    images[:10] = 1.0                                   # 10 real slices (value 1) among 40
+    classes = np.zeros((40, 8, 8), np.uint8)
+    real = np.arange(40) < 10
+    draws = [float(x[0, 0, 0]) for x, _ in mixed_stream(images, classes, real, 0.5, seed=3).take(2000)]
+    share = np.mean(draws)
+    assert abs(share - 0.5) < 3 * np.sqrt(0.25 / 2000), share   # within 3 binomial standard errors
+    natural = [float(x[0, 0, 0]) for x, _ in mixed_stream(images, classes, real, None, seed=3).take(2000)]
+    assert abs(np.mean(natural) - 0.25) < 0.04                  # null: every image alike (10 of 40 real)
+
+
+def test_settings_copy_every_field_and_reject_unknown_levers(tmp_path):
+    from mrisynth.config import TrainGanParams, load_params
+
+    params = TrainGanParams(synthesis="inpaint", diffaugment="cutout", disc_blocks=2, select="last", generator="spade")
+    settings = GanSettings.from_params(params, alpha=7.0)
+    assert (settings.synthesis, settings.diffaugment, settings.disc_blocks, settings.select, settings.generator, settings.alpha) == \
+        ("inpaint", "cutout", 2, "last", "spade", 7.0)
+    # a paper-default run's fingerprint has the same keys as before the levers existed (old resume states match)
+    assert "synthesis" not in GanSettings().fingerprint("x") and "synthesis" in settings.fingerprint("x")
+    for key, value, message in (("synthesis", "paste", "train_gan.synthesis"), ("diffaugment", "zoom", "unknown DiffAugment"),
+                                ("generator", "stylegan", "train_gan.generator"), ("select", "best", "train_gan.select")):
+        (tmp_path / "params.yaml").write_text(f"train_gan:\n  {key}: {value}\n")
+        with pytest.raises(ConfigError, match=message):
+            load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("train_segmenter:\n  real_share: 1.5\n")
+    with pytest.raises(ConfigError, match="real_share"):
+        load_params(tmp_path / "params.yaml")
