@@ -8,7 +8,7 @@ export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup gpu-check data run paper test bench clean dvc-graph
+.PHONY: setup gpu-check data run paper test bench clean dvc-graph sweep
 
 # GPU=1 (make setup GPU=1): TensorFlow with CUDA 12 from requirements-gpu.lock instead of tensorflow-cpu.
 GPU ?= 0
@@ -55,6 +55,27 @@ PAPER_OVERRIDES := -S preprocess.image_size=256 -S train_gan.epochs=100 -S train
   -S train_segmenter.learning_rate=0.001 -S 'train_segmenter.seeds=[1,2,3]' -S augment.factor=10
 paper: data
 	dvc exp run -f -n paper $(PAPER_OVERRIDES)
+
+# The validation sweep behind the default profile (docs/method.md): each variant a named DVC experiment in the
+# workspace, 2 segmenter seeds; pipelines/sweep_summary.py keeps its VALIDATION numbers only (reports/sweep.md).
+# Stage output goes to work/sweep-<name>.log (it also prints test scores: not for choosing). Apply the winner
+# with `dvc exp apply <name>` or by editing params.yaml.
+SWEEP_SEEDS := -S 'train_segmenter.seeds=[1,2]'
+SWEEP_PAPER := -S train_gan.diffaugment=off -S train_gan.generator=pix2pix -S train_gan.synthesis=full -S train_gan.select=val_loss -S train_gan.epochs=30 -S train_segmenter.real_share=null
+SWEEP_LONG := -S train_gan.select=last -S train_gan.epochs=100 -S train_gan.diffaugment=translation,cutout,color -S train_segmenter.real_share=0.5
+SWEEP_VARIANTS ?= paper full-long inpaint inpaint-spade
+sweep-paper := $(SWEEP_PAPER)
+sweep-full-long := $(SWEEP_LONG) -S train_gan.generator=pix2pix -S train_gan.synthesis=full
+sweep-inpaint := $(SWEEP_LONG) -S train_gan.generator=pix2pix -S train_gan.synthesis=inpaint
+sweep-inpaint-spade := $(SWEEP_LONG) -S train_gan.generator=spade -S train_gan.synthesis=inpaint
+sweep: data
+	mkdir -p work
+	for v in $(SWEEP_VARIANTS); do \
+	  case $$v in paper) o="$(sweep-paper)";; full-long) o="$(sweep-full-long)";; inpaint) o="$(sweep-inpaint)";; inpaint-spade) o="$(sweep-inpaint-spade)";; esac; \
+	  echo "sweep: $$v"; eval dvc exp run -n $$v $(SWEEP_SEEDS) $$o > work/sweep-$$v.log 2>&1 || exit 1; \
+	  python pipelines/sweep_summary.py $$v > /dev/null || exit 1; \
+	done
+	python pipelines/sweep_summary.py
 
 test: setup
 	python -m pytest -q -p randomly

@@ -26,7 +26,9 @@ CUTOUT = 0.25
 
 
 def parse(policy: str) -> tuple[str, ...]:
-    """'translation,cutout' -> ('translation', 'cutout'); '' -> (); ValueError naming an unknown part."""
+    """'translation,cutout' -> ('translation', 'cutout'); '' or 'off' -> (); ValueError naming an unknown part."""
+    if (policy or "").strip() == "off":
+        return ()
     parts = tuple(p.strip() for p in (policy or "").split(",") if p.strip())
     unknown = [p for p in parts if p not in POLICIES]
     if unknown:
