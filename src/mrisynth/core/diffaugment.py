@@ -26,8 +26,8 @@ CUTOUT = 0.25
 
 
 def parse(policy: str) -> tuple[str, ...]:
-    """'translation,cutout' -> ('translation', 'cutout'); '' or 'off' -> (); ValueError naming an unknown part."""
-    if (policy or "").strip() == "off":
+    """'translation,cutout' -> ('translation', 'cutout'); '', 'off' or 'none' -> (); ValueError naming an unknown part."""
+    if (policy or "").strip() in ("off", "none"):
         return ()
     parts = tuple(p.strip() for p in (policy or "").split(",") if p.strip())
     unknown = [p for p in parts if p not in POLICIES]
