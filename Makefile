@@ -58,11 +58,11 @@ paper: data
 
 # The validation sweep behind the default profile (docs/method.md): each variant a named DVC experiment in the
 # workspace, 2 segmenter seeds; pipelines/sweep_summary.py keeps its VALIDATION numbers only (reports/sweep.md).
-# Stage output goes to work/sweep-<name>.log (it also prints test scores: not for choosing). Apply the winner
+# (DVC's -S reads a comma as a sweep: DiffAugment parts are joined with +.) Stage output goes to work/sweep-<name>.log (it also prints test scores: not for choosing). Apply the winner
 # with `dvc exp apply <name>` or by editing params.yaml.
 SWEEP_SEEDS := -S 'train_segmenter.seeds=[1,2]'
 SWEEP_PAPER := -S train_gan.diffaugment=none -S train_gan.generator=pix2pix -S train_gan.synthesis=full -S train_gan.select=val_loss -S train_gan.epochs=30 -S train_segmenter.real_share=null
-SWEEP_LONG := -S train_gan.select=last -S train_gan.epochs=100 -S train_gan.diffaugment=translation,cutout,color -S train_segmenter.real_share=0.5
+SWEEP_LONG := -S train_gan.select=last -S train_gan.epochs=100 -S train_gan.diffaugment=translation+cutout+color -S train_segmenter.real_share=0.5
 SWEEP_VARIANTS ?= paper full-long inpaint inpaint-spade
 sweep-paper := $(SWEEP_PAPER)
 sweep-full-long := $(SWEEP_LONG) -S train_gan.generator=pix2pix -S train_gan.synthesis=full

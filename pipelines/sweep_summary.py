@@ -26,7 +26,7 @@ def record(name: str) -> dict:
             d = entry["dice_tumour"]
             row[f"val_{key}"] = [d["mean"], d["low"], d["high"]]
             row["val_images"], row["val_seeds"] = d["n_images"], d["n_seeds"]
-    row |= {f"val_dice_tumour_{arm}": metrics["arms"][arm]["val"]["dice_tumour"]["mean"] for arm in metrics["arms"]}
+    row |= {f"val_dice_tumour_{arm}": metrics["arms"][arm]["val"]["dice_tumour"] for arm in metrics["arms"]}
     row |= {"val_gan_train_dice_tumour": usefulness["val_gan_train_dice_tumour"],
             "val_real_train_dice_tumour": usefulness["val_real_train_dice_tumour"], "gan_best_epoch": gan["best_epoch"],
             "alpha": gan["alpha"]}

@@ -5,7 +5,7 @@ instead, real and generated alike, and the transforms are differentiable, so the
 flows through them. Each pair (conditioning, image) gets ONE transform: the same translation and cutout
 for both members, so the pair stays aligned; intensity changes touch the image only.
 
-Policy: a comma-separated subset of
+Policy: a comma- (or +-) separated subset of
     translation  shift by up to 1/8 of the side per axis, per sample (conditioning padded with 0,
                  image with -1, the background of the tanh scale)
     cutout       a square of 1/4 of the side, per sample, set to 0 (conditioning) and -1 (image)
@@ -29,7 +29,7 @@ def parse(policy: str) -> tuple[str, ...]:
     """'translation,cutout' -> ('translation', 'cutout'); '', 'off' or 'none' -> (); ValueError naming an unknown part."""
     if (policy or "").strip() in ("off", "none"):
         return ()
-    parts = tuple(p.strip() for p in (policy or "").split(",") if p.strip())
+    parts = tuple(p.strip() for p in (policy or "").replace("+", ",").split(",") if p.strip())
     unknown = [p for p in parts if p not in POLICIES]
     if unknown:
         raise ValueError(f"unknown DiffAugment part(s) {unknown}; expected a comma-separated subset of {list(POLICIES)}")
