@@ -16,7 +16,7 @@ from mrisynth.ingest import ImportOptions, import_brats
 TINY_PARAMS = {
     "preprocess": {"image_size": 64},
     "tune": {"n_trials": 2, "epochs": 1, "storage": "sqlite:///optuna.db"},
-    "train_gan": {"epochs": 1, "batch_size": 2, "width": 0.25, "grid_every": 1, "grid_images": 2, "precision": "float32"},
+    "train_gan": {"epochs": 1, "batch_size": 2, "width": 0.25, "grid_every": 1, "grid_images": 2, "precision": "float32", "draws": 2},
     "augment": {"factor": 3},
     "train_segmenter": {"seeds": [1, 2], "epochs": 2, "min_epochs": 1, "patience": 1, "batch_size": 4, "depth": 2, "base_filters": 4, "precision": "float32"},
     "gan_usefulness": {"diversity_samples": 2},
@@ -72,13 +72,16 @@ def test_tiny_dvc_repro_produces_table1_and_mlflow_runs(tmp_path):
     assert set(metrics["arms"]) == {"none", "classic", "gan", "classic+gan"} and metrics["seeds"] == ["1", "2"]
     beyond = metrics["comparisons_test"]["GAN beyond classic"]["dice_tumour"]
     assert beyond["low"] <= beyond["mean"] <= beyond["high"] and beyond["n_seeds"] == 2 and beyond["n_images"] == 2
+    assert beyond["n_draws"] == 2 and "× 2 generators" in verdict and "generator draws" in table   # the CI resamples 2 generators
+    assert (repo / "models" / "draws" / "generator-2.keras").is_file() and (repo / "work" / "augmented" / "manifest-draw-2.csv").is_file()
+    assert [d["seed"] for d in json.loads((repo / "reports" / "train_gan.json").read_text())["draws"]] == [42, 43]
     assert "val_dice_gain_beyond_classic" in metrics and set(metrics["threshold_reference"]) == {"WT", "TC", "ET"}
     usefulness = json.loads((repo / "reports" / "gan_usefulness.json").read_text())
     for key in ("val_gan_train_dice_tumour", "test_gan_train_dice_tumour", "val_gan_test_dice_tumour", "diversity_val"):
         assert usefulness[key] == usefulness[key] and 0.0 <= usefulness[key] <= 1.0  # finite, in range
     assert (repo / "reports" / "test_examples.png").stat().st_size > 0
     per_image = (repo / "reports" / "per_image.csv").read_text().splitlines()
-    assert per_image[0].startswith("arm,seed,split,case_id,dice_tumour") and len(per_image) == 1 + 4 * 2 * (4 + 2 + 2)
+    assert per_image[0].startswith("arm,seed,split,case_id,dice_tumour") and len(per_image) == 1 + (1 + 1 + 2 + 2) * 2 * (4 + 2 + 2)
     augmented = (repo / "work" / "augmented" / "manifest.csv").read_text().splitlines()
     assert sum(",True," in line for line in augmented[1:]) >= 3 * 4
     best_alpha = json.loads((repo / "work" / "tune" / "best_alpha.json").read_text())
@@ -95,7 +98,9 @@ def test_tiny_dvc_repro_produces_table1_and_mlflow_runs(tmp_path):
     by_name = {r.info.run_name: r for r in runs}
     parent = by_name["train_segmenter"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert {c.data.tags["augmentation"] for c in children} == {"none", "classic", "gan", "classic+gan"} and len(children) == 8
+    assert {c.data.tags["augmentation"] for c in children} == {"none", "classic", "gan", "classic+gan"} and len(children) == 12
+    assert sorted(c.data.tags["generator_draw"] for c in children if c.data.tags["augmentation"] == "gan") == ["1", "1", "2", "2"]
+    assert sorted(r.data.tags.get("draw") for r in runs if r.info.run_name == "train_gan") == ["1", "2"]
     for child in children:  # same metric names in every arm's run: the UI's compare view lines them up
         assert {"test_dice_tumour", "test_dice_WT", "best_val_dice_tumour", "best_val_dice_WT", "test_hd95_WT"} <= set(child.data.metrics)
         assert {i.dataset.name for i in client.get_run(child.info.run_id).inputs.dataset_inputs} == {"train", "val"}

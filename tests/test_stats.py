@@ -81,3 +81,22 @@ def test_threshold_recovers_a_known_threshold():
     # no enhancing tumour anywhere: the best rule predicts nothing (both empty -> 1)
     et = threshold.fit(images, classes, brain, "ET")
     assert threshold.apply(et, images, classes, brain).mean() == pytest.approx(1.0)
+
+
+def test_generator_draws_enter_the_interval():
+    rng = np.random.default_rng(3)
+    a = rng.uniform(0.5, 0.9, size=(3, 20))
+    b = a + rng.normal(0.02, 0.05, size=(3, 20))
+    two_level = stats.paired_bootstrap(a, b, n_boot=2000)
+    assert stats.paired_bootstrap(a[None], b[None], n_boot=2000) == two_level      # one draw: the same numbers
+    same_draws = stats.paired_bootstrap(a, np.stack([b, b]), n_boot=2000)           # baseline broadcast over draws
+    assert same_draws == pytest.approx(two_level)                                   # identical draws add no spread
+    spread = stats.paired_bootstrap(a, np.stack([b + 0.1, b - 0.1]), n_boot=2000)
+    assert spread[0] == pytest.approx(two_level[0]) and spread[2] - spread[1] > two_level[2] - two_level[1]
+    # by hand: one seed, one image, draw 0 is +1 and draw 1 is -1 -> replicate means -1, 0, +1 with p 1/4, 1/2, 1/4
+    mean, low, high = stats.paired_bootstrap([[0.0]], [[[1.0]], [[-1.0]]], n_boot=4000)
+    assert (mean, low, high) == (0.0, -1.0, 1.0)
+    c = stats.compare(a, np.stack([b, b]), n_boot=500)
+    assert (c.n_draws, c.n_seeds, c.n_images) == (2, 3, 20) and "× 2 generators" in stats.verdict("q", "tumour Dice", c)
+    with pytest.raises(ValueError, match="one draw pairing with any"):
+        stats.paired_bootstrap(np.stack([a, a, a]), np.stack([b, b]))

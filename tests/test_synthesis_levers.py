@@ -114,7 +114,7 @@ def test_every_registered_generator_builds_and_loads_safely(name, tmp_path):
 
 def test_inpainting_trainer_trains_and_renders_real_pixels_outside_the_region(tmp_path):
     train, val = _tiny_split(4), _tiny_split(2, seed=10)
-    settings = dataclasses.replace(TINY, synthesis="inpaint", diffaugment="translation,cutout,color", disc_blocks=1,
+    settings = dataclasses.replace(TINY, synthesis="inpaint", diffaugment="translation,cutout,color", disc_blocks=1, feature_matching=10.0,
                                    generator="spade", select="last")
     trainer = GanTrainer(settings, 64, settings.in_channels(4), 4)
     state = trainer.fit(train, val, tmp_path / "gan")
@@ -184,3 +184,12 @@ def test_settings_copy_every_field_and_reject_unknown_levers(tmp_path):
     (tmp_path / "params.yaml").write_text("train_segmenter:\n  real_share: 1.5\n")
     with pytest.raises(ConfigError, match="real_share"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_feature_matching_term_by_hand():
+    from mrisynth.core import losses
+
+    real = [np.ones((1, 2, 2, 1), np.float32), np.zeros((1, 1, 1, 2), np.float32)]
+    fake = [np.zeros((1, 2, 2, 1), np.float32), np.full((1, 1, 1, 2), 3.0, np.float32)]
+    assert float(losses.feature_matching(real, fake)) == pytest.approx((1.0 + 3.0) / 2)
+    assert float(losses.feature_matching(real, real)) == 0.0

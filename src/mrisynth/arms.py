@@ -34,10 +34,17 @@ def comparisons_for(arms) -> list[tuple[str, str, str]]:
     return [c for c in COMPARISONS if c[0] in arms and c[1] in arms]
 
 
-def _manifest(augmented_dir: Path):
+GAN_ARMS = ("gan", "classic+gan")  # the arms whose data depend on a generator (one set per generator draw)
+
+
+def uses_generator(arm: str) -> bool:
+    return arm in GAN_ARMS
+
+
+def _manifest(augmented_dir: Path, draw: int = 0):
     import pandas as pd
 
-    path = Path(augmented_dir) / "manifest.csv"
+    path = Path(augmented_dir) / ("manifest.csv" if draw == 0 else f"manifest-draw-{draw + 1}.csv")
     if not path.is_file():
         raise DataError(f"{path}: the augmented arms need the augmented set, found no manifest; run `dvc repro augment`")
     return path, pd.read_csv(path)
@@ -55,13 +62,13 @@ def _select(arm: str, manifest):
             "gan": manifest["kind"].isin(["real", "gan"])}[arm]
 
 
-def arm_data(arm: str, train: arrays.SplitArrays, augmented_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(images (N, S, S, C) float32, classes (N, S, S) uint8) for one arm."""
+def arm_data(arm: str, train: arrays.SplitArrays, augmented_dir: Path, draw: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, S, S, C) float32, classes (N, S, S) uint8) for one arm (of generator draw `draw`, 0-based)."""
     if arm == "none":
         return train.images, encoding.labels_to_classes(train.labels)
     if arm not in ARMS:
         raise DataError(f"arm {arm!r}: expected one of {list(ARMS)}")
-    path, manifest = _manifest(augmented_dir)
+    path, manifest = _manifest(augmented_dir, draw if uses_generator(arm) else 0)
     rows = manifest[_select(arm, manifest)]
     expected = len(train)  # every arm holds at least the real training slices
     if len(rows) < expected:
@@ -72,11 +79,11 @@ def arm_data(arm: str, train: arrays.SplitArrays, augmented_dir: Path) -> tuple[
     return images, encoding.labels_to_classes(labels)
 
 
-def arm_real(arm: str, train: arrays.SplitArrays, augmented_dir: Path) -> np.ndarray:
+def arm_real(arm: str, train: arrays.SplitArrays, augmented_dir: Path, draw: int = 0) -> np.ndarray:
     """(N,) bool, aligned with `arm_data`'s images: True where the image is a real training slice."""
     if arm == "none":
         return np.ones(len(train), bool)
-    _, manifest = _manifest(augmented_dir)
+    _, manifest = _manifest(augmented_dir, draw if uses_generator(arm) else 0)
     return (manifest.loc[_select(arm, manifest), "kind"] == "real").to_numpy()
 
 

@@ -78,9 +78,30 @@ def synthesise(train: arrays.SplitArrays, generator, params, arms: tuple[str, ..
         image, labels, desc = transforms.classic(train.images[src], train.labels[src], rng, ranges)
         samples.append(Sample(image, labels, "classic", ids[src], desc, k < counts["classic_mix"]))
 
+    gan, fallbacks = gan_samples(train, generator, params, counts, rng, synthesis, margin_fraction, params.seed)
+    return samples + gan, counts | {"recombination_fallbacks": fallbacks}
+
+
+def synthesise_draw(train: arrays.SplitArrays, generator, params, arms: tuple[str, ...], draw: int, synthesis: str = "full",
+                    margin_fraction: float = 0.03) -> tuple[list[Sample], int]:
+    """The GAN samples of generator draw `draw` (>= 1; 0-based): its own label maps (random stream
+    seeded by (augment.seed, draw)) rendered by its own generator (dropout seed augment.seed + draw).
+    The real and classic samples are shared by every draw (those of `synthesise`)."""
+    counts = plan(len(train), params.factor, params.synthetic_fraction, arms)
+    rng = np.random.default_rng([params.seed, draw])
+    return gan_samples(train, generator, params, counts, rng, synthesis, margin_fraction, params.seed + draw)
+
+
+def gan_samples(train: arrays.SplitArrays, generator, params, counts: dict, rng: np.random.Generator, synthesis: str,
+                margin_fraction: float, render_seed: int) -> tuple[list[Sample], int]:
+    """counts['gan_total'] GAN samples (the first counts['gan_mix'] in the classic+gan set) and the
+    number of recombinations that found no placement."""
+    ranges = transforms.ClassicRanges(params.rotation, params.shift, tuple(params.scale), params.flip, params.brightness)
     if synthesis == "inpaint":
-        gan, fallbacks = _inpaint_samples(train, generator, params, ranges, counts, rng, margin_fraction)
-        return samples + gan, counts | {"recombination_fallbacks": fallbacks}
+        return _inpaint_samples(train, generator, params, ranges, counts, rng, margin_fraction, render_seed)
+    n = len(train)
+    ids = [str(c) for c in train.case_ids]
+    samples: list[Sample] = []
     label_maps, brains, provenance = [], [], []
     fallbacks = 0
     for k in range(counts["gan_total"]):
@@ -104,16 +125,17 @@ def synthesise(train: arrays.SplitArrays, generator, params, arms: tuple[str, ..
             brains.append(brain)
             provenance.append((ids[src], f"mask:{geometry.describe()}"))
     if label_maps:
-        images = generation.render_labels(generator, np.stack(label_maps), np.stack(brains), sample=params.sample_dropout, seed=params.seed)
+        images = generation.render_labels(generator, np.stack(label_maps), np.stack(brains), sample=params.sample_dropout, seed=render_seed)
         for k, (image, labels, (source, desc)) in enumerate(zip(images, label_maps, provenance)):
             samples.append(Sample(image, labels, "gan", source, desc, k < counts["gan_mix"]))
-    return samples, counts | {"recombination_fallbacks": fallbacks}
+    return samples, fallbacks
 
 
-def _inpaint_samples(train, generator, params, ranges, counts, rng, margin_fraction) -> tuple[list[Sample], int]:
+def _inpaint_samples(train, generator, params, ranges, counts, rng, margin_fraction, render_seed) -> tuple[list[Sample], int]:
     """Tumour-in-context GAN samples. With probability `recombine_fraction`: a donor's tumour
     (rotated/scaled/flipped) is placed in another training slice's brain, away from the host's own
-    tumour (which is kept), and its region is generated; otherwise a classic-transformed training slice
+    tumour (which is kept), at a depth drawn like the real tumours' (`inpaint.depth_weights`), and its
+    region is generated; otherwise a classic-transformed training slice
     gets its own tumour region re-generated (new appearance, same shape). Outside the regions every
     pixel is the real (transformed) slice's."""
     n, size = len(train), train.images.shape[1]
@@ -122,13 +144,14 @@ def _inpaint_samples(train, generator, params, ranges, counts, rng, margin_fract
     hosts, labels_out, brains, regions, provenance = [], [], [], [], []
     fallbacks = 0
     no_shift = transforms.ClassicRanges(rotation=ranges.rotation, shift=0.0, scale=ranges.scale, flip=ranges.flip)
+    prior = inpaint.depths(train.labels, train.brain)  # placed tumours sit as deep in the brain as the real ones
     for _ in range(counts["gan_total"]):
         placed = None
         if n > 1 and rng.random() < params.recombine_fraction:
             donor, host = (int(i) for i in rng.choice(n, size=2, replace=False))
             geometry = transforms.sample_geometry(rng, no_shift, size)
             moved = transforms.warp(train.labels[donor], geometry, is_mask=True)
-            placed = inpaint.place_away(moved, train.brain[host], train.labels[host], margin, rng)
+            placed = inpaint.place_away(moved, train.brain[host], train.labels[host], margin, rng, prior=prior)
             if placed is None:
                 fallbacks += 1
             else:
@@ -152,7 +175,7 @@ def _inpaint_samples(train, generator, params, ranges, counts, rng, margin_fract
     if not hosts:
         return [], fallbacks
     images = generation.render_inpaint(generator, np.stack(hosts), np.stack(labels_out), np.stack(brains), np.stack(regions), margin,
-                                       sample=params.sample_dropout, seed=params.seed)
+                                       sample=params.sample_dropout, seed=render_seed)
     samples = [Sample(image, labels, "gan", source, desc, k < counts["gan_mix"])
                for k, (image, labels, (source, desc)) in enumerate(zip(images, labels_out, provenance))]
     return samples, fallbacks
@@ -179,3 +202,29 @@ def write(out_dir: Path, samples: list[Sample], sample_dropout: bool = False) ->
     return manifest
 
 
+
+
+def manifest_name(draw: int) -> str:
+    """The manifest of generator draw `draw` (0-based) in the augmented folder."""
+    return "manifest.csv" if draw == 0 else f"manifest-draw-{draw + 1}.csv"
+
+
+def write_draw(out_dir: Path, base: pd.DataFrame, gan: list[Sample], draw: int, sample_dropout: bool = False) -> pd.DataFrame:
+    """Write draw `draw`'s GAN samples under out_dir/draw-<k>/ and its manifest (`manifest_name`): the real
+    and classic rows of `base` (draw 0's manifest, shared files) followed by the new GAN rows."""
+    folder = f"draw-{draw + 1}"
+    rows = []
+    for k, s in enumerate(gan):
+        case_id = f"aug_d{draw + 1}_{k + 1:05d}"
+        image_rel, mask_rel = f"{folder}/images/{case_id}.tif", f"{folder}/masks/{case_id}.tif"
+        tiff.write_image(out_dir / image_rel, s.image.astype(np.float32))
+        tiff.write_mask(out_dir / mask_rel, s.labels.astype(np.uint8))
+        rows.append({
+            "case_id": case_id, "split": "train", "slice_index": -1, "image": image_rel, "mask": mask_rel,
+            "tumor_pixels": int(np.count_nonzero(s.labels)), "height": s.image.shape[0], "width": s.image.shape[1],
+            "channels": s.image.shape[2], "kind": s.kind, "source_cases": s.source_cases, "transforms": s.transforms,
+            "in_mix": bool(s.in_mix), "dropout_sampling": bool(sample_dropout),
+        })
+    manifest = pd.concat([base[base["kind"] != "gan"], pd.DataFrame(rows, columns=base.columns)], ignore_index=True)
+    manifest.to_csv(out_dir / manifest_name(draw), index=False, lineterminator="\n")
+    return manifest

@@ -98,11 +98,26 @@ class TrainGanParams:
     inpaint_blobs: float = 0.5  # inpaint training: probability of adding a random tumour-free region to a slice's region
     diffaugment: str = ""       # DiffAugment before the discriminator: comma-separated subset of translation,cutout,color ("" = off, the paper)
     disc_blocks: int = 0        # > 0: a shallower PatchGAN with at most this many blocks (0 = the paper's depth for the size)
+    feature_matching: float = 0.0  # weight of pix2pixHD's feature-matching term (L1 between D's block features on real and generated pairs); 0 = off (the paper)
     select: str = "val_loss"    # the kept generator: val_loss (lowest validation G loss, the paper) | last (the final epoch)
+    draws: int = 1              # generators trained (seeds seed, seed+1, ...), each with its own augmentation draw; the verdict resamples them
+    draws_dir: str = "models/draws"  # generators of draws 2.. (draw 1 is model_path, the registered one)
     grid_every: int = 5
     grid_images: int = 4
     out_dir: str = "work/gan"
     model_path: str = "models/generator.keras"
+
+    def draw_seed(self, draw: int) -> int:
+        """The GAN seed of draw `draw` (0-based): seed, seed + 1, ..."""
+        return self.seed + draw
+
+    def draw_model_path(self, draw: int) -> str:
+        """Where draw `draw`'s generator is written: model_path for draw 0 (registered), draws_dir otherwise."""
+        return self.model_path if draw == 0 else str(Path(self.draws_dir) / f"generator-{draw + 1}.keras")
+
+    def draw_out_dir(self, draw: int) -> str:
+        """Draw `draw`'s checkpoint folder (resume state, best generator)."""
+        return self.out_dir if draw == 0 else str(Path(self.out_dir).parent / f"{Path(self.out_dir).name}_draws" / f"draw-{draw + 1}")
 
     def check(self) -> None:
         from mrisynth.core import diffaugment, generators
@@ -120,6 +135,12 @@ class TrainGanParams:
         if not 0 < self.inpaint_margin < 0.5 or not 0 <= self.inpaint_blobs <= 1:
             raise ConfigError(f"train_gan.inpaint_margin={self.inpaint_margin} (expected 0 < m < 0.5) and "
                               f"train_gan.inpaint_blobs={self.inpaint_blobs} (expected a probability in [0, 1])")
+        if not 0 <= self.feature_matching < 1e6:
+            raise ConfigError(f"train_gan.feature_matching={self.feature_matching}: expected a weight >= 0 (0 = off)")
+        if self.draws < 1:
+            raise ConfigError(f"train_gan.draws={self.draws}: expected 1 or more generators")
+        if self.draws > 1 and self.strategy != "default":
+            raise ConfigError(f"train_gan.draws={self.draws} with strategy {self.strategy!r}: several generator draws train on one device only; set draws: 1 or strategy: default")
         if self.disc_blocks < 0:
             raise ConfigError(f"train_gan.disc_blocks={self.disc_blocks}: expected 0 (the paper's depth) or a positive count")
         _positive(self, "epochs", "batch_size", "learning_rate", "width", "grid_every", "grid_images", "checkpoint_every",

@@ -68,6 +68,7 @@ class GanSettings:
     inpaint_blobs: float = TrainGanParams.inpaint_blobs
     diffaugment: str = TrainGanParams.diffaugment
     disc_blocks: int = TrainGanParams.disc_blocks
+    feature_matching: float = TrainGanParams.feature_matching
     select: str = TrainGanParams.select
 
     @classmethod
@@ -93,7 +94,8 @@ class GanSettings:
 
 
 _NEWER_DEFAULTS = {"generator": "pix2pix", "synthesis": "full", "inpaint_margin": TrainGanParams.inpaint_margin,
-                   "inpaint_blobs": TrainGanParams.inpaint_blobs, "diffaugment": "", "disc_blocks": 0, "select": "val_loss"}
+                   "inpaint_blobs": TrainGanParams.inpaint_blobs, "diffaugment": "", "disc_blocks": 0, "select": "val_loss",
+                   "feature_matching": 0.0}
 
 
 @dataclass
@@ -217,6 +219,10 @@ class GanTrainer:
                 self.d_opt = keras.optimizers.LossScaleOptimizer(self.d_opt)
             self.g_opt.build(self.generator.trainable_variables)
             self.d_opt.build(self.discriminator.trainable_variables)
+            # feature matching (pix2pixHD): the same discriminator, also returning every block's output
+            blocks = [layer.output for layer in self.discriminator.layers if layer.name.startswith("disc")]
+            self._features = (keras.Model(self.discriminator.inputs, [*blocks, self.discriminator.output], name="discriminator_features")
+                              if settings.feature_matching > 0 else None)
         self._train_step = tf.function(self._replicated_step if sync else self.train_step)
         self._eval_step = tf.function(self.eval_step)
 
@@ -248,10 +254,14 @@ class GanTrainer:
         out = self.generator(cond, training=training)
         return out if blend is None else real * (1.0 - blend) + out * blend
 
-    def _discriminate(self, cond, image, training: bool):
-        """D on a pair; while training, DiffAugment first (train_gan.diffaugment: one transform per pair)."""
+    def _discriminate(self, cond, image, training: bool, features: bool = False):
+        """D on a pair; while training, DiffAugment first (train_gan.diffaugment: one transform per pair).
+        features: (probabilities, [block outputs]) for the feature-matching term."""
         if training and self._augment:
             cond, image = diffaugment.augment(cond, image, self._augment, self._augment_seed)
+        if features:
+            *blocks, probabilities = self._features([cond, image], training=training)
+            return probabilities, blocks
         return self.discriminator([cond, image], training=training)
 
     def _losses(self, disc_real, disc_fake, real, fake, blend):
@@ -270,9 +280,15 @@ class GanTrainer:
         blend (B, S, S, 1): inpainting's blend weight (None: full synthesis, the paper)."""
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
             fake = self._fake(cond, real, blend, training=True)
-            disc_real = self._discriminate(cond, real, training=True)
-            disc_fake = self._discriminate(cond, fake, training=True)
-            g_total, g_gan, g_l1, d_loss = self._losses(disc_real, disc_fake, real, fake, blend)
+            if self._features is None:
+                disc_real = self._discriminate(cond, real, training=True)
+                disc_fake = self._discriminate(cond, fake, training=True)
+                g_total, g_gan, g_l1, d_loss = self._losses(disc_real, disc_fake, real, fake, blend)
+            else:
+                disc_real, real_blocks = self._discriminate(cond, real, training=True, features=True)
+                disc_fake, fake_blocks = self._discriminate(cond, fake, training=True, features=True)
+                g_total, g_gan, g_l1, d_loss = self._losses(disc_real, disc_fake, real, fake, blend)
+                g_total = g_total + self.settings.feature_matching * losses.feature_matching(real_blocks, fake_blocks)
             if weight is not None:  # replica means -> shares of the global mean (gradients are summed over replicas)
                 g_total, g_gan, g_l1, d_loss = (value * weight for value in (g_total, g_gan, g_l1, d_loss))
             # the identity unless the optimizer scales (LossScaleOptimizer under mixed_float16); inside the tapes

@@ -71,12 +71,16 @@ def diversity(generator, split, samples: int = 4, seed: int = 0, synthesis: str 
     synthesis) or inside the re-generated regions (inpainting, where everything else is real)."""
     renders = np.stack([render_split(generator, split, synthesis, margin_fraction, sample=True, seed=seed + k) for k in range(samples)])
     spread = renders.std(axis=0)                                  # (N, S, S, C)
+    where = drawn(split, synthesis, margin_fraction)
+    return float(spread[where].mean()) if where.any() else 0.0
+
+
+def drawn(split, synthesis: str = "full", margin_fraction: float = 0.03) -> np.ndarray:
+    """(N, S, S) bool: the pixels `render_split` generates (the brain, or the inpainted regions)."""
     if synthesis == "inpaint":
         margin = inpaint.margin_pixels(margin_fraction, split.images.shape[1])
-        where = inpaint.training_regions(split.labels, split.brain, margin, 0.0, np.random.default_rng(0))
-    else:
-        where = split.conditioning[..., BRAIN_CHANNEL] > 0
-    return float(spread[where].mean()) if where.any() else 0.0
+        return inpaint.training_regions(split.labels, split.brain, margin, 0.0, np.random.default_rng(0))
+    return split.conditioning[..., BRAIN_CHANNEL] > 0
 
 
 def render_inpaint(generator, images: np.ndarray, labels: np.ndarray, brain: np.ndarray, regions: np.ndarray, margin: int,

@@ -108,11 +108,36 @@ def training_regions(labels: np.ndarray, brain: np.ndarray, margin: int, blob_pr
     return out
 
 
+def depths(labels: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """(K,) relative depth of each slice's tumour centroid: its distance to the brain's edge divided by
+    the deepest point's (0 = at the cortex, 1 = the brain's centre); slices without a tumour are skipped."""
+    out = []
+    for label, mask in zip(labels, brain):
+        tumour = label > 0
+        if not tumour.any():
+            continue
+        inside = ndimage.distance_transform_edt((mask > 0) | tumour)
+        cy, cx = (int(round(v)) for v in ndimage.center_of_mass(tumour))
+        out.append(inside[cy, cx] / max(inside.max(), 1.0))
+    return np.asarray(out, np.float64)
+
+
+def depth_weights(host_brain: np.ndarray, cells: np.ndarray, prior: np.ndarray, bandwidth: float = 0.1) -> np.ndarray:
+    """Sampling probabilities of candidate centres `cells` (K, 2) in a host brain: a Gaussian kernel
+    density of the real tumours' relative depths (`depths`) at each candidate's depth, so placed tumours
+    sit as deep as real ones do (near the cortex or the ventricles), not uniformly inside."""
+    inside = ndimage.distance_transform_edt(host_brain > 0)
+    depth = inside[cells[:, 0], cells[:, 1]] / max(inside.max(), 1.0)
+    density = np.exp(-0.5 * ((depth[:, None] - prior[None, :]) / bandwidth) ** 2).sum(axis=1) + 1e-12
+    return density / density.sum()
+
+
 def place_away(tumour_labels: np.ndarray, host_brain: np.ndarray, host_labels: np.ndarray, margin: int,
-               rng: np.random.Generator, tries: int = 80) -> tuple[np.ndarray, tuple[int, int]] | None:
+               rng: np.random.Generator, tries: int = 80, prior: np.ndarray | None = None) -> tuple[np.ndarray, tuple[int, int]] | None:
     """Move a donor tumour (its labels > 0, already transformed) to a random position in the host brain
     where it lies inside the brain and its region (tumour + margin) does not touch the host's own tumour
-    region. Returns (placed labels (H, W), centre) or None when nothing fits after `tries` positions."""
+    region. Centres are drawn uniformly, or (`prior`: real tumours' relative depths) by `depth_weights`.
+    Returns (placed labels (H, W), centre) or None when nothing fits after `tries` positions."""
     if not (tumour_labels > 0).any():
         return None
     size = tumour_labels.shape[0]
@@ -122,8 +147,9 @@ def place_away(tumour_labels: np.ndarray, host_brain: np.ndarray, host_labels: n
     h, w = box.shape
     keep_out = region(host_labels, host_brain, 2 * margin)
     candidates = np.argwhere((host_brain > 0) & ~keep_out)
+    weights = depth_weights(host_brain, candidates, prior) if prior is not None and len(prior) and len(candidates) else None
     for _ in range(tries if len(candidates) else 0):
-        cy, cx = candidates[rng.integers(len(candidates))]
+        cy, cx = candidates[rng.integers(len(candidates)) if weights is None else rng.choice(len(candidates), p=weights)]
         top, left = int(cy) - h // 2, int(cx) - w // 2
         if top < 0 or left < 0 or top + h > size or left + w > size:
             continue

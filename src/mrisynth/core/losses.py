@@ -29,6 +29,14 @@ def region_l1(real, fake, weight):
     return ops.sum(diff * weight) / (ops.sum(weight) * channels + _EPS)
 
 
+def feature_matching(real_features, fake_features):
+    """pix2pixHD's feature-matching term: mean over discriminator blocks of the mean absolute difference
+    between its features on real and on generated pairs (real features held fixed)."""
+    terms = [ops.mean(ops.abs(ops.stop_gradient(ops.cast(r, "float32")) - ops.cast(f, "float32")))
+             for r, f in zip(real_features, fake_features)]
+    return sum(terms) / max(len(terms), 1)
+
+
 def generator_loss(disc_fake, real, fake, alpha: float):
     """(total, gan, l1): the generator wants D(x, G(x)) -> 1, plus alpha times the L1 to the real image."""
     gan = bce(1.0, disc_fake)

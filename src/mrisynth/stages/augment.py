@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mrisynth.augmentation import load_generator, synthesise, write
+from mrisynth.augmentation import load_generator, synthesise, synthesise_draw, write, write_draw
 from mrisynth.config import load_params
 from mrisynth.stages import stage_main
 from mrisynth.io import arrays, gx
@@ -44,21 +44,28 @@ def run(params_path: str = "params.yaml") -> int:
     out_dir = Path(p.out_dir)
     manifest = write(out_dir, samples, p.sample_dropout)
     expected_mix = p.factor * len(train)
-    report = validate(out_dir, manifest, expected_mix, pre.image_size, channels)
-    print(report.summary())
-    if not report.success:
-        print(f"augment: {out_dir} failed validation; segmenter training not started", file=sys.stderr)
-        return 1
+    manifests = [manifest]
+    for draw in range(1, gan.draws):  # the other generator draws: their own label maps and generator, shared real/classic rows
+        draw_generator = load_generator(Path(gan.draw_model_path(draw)), pre.image_size, channels, gan.synthesis)
+        samples_k, _ = synthesise_draw(train, draw_generator, p, params.train_segmenter.arms, draw, gan.synthesis, gan.inpaint_margin)
+        manifests.append(write_draw(out_dir, manifest, samples_k, draw, p.sample_dropout))
+    for draw, table in enumerate(manifests):
+        report = validate(out_dir, table, expected_mix, pre.image_size, channels)
+        print((f"generator draw {draw + 1}: " if gan.draws > 1 else "") + report.summary())
+        if not report.success:
+            print(f"augment: {out_dir} failed validation; segmenter training not started", file=sys.stderr)
+            return 1
     summary = {
         "train_images": len(train), "factor": p.factor, "mix_images": int(manifest["in_mix"].sum()),
         **{f"{kind}_images": int((manifest["kind"] == kind).sum()) for kind in ("real", "classic", "gan")},
         "recombined": int(manifest["transforms"].str.startswith("recombine").sum()),
-        **counts, "synthesis": gan.synthesis, "gan_dropout_sampling": p.sample_dropout, "seconds": round(time.perf_counter() - started, 2),
+        **counts, "synthesis": gan.synthesis, "generator_draws": gan.draws, "gan_dropout_sampling": p.sample_dropout, "seconds": round(time.perf_counter() - started, 2),
     }
     Path("reports").mkdir(exist_ok=True)
     Path("reports/augment.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"augment: {len(train)} -> {summary['mix_images']} images in the classic+gan set "
-          f"({summary['classic_images']} classic, {summary['gan_images']} GAN made) in {out_dir}")
+          f"({summary['classic_images']} classic, {summary['gan_images']} GAN made"
+          + (f", and as many for each of {gan.draws - 1} more generator draw(s)" if gan.draws > 1 else "") + f") in {out_dir}")
     return 0
 
 

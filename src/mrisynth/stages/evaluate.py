@@ -106,17 +106,34 @@ def threshold_reference(splits: dict[str, arrays.SplitArrays]) -> dict:
     return out
 
 
-def comparisons(per_image: dict, arms: list[str], split: str, n_boot: int, level: float, seed: int) -> dict:
-    """{question: {"baseline", "augmented", metric: Comparison dict}} on one split."""
+def by_draw(values: np.ndarray, units: list[dict]) -> np.ndarray:
+    """Per-image scores (U units, N images) in runs.json order -> (D generator draws, S seeds, N), each draw's
+    rows in seed order; units without a draw (older runs.json) are draw 1."""
+    draws: dict[int, list[tuple[int, np.ndarray]]] = {}
+    for row, info in zip(values, units):
+        draws.setdefault(int(info.get("draw", 1)), []).append((int(info.get("seed", len(draws.get(1, [])))), row))
+    seeds = {d: [s for s, _ in sorted(rows, key=lambda r: r[0])] for d, rows in draws.items()}
+    if len({tuple(v) for v in seeds.values()}) > 1:
+        raise DataError(f"evaluate: generator draws were trained with different seeds {seeds}; rerun `dvc repro train_segmenter`")
+    return np.stack([np.stack([r for _, r in sorted(draws[d], key=lambda r: r[0])]) for d in sorted(draws)])
+
+
+def comparisons(per_image: dict, arms: list[str], split: str, n_boot: int, level: float, seed: int, runs: dict | None = None) -> dict:
+    """{question: {"baseline", "augmented", metric: Comparison dict}} on one split. With several generator
+    draws (runs.json units carry `draw`), the generator arms' scores are (draws, seeds, images) and the
+    bootstrap resamples draws too (mrisynth.core.stats)."""
     out = {}
     for base, aug, question in comparisons_for(arms):
-        if per_image[base][split]["dice_tumour"].shape != per_image[aug][split]["dice_tumour"].shape:
+        units = {arm: list(runs["arms"][arm].values()) if runs else [{}] * len(per_image[arm][split]["dice_tumour"]) for arm in (base, aug)}
+        a_tumour, b_tumour = (by_draw(per_image[arm][split]["dice_tumour"], units[arm]) for arm in (base, aug))
+        if a_tumour.shape[1:] != b_tumour.shape[1:]:
             raise DataError(f"evaluate: arms {base!r} and {aug!r} were trained with different seeds; pairing needs the same seeds (rerun `dvc repro train_segmenter`)")
-        if per_image[base][split]["dice_tumour"].shape[1] == 0:
+        if a_tumour.shape[2] == 0:
             continue  # an empty split has nothing to compare
         entry = {"baseline": base, "augmented": aug}
         for metric, _ in PAIRED:
-            entry[metric] = stats.compare(per_image[base][split][metric], per_image[aug][split][metric], n_boot, level, seed).as_dict()
+            a, b = (by_draw(per_image[arm][split][metric], units[arm]) for arm in (base, aug))
+            entry[metric] = stats.compare(a, b, n_boot, level, seed).as_dict()
         out[question] = entry
     return out
 
@@ -137,12 +154,15 @@ def verdict_lines(tests: dict) -> list[str]:
 def table_markdown(summary: dict, arms: list[str], seeds: list, size: int, tests: dict, vals: dict, thresholds: dict,
                    usefulness: dict | None, p, spacing: float, modalities: list[str]) -> str:
     n_seeds = len(seeds)
+    n_draws = max(int(entry["dice_tumour"].get("n_draws", 1)) for entry in tests.values())
+    draws_text = f" × {n_draws} generator draws (GAN arms)" if n_draws > 1 else ""
     level = f"{p.ci_level:.0%}".replace("%", " %")
     lines = ["# Table 1: does augmentation help the segmenter?", "",
-             f"## Verdict (test split, paired over {next(iter(tests.values()))['dice_tumour']['n_images']} test images × {n_seeds} seeds)", ""]
+             f"## Verdict (test split, paired over {next(iter(tests.values()))['dice_tumour']['n_images']} test images × {n_seeds} seeds{draws_text})", ""]
     lines += verdict_lines(tests)
     lines += ["", f"Each line: mean paired difference of per-image tumour-class Dice (augmented − baseline), {level} CI from a bootstrap "
-              f"resampling test images and training seeds ({p.bootstrap} replicates, seed {p.seed}), Wilcoxon signed-rank p over images "
+              f"resampling test images and training seeds{' and generator draws (independently trained generators, each with its own augmentation draw; an arm without a generator is paired with every draw)' if n_draws > 1 else ''} "
+              f"({p.bootstrap} replicates, seed {p.seed}), Wilcoxon signed-rank p over images "
               f"(seed-averaged differences). 'Shown' = the CI excludes 0. The p-value treats the trained seeds as fixed while the CI also "
               f"carries seed-to-seed variation, so a small p can stand next to 'not shown': the CI decides. Seeds {list(seeds)}; units: Dice in [0, 1].", "",
               "### All paired comparisons (test split)", "",
@@ -162,7 +182,8 @@ def table_markdown(summary: dict, arms: list[str], seeds: list, size: int, tests
 
     header = ["Metric"] + [f"{title} ({arm})" for _, title in SPLITS for arm in arms]
     lines += ["", "## Scores per arm", "",
-              f"U-Net per arm, {n_seeds} seed{'s' if n_seeds > 1 else ''} {list(seeds)}{' (mean ± std over seeds)' if n_seeds > 1 else ''}; "
+              f"U-Net per arm, {n_seeds} seed{'s' if n_seeds > 1 else ''} {list(seeds)}{' (mean ± std over seeds)' if n_seeds > 1 else ''}"
+              f"{f'; the GAN arms once per generator draw ({n_draws} draws: mean ± std over seeds × draws)' if n_draws > 1 else ''}; "
               f"evaluated at {size}×{size} ({spacing:.2g} mm pixels) on the real slices of each split. Tumour-class metrics lead; "
               "rows marked 'background included' are dominated by background pixels (an all-background prediction scores high accuracy).", "",
               "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -271,8 +292,8 @@ def run(params_path: str = "params.yaml") -> int:
     splits = {name: arrays.load_split(Path(pre.out_dir), name) for name, _ in SPLITS}
     pooled, per_image, predictions = score_arms(runs, splits)
     summary = summarise(pooled)
-    tests = comparisons(per_image, arms, "test", p.bootstrap, p.ci_level, p.seed)
-    vals = comparisons(per_image, arms, "val", p.bootstrap, p.ci_level, p.seed)
+    tests = comparisons(per_image, arms, "test", p.bootstrap, p.ci_level, p.seed, runs)
+    vals = comparisons(per_image, arms, "val", p.bootstrap, p.ci_level, p.seed, runs)
     thresholds = threshold_reference(splits)
     usefulness_path = Path("reports/gan_usefulness.json")
     usefulness = json.loads(usefulness_path.read_text()) if usefulness_path.is_file() else None
@@ -285,11 +306,12 @@ def run(params_path: str = "params.yaml") -> int:
     write_per_image(Path("reports/per_image.csv"), per_image, runs, splits)
 
     def gain(split: str, base: str, aug: str) -> float | None:
-        """Mean paired difference of per-image tumour Dice (aug - base) over images and seeds: the
+        """Mean paired difference of per-image tumour Dice (aug - base) over images, seeds and draws: the
         quantity of the verdict tables (None when an arm was not trained or the split is empty)."""
         if base not in per_image or aug not in per_image or per_image[base][split]["dice_tumour"].size == 0:
             return None
-        return float((per_image[aug][split]["dice_tumour"] - per_image[base][split]["dice_tumour"]).mean())
+        a, b = (by_draw(per_image[arm][split]["dice_tumour"], list(runs["arms"][arm].values())) for arm in (base, aug))
+        return float((b - a).mean())  # (draws, seeds, images), an arm without a generator broadcast over the draws
 
     gate = {"val_dice_gain_beyond_classic": gain("val", "classic", "classic+gan"), "val_dice_gain_gan": gain("val", "none", "gan"),
             "val_dice_gain": gain("val", p.baseline, p.augmented)}

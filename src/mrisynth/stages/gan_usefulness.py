@@ -3,7 +3,8 @@
 Reads  work/preprocessed/{train,val,test}.npz, models/generator.keras, work/augmented/ (the GAN
        samples), work/segmenter/runs.json (the `none` segmenters), params `gan_usefulness`,
        `train_segmenter`, `preprocess`, reports/train_gan.json (generator run and version).
-Writes <gan_usefulness.out_dir>/gan_train.keras, reports/gan_usefulness.json; the scores are logged as
+Writes <gan_usefulness.out_dir>/gan_train.keras, reports/gan_usefulness.json, the realism panel
+       (reports/realism.json, reports/realism.png: generated vs real on the validation label maps); the scores are logged as
        metrics on the generator's MLflow run and as tags on its registered version.
 
 The GAN-train segmenter uses the `train_segmenter` settings, the first seed and the same number of
@@ -25,6 +26,30 @@ from mrisynth.core import encoding
 from mrisynth.errors import DataError
 from mrisynth.stages import stage_main
 from mrisynth.io import arrays, tracking
+
+
+def realism_panel(generator, val, gan, sample: bool, seed: int, modalities: list[str]) -> dict:
+    """The realism panel (mrisynth.core.realism) on the validation label maps -> reports/realism.json, and a
+    labelled figure, mask | real | generated for every modality, of 4 validation slices -> reports/realism.png."""
+    from PIL import Image
+
+    from mrisynth.core import realism
+    from mrisynth.io import tracking
+
+    rendered = generation.render_split(generator, val, gan.synthesis, gan.inpaint_margin, sample=sample, seed=seed)
+    where = generation.drawn(val, gan.synthesis, gan.inpaint_margin)
+    panel = realism.panel(val.images, rendered, val.labels, where, modalities)
+    meta = {"split": "val", "images": len(val), "synthesis": gan.synthesis, "generator": gan.generator, "dropout_sampling": sample,
+            "seed": seed, "where": "inpainted regions" if gan.synthesis == "inpaint" else "brain", "tolerance": realism.TOLERANCE}
+    Path("reports").mkdir(exist_ok=True)
+    Path("reports/realism.json").write_text(json.dumps(meta | panel, indent=2, default=float) + "\n")
+    count = min(4, len(val))
+    rows = [[tracking.label_rgb(val.labels[i])] + [val.images[i, ..., c] for c in range(len(modalities))]
+            + [rendered[i, ..., c] for c in range(len(modalities))] for i in range(count)]
+    titles = ["mask"] + [f"{m} real" for m in modalities] + [f"{m} generated" for m in modalities]
+    grid = tracking.titled_grid(tracking.image_grid(rows), titles, val.images.shape[1])
+    Image.fromarray(grid).save("reports/realism.png")
+    return panel
 
 
 def run(params_path: str = "params.yaml") -> int:
@@ -61,6 +86,9 @@ def run(params_path: str = "params.yaml") -> int:
             report[f"{split}_gan_test_{key}"] = gtest[f"gan_test_{key}"]
     report["diversity_val"] = generation.diversity(generator, splits["val"], g.diversity_samples, g.seed, gan.synthesis, gan.inpaint_margin)
     report["diversity_samples"] = g.diversity_samples
+    panel = realism_panel(generator, splits["val"], gan, params.augment.sample_dropout, g.seed, list(params.data.modalities))
+    report["realism_worst_deviation"] = panel["worst_deviation"]
+    report["realism_within_tolerance"] = panel["within_tolerance"]
     report["seconds"] = round(time.perf_counter() - started, 1)
 
     Path("reports").mkdir(exist_ok=True)
@@ -68,6 +96,8 @@ def run(params_path: str = "params.yaml") -> int:
     gan_report = Path("reports/train_gan.json")
     info = json.loads(gan_report.read_text()) if gan_report.is_file() else {}
     numbers = {k: float(v) for k, v in report.items() if isinstance(v, (int, float)) and k not in ("seed", "seconds")}
+    numbers |= {f"realism_{m}_{stat}_ratio": v["ratio"] for m in params.data.modalities for stat, v in panel[m].items()
+                if np.isfinite(v["ratio"])}
     if info.get("run_id"):
         tracking.configure(params.train_gan.experiment)
         tracking.log_metrics_to_run(info["run_id"], numbers)
@@ -76,7 +106,8 @@ def run(params_path: str = "params.yaml") -> int:
         tracking.tag_version(params.train_gan.registry_name, info["model_version"],
                              {k: v for k, v in numbers.items() if k.startswith(("val_gan", "test_gan", "diversity"))})
     print(f"gan_usefulness: GAN-train val tumour Dice {report['val_gan_train_dice_tumour']:.3f} (real-trained {report['val_real_train_dice_tumour']:.3f}); "
-          f"GAN-test val {report['val_gan_test_dice_tumour']:.3f}; diversity {report['diversity_val']:.4f} (std of [0,1] intensities)")
+          f"GAN-test val {report['val_gan_test_dice_tumour']:.3f}; diversity {report['diversity_val']:.4f} (std of [0,1] intensities); "
+          f"realism: worst statistic {panel['worst_deviation']:.0%} off the real value ({'within' if panel['within_tolerance'] else 'outside'} 25 %)")
     return 0
 
 

@@ -11,6 +11,7 @@ the other workers only train and write nothing."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import json
 import shutil
@@ -93,7 +94,7 @@ def register(params, best: Path, size: int, channels: int, run_id: str, tags: di
 
 
 def run(params_path: str = "params.yaml", restart: bool = False) -> int:
-    from mrisynth.gan import GanSettings, GanTrainer, load_state
+    from mrisynth.gan import GanSettings, GanTrainer
 
     params = load_params(params_path)
     p, pre = params.train_gan, params.preprocess
@@ -108,25 +109,67 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
     for name, split in (("train", train), ("val", val)):
         check_split(split, name, pre.out_dir, pre.image_size)
     alpha, alpha_source = resolve_alpha(p)
-    settings = GanSettings.from_params(p, alpha)
     channels = train.images.shape[-1]
-    trainer = GanTrainer(settings, pre.image_size, settings.in_channels(channels), channels, dist)
-    out_dir = Path(p.out_dir)
-    if not trainer.is_chief:  # a helper worker: trains in step with the chief, writes and tracks nothing
+    restart = restart or os.environ.get("MRISYNTH_RESTART", "") not in ("", "0")
+    if not dist.is_chief:  # a helper worker: trains in step with the chief, writes and tracks nothing
+        settings = GanSettings.from_params(p, alpha)
+        trainer = GanTrainer(settings, pre.image_size, settings.in_channels(channels), channels, dist)
         skip_resource_record()
-        trainer.fit(train, val, out_dir)
+        trainer.fit(train, val, Path(p.out_dir))
         print(f"train_gan: {dist.task} of {dist.workers} finished {p.epochs} epochs; the chief wrote the model, reports and MLflow run")
         return 0
-    restart = restart or os.environ.get("MRISYNTH_RESTART", "") not in ("", "0")
+    Path(p.draws_dir).mkdir(parents=True, exist_ok=True)  # DVC outputs, also with one draw
+    Path(p.draw_out_dir(1)).parent.mkdir(parents=True, exist_ok=True)
+    draws = []
+    # the extra draws first, the registered generator (draw 1) last: a failure never leaves a registered
+    # challenger whose siblings are missing
+    for draw in [*range(1, p.draws), 0]:
+        settings = GanSettings.from_params(p, alpha) if draw == 0 else dataclasses.replace(GanSettings.from_params(p, alpha), seed=p.draw_seed(draw))
+        draws.append(train_draw(p, pre, settings, dist, train, val, draw, restart, alpha, alpha_source))
+    summary = draws[-1]
+    summary["draws"] = [{k: d[k] for k in ("draw", "seed", "model_path", "best_epoch", "run_id", "val_mae", "val_ssim")}
+                        for d in sorted(draws, key=lambda d: d["draw"])]
+    write_reports(summary.pop("_state"), {k: v for k, v in summary.items() if not k.startswith("_")})
+    print(f"train_gan: best epoch {summary['best_epoch']} (val_g_loss {summary['best_val_g_loss']:.4f}); "
+          f"registered {p.registry_name} version {summary['model_version']} as @{ALIAS}"
+          + (f"; {p.draws - 1} more generator draw(s) in {p.draws_dir}" if p.draws > 1 else ""))
+    return 0
+
+
+def _reusable(settings, trainer, train, val, out_dir: Path, model_path: Path):
+    """The finished state of an extra draw trained earlier with the same parameters and data (its model
+    file in place), so a rerun after a later failure does not train it again; else None."""
+    from mrisynth.gan import load_state
+
+    state = load_state(out_dir)
+    if state is None or not state.completed or not model_path.is_file() or not (out_dir / "best_generator.keras").is_file():
+        return None
+    return state if state.fingerprint == trainer.fingerprint(train, val) else None
+
+
+def train_draw(p, pre, settings, dist, train, val, draw: int, restart: bool, alpha: float, alpha_source: str) -> dict:
+    """Train (or resume) generator draw `draw` (0 = the registered one) with its own MLflow run; returns its summary."""
+    from mrisynth.gan import GanTrainer, load_state
+
+    channels = train.images.shape[-1]
+    trainer = GanTrainer(settings, pre.image_size, settings.in_channels(channels), channels, dist)
+    out_dir, model_path = Path(p.draw_out_dir(draw)), Path(p.draw_model_path(draw))
+    label = f"draw {draw + 1}/{p.draws}: " if p.draws > 1 else ""
+    if draw > 0 and not restart:
+        finished = _reusable(settings, trainer, train, val, out_dir, model_path)
+        if finished is not None:
+            print(f"train_gan: {label}already trained with these parameters ({model_path}); kept")
+            return {"draw": draw + 1, "seed": settings.seed, "model_path": str(model_path), "best_epoch": finished.best_epoch + 1,
+                    "run_id": finished.run_id, **{k: finished.history[finished.best_epoch].get(k) for k in ("val_mae", "val_ssim")}}
     state = trainer.prepare(train, val, out_dir, restart=restart)
     resuming = state.epoch > 0
 
     tracking.configure(p.experiment)
-    tags = tracking.run_tags("train_gan", p.precision) | (dist.tags() if dist.distributed else {})
+    tags = tracking.run_tags("train_gan", p.precision) | (dist.tags() if dist.distributed else {}) | {"draw": str(draw + 1)}
     grid_rows = min(p.grid_images, len(val))
     started = time.perf_counter()
-    run_params = as_flat_dict(p) | {"alpha_used": alpha, "alpha_source": alpha_source, "size": pre.image_size,
-                                    "data_hash": tags["data_hash"], "git_commit": tags["git_commit"],
+    run_params = as_flat_dict(p) | {"alpha_used": alpha, "alpha_source": alpha_source, "size": pre.image_size, "draw": draw + 1,
+                                    "seed_used": settings.seed, "data_hash": tags["data_hash"], "git_commit": tags["git_commit"],
                                     "train_images": len(train), "val_images": len(val), "image_channels": channels}
     with tracking.stage_run("train_gan", tags | {"resumed_from_epoch": str(state.epoch)} if resuming else tags, run_params,
                             resume_run_id=state.run_id if resuming else None, system_metrics=True) as run:
@@ -138,7 +181,7 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
             checkpoint_seconds.append(result.checkpoint_seconds)
             run.log_metrics(result.metrics | {"epoch_seconds": result.seconds, "checkpoint_seconds": result.checkpoint_seconds,
                                               "train_images_per_s": len(train) / result.seconds}, step=result.epoch)
-            print(f"epoch {result.epoch}/{p.epochs}: g_loss {result.metrics['g_loss']:.4f} d_loss {result.metrics['d_loss']:.4f} "
+            print(f"{label}epoch {result.epoch}/{p.epochs}: g_loss {result.metrics['g_loss']:.4f} d_loss {result.metrics['d_loss']:.4f} "
                   f"val_g_loss {result.metrics['val_g_loss']:.4f} val_ssim {result.metrics['val_ssim']:.3f} ({result.seconds:.1f} s){' *best*' if result.improved else ''}")
             if result.epoch % p.grid_every == 0 or result.epoch == p.epochs:
                 generated = trainer_.render(val, grid_rows)
@@ -158,10 +201,9 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
             run.set_tags({"interrupted": f"stopped by a signal; the resume state holds epoch {epoch}",
                              "resume": "rerun `dvc repro train_gan` (or python pipelines/train_gan.py) to continue from there"})
             run.end_killed()
-            print(f"train_gan: interrupted; resume state at epoch {epoch} in {out_dir} (rerun to continue)", file=sys.stderr)
+            print(f"train_gan: {label}interrupted; resume state at epoch {epoch} in {out_dir} (rerun to continue)", file=sys.stderr)
             raise
         best = out_dir / "best_generator.keras"
-        model_path = Path(p.model_path)
         model_path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(best, model_path)
         run.log_artifact(best, "checkpoints")
@@ -178,17 +220,15 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
             "checkpoint_share": round(sum(checkpoint_seconds) / max(train_seconds, 1e-9), 4),
         }
         run.log_metrics({f"best_{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and k not in ("alpha", "epochs")})
-        version = register(p, best, pre.image_size, channels, state.run_id,
-                           {"val_g_loss": f"{state.best_val:.5f}", "best_epoch": state.best_epoch + 1, "alpha": str(alpha),
-                            "data_hash": tags["data_hash"], "git_commit": tags["git_commit"], "size": pre.image_size, "run_id": state.run_id,
-                            "generator": p.generator, "synthesis": p.synthesis, "select": p.select},
-                           val.conditioning[:1], in_channels=settings.in_channels(channels))
-        summary["model_version"] = int(version)
-        summary["run_id"] = state.run_id
-        write_reports(state, summary)
-    print(f"train_gan: best epoch {summary['best_epoch']} (val_g_loss {state.best_val:.4f}); "
-          f"registered {p.registry_name} version {version} as @{ALIAS}")
-    return 0
+        summary |= {"draw": draw + 1, "seed": settings.seed, "model_path": str(model_path), "run_id": state.run_id, "_state": state}
+        if draw == 0:
+            version = register(p, best, pre.image_size, channels, state.run_id,
+                               {"val_g_loss": f"{state.best_val:.5f}", "best_epoch": state.best_epoch + 1, "alpha": str(alpha),
+                                "data_hash": tags["data_hash"], "git_commit": tags["git_commit"], "size": pre.image_size, "run_id": state.run_id,
+                                "generator": p.generator, "synthesis": p.synthesis, "select": p.select},
+                               val.conditioning[:1], in_channels=settings.in_channels(channels))
+            summary["model_version"] = int(version)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> None:

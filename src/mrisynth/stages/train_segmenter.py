@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mrisynth.arms import arm_data, arm_real, arm_slug
+from mrisynth.arms import arm_data, arm_real, arm_slug, uses_generator
 from mrisynth.config import as_flat_dict, load_params
 from mrisynth.core import encoding
 from mrisynth.stages import stage_main
@@ -36,8 +36,10 @@ def run(params_path: str = "params.yaml") -> int:
     tags = tracking.run_tags("train_segmenter", p.precision)
     registry = {"parent_run_id": None, "arms": {}}
     summary: dict[str, dict] = {}
-    data = {arm: arm_data(arm, train, Path(params.augment.out_dir)) for arm in p.arms}
-    real = {arm: arm_real(arm, train, Path(params.augment.out_dir)) for arm in p.arms}
+    augmented = Path(params.augment.out_dir)
+    draws = {arm: list(range(params.train_gan.draws)) if uses_generator(arm) else [0] for arm in p.arms}
+    data = {(arm, d): arm_data(arm, train, augmented, d) for arm in p.arms for d in draws[arm]}
+    real = {(arm, d): arm_real(arm, train, augmented, d) for arm in p.arms for d in draws[arm]}
     largest = max(len(images) for images, _ in data.values())
     steps = p.steps_per_epoch or (math.ceil(largest / p.batch_size) if p.equal_steps else None)
     run_params = as_flat_dict(p) | {"size": pre.image_size, "data_hash": tags["data_hash"], "augment_factor": params.augment.factor,
@@ -48,35 +50,40 @@ def run(params_path: str = "params.yaml") -> int:
         registry["parent_run_id"] = parent.run_id
         tracking.log_split_inputs({"train": train, "val": val}, tags["data_hash"])
         for arm in p.arms:
-            images, classes = data[arm]
             registry["arms"][arm] = {}
-            for seed in p.seeds:
-                path = out_root / arm_slug(arm) / f"seed{seed}" / "best.keras"
-                started = time.perf_counter()
-                with parent.child(f"{arm} seed {seed}", tags | {"augmentation": arm, "seed": str(seed)}) as child:
-                    child.log_params({"augmentation": arm, "seed": seed, "train_images": len(images), "val_images": len(val),
-                                       "steps_per_epoch": steps or math.ceil(len(images) / p.batch_size), "max_epochs": p.epochs,
-                                       "patience": p.patience, "jitter": p.jitter})
-                    tracking.log_split_inputs({"train": train, "val": val}, tags["data_hash"])
+            for draw in draws[arm]:
+                images, classes = data[arm, draw]
+                # draw 1 keeps the plain layout (seed keys "1", "2", folders seed<k>); other generator draws add "-g<k>"
+                suffix = "" if draw == 0 else f"-g{draw + 1}"
+                for seed in p.seeds:
+                    path = out_root / arm_slug(arm) / (f"seed{seed}" if draw == 0 else f"draw{draw + 1}_seed{seed}") / "best.keras"
+                    started = time.perf_counter()
+                    name = f"{arm} seed {seed}" + (f" generator {draw + 1}" if len(draws[arm]) > 1 else "")
+                    with parent.child(name, tags | {"augmentation": arm, "seed": str(seed), "generator_draw": str(draw + 1)}) as child:
+                        child.log_params({"augmentation": arm, "seed": seed, "generator_draw": draw + 1, "train_images": len(images), "val_images": len(val),
+                                           "steps_per_epoch": steps or math.ceil(len(images) / p.batch_size), "max_epochs": p.epochs,
+                                           "patience": p.patience, "jitter": p.jitter})
+                        tracking.log_split_inputs({"train": train, "val": val}, tags["data_hash"])
 
-                    def on_epoch(epoch, row, improved, arm=arm, seed=seed, child=child):
-                        child.log_metrics(row, step=epoch)
-                        print(f"[{arm} seed {seed}] epoch {epoch}/{p.epochs}: loss {row['loss']:.4f} "
-                              f"val_dice_tumour {row['val_dice_tumour']:.4f}{' *best*' if improved else ''}", flush=True)
+                        def on_epoch(epoch, row, improved, arm=arm, seed=seed, child=child):
+                            child.log_metrics(row, step=epoch)
+                            print(f"[{arm} seed {seed}] epoch {epoch}/{p.epochs}: loss {row['loss']:.4f} "
+                                  f"val_dice_tumour {row['val_dice_tumour']:.4f}{' *best*' if improved else ''}", flush=True)
 
-                    result = segmenter.train(p, seed, images, classes, val.images, val_classes, path, on_epoch, steps, real[arm])
-                    seconds = time.perf_counter() - started
-                    child.log_metrics({"best_val_dice_tumour": result["best_val_dice_tumour"], "best_epoch": result["best_epoch"],
-                                        "epochs_run": result["epochs_run"], "train_seconds": seconds})
-                    version = tracking.register_keras_model(
-                        segmenter.load(path), "segmenter", p.registry_name,
-                        tracking.segmenter_signature(images.shape[1], images.shape[-1], encoding.NUM_CLASSES),
-                        {"augmentation": arm, "seed": seed, "best_val_dice_tumour": result["best_val_dice_tumour"]})
-                registry["arms"][arm][str(seed)] = {"run_id": child.run_id, "model_version": version, "path": str(path),
-                                                    "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"],
-                                                    "stopped_early": result["stopped_early"],
-                                                    "best_val_dice_tumour": result["best_val_dice_tumour"],
-                                                    "train_images": len(images), "seconds": round(seconds, 1)}
+                        result = segmenter.train(p, seed, images, classes, val.images, val_classes, path, on_epoch, steps, real[arm, draw])
+                        seconds = time.perf_counter() - started
+                        child.log_metrics({"best_val_dice_tumour": result["best_val_dice_tumour"], "best_epoch": result["best_epoch"],
+                                            "epochs_run": result["epochs_run"], "train_seconds": seconds})
+                        version = tracking.register_keras_model(
+                            segmenter.load(path), "segmenter", p.registry_name,
+                            tracking.segmenter_signature(images.shape[1], images.shape[-1], encoding.NUM_CLASSES),
+                            {"augmentation": arm, "seed": seed, "best_val_dice_tumour": result["best_val_dice_tumour"]})
+                    registry["arms"][arm][f"{seed}{suffix}"] = {"run_id": child.run_id, "model_version": version, "path": str(path),
+                                                        "seed": seed, "draw": draw + 1,
+                                                        "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"],
+                                                        "stopped_early": result["stopped_early"],
+                                                        "best_val_dice_tumour": result["best_val_dice_tumour"],
+                                                        "train_images": len(images), "seconds": round(seconds, 1)}
             values = [r["best_val_dice_tumour"] for r in registry["arms"][arm].values()]
             summary[arm] = {"best_val_dice_tumour_mean": float(np.mean(values)), "best_val_dice_tumour_std": float(np.std(values)),
                             "train_images": len(images),
