@@ -4,6 +4,7 @@ import dataclasses
 
 import keras
 import numpy as np
+from scipy import ndimage
 import pytest
 
 from mrisynth.core import diffaugment, generators, inpaint
@@ -193,3 +194,46 @@ def test_feature_matching_term_by_hand():
     fake = [np.zeros((1, 2, 2, 1), np.float32), np.full((1, 1, 1, 2), 3.0, np.float32)]
     assert float(losses.feature_matching(real, fake)) == pytest.approx((1.0 + 3.0) / 2)
     assert float(losses.feature_matching(real, real)) == 0.0
+
+
+def test_placement_prior_follows_real_tumour_depths():
+    size = 64
+    brain = np.zeros((size, size), bool)
+    brain[4:60, 4:60] = True
+    shallow = np.zeros((3, size, size), np.uint8)       # real tumours just inside the cortex
+    for i, (y, x) in enumerate([(7, 30), (30, 7), (55, 30)]):
+        shallow[i, y - 1 : y + 2, x - 1 : x + 2] = 2
+    prior = inpaint.depths(shallow, np.stack([brain] * 3))
+    assert np.all(prior < 0.25)                          # by hand: depth 3-4 px of a 28 px deep brain
+    cells = np.array([[8, 30], [32, 32]])                # one shallow candidate, one at the centre
+    weights = inpaint.depth_weights(brain, cells, prior)
+    assert weights[0] > 0.99 and weights.sum() == pytest.approx(1.0)
+    donor = np.zeros((size, size), np.uint8)
+    donor[20:23, 20:23] = 1
+    rng = np.random.default_rng(0)
+    inside = ndimage.distance_transform_edt(brain)
+    placed = [inpaint.place_away(donor, brain, np.zeros((size, size), np.uint8), 1, rng, prior=prior)[1] for _ in range(20)]
+    uniform = [inpaint.place_away(donor, brain, np.zeros((size, size), np.uint8), 1, rng)[1] for _ in range(20)]
+    assert np.mean([inside[c] for c in placed]) < 0.6 * np.mean([inside[c] for c in uniform])
+
+
+def test_served_inpainting_generator_returns_the_real_slice_outside_the_region(tmp_path):
+    from mrisynth.serving import Generator, InputError, check_conditioning, export_model
+
+    split = _small_tumours(2)
+    model = export_model(generators.build("pix2pix", 64, 9, 4, 0.0, 0.25))
+    model.save(tmp_path / "served.keras")
+    served = Generator(keras.saving.load_model(tmp_path / "served.keras", compile=False, safe_mode=True))
+    assert served.in_channels == 9
+    regions = np.stack([inpaint.region(l, b, 3) for l, b in zip(split.labels, split.brain)])
+    cond = inpaint.conditioning(split.labels, split.brain, split.images, regions)
+    out = served.predict(cond)
+    outside = ~regions & split.brain
+    assert np.allclose(out[outside], split.images[outside], atol=1e-6)       # real pixels kept
+    assert not np.allclose(out[regions], split.images[regions], atol=1e-3)   # generated inside
+    bad = cond.copy()
+    bad[..., 6] = 3.0
+    with pytest.raises(InputError, match=r"real slice\) must lie in \[-1, 1\]"):
+        check_conditioning(bad, 64, 9)
+    with pytest.raises(InputError, match=r"expected shape \(N, 64, 64, 9\)"):
+        served.predict(cond[..., :4])

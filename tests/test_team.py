@@ -90,7 +90,8 @@ def test_team_stack_end_to_end(tmp_path, monkeypatch):
     for section, values in TINY_PARAMS.items():
         params[section].update(values)
     params["tune"]["n_trials"] = 1  # the stage's own trials, after the two workers'
-    params["train_gan"] |= {"strategy": "multi_worker", "cluster_wait_s": 120, "peer_timeout_s": 20}  # 2 workers (TF_CONFIG)
+    params["train_gan"] |= {"strategy": "multi_worker", "cluster_wait_s": 120, "peer_timeout_s": 20,  # 2 workers (TF_CONFIG)
+                            "draws": 1, "synthesis": "full"}  # several draws and inpainting train on one device only
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     brats = tmp_path / "brats"
     for i in range(1, 9):

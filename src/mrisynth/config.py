@@ -79,7 +79,7 @@ class TrainGanParams:
     registry_name: str = "mrisynth-generator"
     alpha: float = 100.0
     alpha_file: str | None = "work/tune/best_alpha.json"  # a tuned alpha (JSON {"alpha": ...}) that overrides `alpha` when present
-    epochs: int = 30
+    epochs: int = 100
     batch_size: int = 4
     learning_rate: float = 1e-4
     beta_1: float = 0.5
@@ -93,14 +93,14 @@ class TrainGanParams:
     cluster_wait_s: float = 300.0  # multi_worker: longest wait for every worker to join
     peer_timeout_s: float = 30.0   # multi_worker: a worker silent this long stops the chief with an error
     generator: str = "pix2pix"  # the generator architecture (mrisynth.core.generators.GENERATORS)
-    synthesis: str = "full"     # full: the whole image from the label map (the paper) | inpaint: the tumour region of a real slice (mrisynth.core.inpaint)
+    synthesis: str = "inpaint"  # full: the whole image from the label map (the paper) | inpaint: the tumour region of a real slice (mrisynth.core.inpaint)
     inpaint_margin: float = 0.03  # inpaint: region = tumour grown by this fraction of the side; the blend ramp has the same width
     inpaint_blobs: float = 0.5  # inpaint training: probability of adding a random tumour-free region to a slice's region
-    diffaugment: str = ""       # DiffAugment before the discriminator: comma-separated subset of translation,cutout,color ("" = off, the paper)
+    diffaugment: str = "translation,cutout,color"  # DiffAugment before the discriminator: comma-separated subset of translation,cutout,color ("" = off, the paper)
     disc_blocks: int = 0        # > 0: a shallower PatchGAN with at most this many blocks (0 = the paper's depth for the size)
     feature_matching: float = 0.0  # weight of pix2pixHD's feature-matching term (L1 between D's block features on real and generated pairs); 0 = off (the paper)
-    select: str = "val_loss"    # the kept generator: val_loss (lowest validation G loss, the paper) | last (the final epoch)
-    draws: int = 1              # generators trained (seeds seed, seed+1, ...), each with its own augmentation draw; the verdict resamples them
+    select: str = "last"        # the kept generator: val_loss (lowest validation G loss, the paper) | last (the final epoch)
+    draws: int = 2              # generators trained (seeds seed, seed+1, ...), each with its own augmentation draw; the verdict resamples them
     draws_dir: str = "models/draws"  # generators of draws 2.. (draw 1 is model_path, the registered one)
     grid_every: int = 5
     grid_images: int = 4
@@ -247,7 +247,7 @@ class TrainSegmenterParams:
     learning_rate: float = 2e-3
     dice_weight: float = 1.0
     equal_steps: bool = True  # every arm gets the same number of updates per epoch (False: one pass per arm, as the paper)
-    real_share: float | None = None  # augmented arms: each batch element is a real slice with this probability (null: every image alike, the paper)
+    real_share: float | None = 0.5  # augmented arms: each batch element is a real slice with this probability (null: every image alike, the paper)
     steps_per_epoch: int = 25  # > 0: this many updates per epoch for every arm (an "epoch" = a validation/early-stopping period)
     precision: str = "auto"
     experiment: str = "mrisynth"

@@ -49,8 +49,10 @@ class TrainingError(MrisynthError):
 
 @dataclass(frozen=True)
 class GanSettings:
-    """What the trainer needs; built from params `train_gan` by the stage. The defaults ARE the
-    `TrainGanParams` defaults (one source of truth); only `alpha` is resolved (tuned or given)."""
+    """What the trainer needs; built from params `train_gan` by the stage (`from_params` copies every
+    field, so params.yaml decides). The defaults are the `TrainGanParams` defaults, except the method
+    levers (synthesis, select, diffaugment), which default to the paper's method for direct callers;
+    only `alpha` is resolved (tuned or given)."""
 
     alpha: float = TrainGanParams.alpha
     epochs: int = TrainGanParams.epochs
@@ -63,13 +65,13 @@ class GanSettings:
     seed: int = TrainGanParams.seed
     checkpoint_every: int = TrainGanParams.checkpoint_every
     generator: str = TrainGanParams.generator
-    synthesis: str = TrainGanParams.synthesis
+    synthesis: str = "full"  # the method levers default to the paper's method here; the stage builds from params (from_params)
     inpaint_margin: float = TrainGanParams.inpaint_margin
     inpaint_blobs: float = TrainGanParams.inpaint_blobs
-    diffaugment: str = TrainGanParams.diffaugment
+    diffaugment: str = ""
     disc_blocks: int = TrainGanParams.disc_blocks
     feature_matching: float = TrainGanParams.feature_matching
-    select: str = TrainGanParams.select
+    select: str = "val_loss"
 
     @classmethod
     def from_params(cls, params: TrainGanParams, alpha: float, epochs: int | None = None) -> "GanSettings":

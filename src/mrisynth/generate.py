@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from mrisynth import MODALITIES
-from mrisynth.core import encoding, slicing
+from mrisynth.config import TrainGanParams
+from mrisynth.core import encoding, inpaint, slicing
 from mrisynth.errors import DataError
 from mrisynth.io import tiff
 
@@ -30,6 +31,22 @@ def _brain_for(mask_path: Path, brain_dir: Path | None) -> np.ndarray:
     if mask_path.parent.name == "masks" and sibling.is_file():
         return tiff.read_image(sibling).any(axis=-1)
     raise DataError(f"{mask_path}: no brain mask; pass --brain DIR (DIR/{mask_path.name}, non-zero = brain) or use an imported split's masks folder")
+
+
+def _image_for(mask_path: Path, size: int, channels: int) -> np.ndarray:
+    """The real slice next to a mask (the split's images/ folder), fitted to `size`: the context of an
+    inpainting generator, which re-draws only the tumour region of that slice."""
+    sibling = mask_path.parent.parent / "images" / mask_path.name
+    if mask_path.parent.name != "masks" or not sibling.is_file():
+        raise DataError(f"{mask_path}: this generator inpaints a tumour into the case's own slice, expected it at {sibling}; "
+                        "use an imported split's masks folder (images/ beside masks/)")
+    image = tiff.read_image(sibling).astype(np.float32)
+    if image.shape[-1] != channels:
+        raise DataError(f"{sibling}: {image.shape[-1]} channels, the generator draws {channels}")
+    if image.shape[:2] != (size, size):
+        method = "pad" if max(image.shape[:2]) <= size else "resize"
+        image = slicing.fit(image, size, method, is_mask=False)
+    return image
 
 
 def _dataset_facts(masks_dir: Path) -> tuple[list[str] | None, dict[str, float]]:
@@ -90,7 +107,12 @@ def generate(model_uri: str, masks_dir: Path, out_dir: Path, brain_dir: Path | N
             fitted.add(f"{labels.shape[0]}x{labels.shape[1]} -> {size}x{size} ({method})")
             labels = slicing.fit(labels, size, method, is_mask=True)
             brain = slicing.fit(brain.astype(np.uint8), size, method, is_mask=True).astype(bool)
-        conditions.append(encoding.conditioning(labels, brain))
+        if model.in_channels > encoding.CONDITION_CHANNELS:  # an inpainting generator: the case's own slice is the context
+            image = _image_for(path, size, model.channels)
+            region = inpaint.region(labels, brain, inpaint.margin_pixels(TrainGanParams.inpaint_margin, size))
+            conditions.append(inpaint.conditioning(labels, brain, image, region))
+        else:
+            conditions.append(encoding.conditioning(labels, brain))
         pixel_mm.append(mm)
     for note in sorted(fitted):
         print(f"generate: masks fitted to the model's input size: {note}")

@@ -25,15 +25,15 @@ MAX_ACTIVE = 2       # requests being read/parsed/predicted at once
 TIMEOUT_S = 60       # socket timeout per request
 
 
-def default_max_bytes(size: int, max_batch: int) -> int:
-    return max_batch * size * size * 4 * BYTES_PER_VALUE + 64 * 1024
+def default_max_bytes(size: int, max_batch: int, channels: int = 4) -> int:
+    return max_batch * size * size * channels * BYTES_PER_VALUE + 64 * 1024
 
 
 class Service:
     def __init__(self, generator: Generator, max_batch: int = DEFAULT_MAX_BATCH, max_bytes: int | None = None):
         self.generator = generator
         self.max_batch = max_batch
-        self.max_bytes = max_bytes or default_max_bytes(generator.size, max_batch)
+        self.max_bytes = max_bytes or default_max_bytes(generator.size, max_batch, generator.in_channels)
         self.lock = threading.Lock()
         self.active = threading.BoundedSemaphore(MAX_ACTIVE)
 

@@ -2,7 +2,10 @@
 
 Input (the documented encoding, see mrisynth.core.encoding): float32 (N, S, S, 4), channels
 NCR/NET (label 1), edema (2), enhancing (4), brain mask; values 0 or 1; the three tumour channels
-are mutually exclusive and lie inside the brain. Output: float32 (N, S, S, C) images in [0, 1]."""
+are mutually exclusive and lie inside the brain. Output: float32 (N, S, S, C) images in [0, 1].
+An inpainting generator (`train_gan.synthesis: inpaint`, mrisynth.core.inpaint) takes (N, S, S, 5 + C):
+the same four channels, the region to fill (0/1) and the real slice in [-1, 1] (-1 inside the region);
+its registered model returns the real slice outside the region and the generated pixels inside."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,6 +13,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from mrisynth.core.encoding import CONDITION_CHANNELS
+from mrisynth.core.inpaint import BRAIN_CHANNEL, REGION_CHANNEL
 
 
 class InputError(MlflowException, ValueError):
@@ -20,26 +24,30 @@ class InputError(MlflowException, ValueError):
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
-def check_conditioning(batch, size: int) -> np.ndarray:
-    """Validate a conditioning batch; returns it as float32 or raises InputError saying what is wrong."""
+def check_conditioning(batch, size: int, channels: int = CONDITION_CHANNELS) -> np.ndarray:
+    """Validate a conditioning batch of `channels` channels (4, or 5 + C for an inpainting generator);
+    returns it as float32 or raises InputError saying what is wrong."""
     array = np.asarray(batch)
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise InputError(f"conditioning: expected numbers, found dtype {array.dtype}")
     if array.ndim == 3:
         array = array[None]
-    expected = f"(N, {size}, {size}, {CONDITION_CHANNELS})"
-    if array.ndim != 4 or array.shape[1:] != (size, size, CONDITION_CHANNELS):
+    expected = f"(N, {size}, {size}, {channels})"
+    if array.ndim != 4 or array.shape[1:] != (size, size, channels):
         raise InputError(f"conditioning: expected shape {expected}, found {array.shape}")
     array = array.astype(np.float32)
     if not np.all(np.isfinite(array)):
         raise InputError("conditioning: found NaN or inf values, expected 0 or 1")
-    values = np.unique(array)
+    binary = array[..., : min(channels, REGION_CHANNEL + 1)]  # labels, brain (and the inpainting region)
+    values = np.unique(binary)
     if not set(values.tolist()) <= {0.0, 1.0}:
         raise InputError(f"conditioning: expected only 0 and 1, found values {values[:6].tolist()}")
-    tumour = array[..., :-1]
+    if channels > REGION_CHANNEL + 1 and (array[..., REGION_CHANNEL + 1 :].min() < -1 or array[..., REGION_CHANNEL + 1 :].max() > 1):
+        raise InputError(f"conditioning: channels {REGION_CHANNEL + 1}-{channels - 1} (the real slice) must lie in [-1, 1]")
+    tumour = array[..., :BRAIN_CHANNEL]
     if np.any(tumour.sum(axis=-1) > 1):
         raise InputError("conditioning: a pixel has more than one tumour class; channels 0-2 must be one-hot or all 0")
-    if np.any((tumour.sum(axis=-1) > 0) & (array[..., -1] == 0)):
+    if np.any((tumour.sum(axis=-1) > 0) & (array[..., BRAIN_CHANNEL] == 0)):
         raise InputError("conditioning: tumour pixels outside the brain mask (channel 3)")
     return array
 
@@ -50,10 +58,29 @@ DEFAULT_MAX_BATCH = 16
 
 def export_model(generator):
     """The generator as registered: a plain Keras model (standard layers only, so `safe_mode`
-    loading executes no code) whose output is already mapped from tanh to [0, 1] images (float32)."""
+    loading executes no code) whose output is already mapped from tanh to [0, 1] images (float32).
+    An inpainting generator (input 5 + C channels) is wrapped so that its output is the real slice
+    (input channels 5..) outside the region (channel 4) and the generated image inside it (a hard
+    composite: the channel picks are fixed 1x1 convolutions, so no custom layer is needed)."""
     import keras
 
     out = keras.layers.Rescaling(0.5, offset=0.5, dtype="float32", name="tanh_to_unit")(generator.output)
+    in_channels, out_channels = int(generator.input_shape[-1]), int(generator.output_shape[-1])
+    if in_channels == REGION_CHANNEL + 1 + out_channels:
+        cond = generator.input
+        pick_region = keras.layers.Conv2D(1, 1, use_bias=False, trainable=False, dtype="float32", name="pick_region")
+        pick_context = keras.layers.Conv2D(out_channels, 1, use_bias=False, trainable=False, dtype="float32", name="pick_context")
+        region, context = pick_region(cond), pick_context(cond)
+        kernel = np.zeros((1, 1, in_channels, 1), np.float32)
+        kernel[0, 0, REGION_CHANNEL, 0] = 1.0
+        pick_region.set_weights([kernel])
+        kernel = np.zeros((1, 1, in_channels, out_channels), np.float32)
+        kernel[0, 0, REGION_CHANNEL + 1 :, :] = np.eye(out_channels, dtype=np.float32)
+        pick_context.set_weights([kernel])
+        context = keras.layers.Rescaling(0.5, offset=0.5, dtype="float32", name="context_to_unit")(context)
+        keep = keras.layers.Rescaling(-1.0, offset=1.0, dtype="float32", name="outside_region")(region)
+        out = keras.layers.Add(dtype="float32", name="composite")([keras.layers.Multiply(dtype="float32", name="real_part")([context, keep]),
+                                                                    keras.layers.Multiply(dtype="float32", name="generated_part")([out, region])])
     out = keras.layers.ReLU(max_value=1.0, dtype="float32", name=SERVED_LAYER)(out)
     return keras.Model(generator.input, out, name="mrisynth_generator")
 
@@ -70,6 +97,7 @@ class Generator:
         self.model = model
         self.size = int(model.input_shape[1])
         self.channels = int(model.output_shape[-1])
+        self.in_channels = int(model.input_shape[-1])  # 4, or 5 + C for an inpainting generator
         self.source = source
 
     @classmethod
@@ -98,8 +126,8 @@ class Generator:
         return cls(model, model_uri)
 
     def predict(self, conditioning, batch_size: int = 8) -> np.ndarray:
-        batch = check_conditioning(conditioning, self.size)
+        batch = check_conditioning(conditioning, self.size, self.in_channels)
         outputs = [np.asarray(self.model(batch[i : i + batch_size], training=False), dtype=np.float32)
                    for i in range(0, len(batch), batch_size)]
         images = np.concatenate(outputs) if outputs else np.zeros((0, self.size, self.size, self.channels), np.float32)
-        return np.clip(images * batch[..., -1:], 0.0, 1.0).astype(np.float32)
+        return np.clip(images * batch[..., BRAIN_CHANNEL : BRAIN_CHANNEL + 1], 0.0, 1.0).astype(np.float32)
