@@ -92,7 +92,7 @@ class TrainGanParams:
     cpu_replicas: int = 2       # mirrored on a machine without GPUs: logical CPU devices
     cluster_wait_s: float = 300.0  # multi_worker: longest wait for every worker to join
     peer_timeout_s: float = 30.0   # multi_worker: a worker silent this long stops the chief with an error
-    generator: str = "pix2pix"  # the generator architecture (mrisynth.core.generators.GENERATORS)
+    generator: str = "spade"    # the generator architecture (mrisynth.core.generators.GENERATORS)
     synthesis: str = "inpaint"  # full: the whole image from the label map (the paper) | inpaint: the tumour region of a real slice (mrisynth.core.inpaint)
     inpaint_margin: float = 0.03  # inpaint: region = tumour grown by this fraction of the side; the blend ramp has the same width
     inpaint_blobs: float = 0.5  # inpaint training: probability of adding a random tumour-free region to a slice's region
@@ -137,16 +137,16 @@ class TrainGanParams:
                               f"train_gan.inpaint_blobs={self.inpaint_blobs} (expected a probability in [0, 1])")
         if not 0 <= self.feature_matching < 1e6:
             raise ConfigError(f"train_gan.feature_matching={self.feature_matching}: expected a weight >= 0 (0 = off)")
-        if self.draws < 1:
-            raise ConfigError(f"train_gan.draws={self.draws}: expected 1 or more generators")
-        if self.draws > 1 and self.strategy != "default":
-            raise ConfigError(f"train_gan.draws={self.draws} with strategy {self.strategy!r}: several generator draws train on one device only; set draws: 1 or strategy: default")
         if self.disc_blocks < 0:
             raise ConfigError(f"train_gan.disc_blocks={self.disc_blocks}: expected 0 (the paper's depth) or a positive count")
         _positive(self, "epochs", "batch_size", "learning_rate", "width", "grid_every", "grid_images", "checkpoint_every",
                   "cpu_replicas", "cluster_wait_s", "peer_timeout_s")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"train_gan.strategy={self.strategy!r}: expected one of {STRATEGIES}")
+        if self.draws < 1:
+            raise ConfigError(f"train_gan.draws={self.draws}: expected 1 or more generators")
+        if self.draws > 1 and self.strategy != "default":
+            raise ConfigError(f"train_gan.draws={self.draws} with strategy {self.strategy!r}: several generator draws train on one device only; set draws: 1 or strategy: default")
         if self.alpha < 0:
             raise ConfigError(f"train_gan.alpha={self.alpha}: expected alpha >= 0")
         if not 0 <= self.dropout < 1 or not 0 <= self.beta_1 < 1:

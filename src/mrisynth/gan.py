@@ -51,7 +51,7 @@ class TrainingError(MrisynthError):
 class GanSettings:
     """What the trainer needs; built from params `train_gan` by the stage (`from_params` copies every
     field, so params.yaml decides). The defaults are the `TrainGanParams` defaults, except the method
-    levers (synthesis, select, diffaugment), which default to the paper's method for direct callers;
+    levers (generator, synthesis, select, diffaugment), which default to the paper's method for direct callers;
     only `alpha` is resolved (tuned or given)."""
 
     alpha: float = TrainGanParams.alpha
@@ -64,7 +64,7 @@ class GanSettings:
     precision: str = TrainGanParams.precision
     seed: int = TrainGanParams.seed
     checkpoint_every: int = TrainGanParams.checkpoint_every
-    generator: str = TrainGanParams.generator
+    generator: str = "pix2pix"
     synthesis: str = "full"  # the method levers default to the paper's method here; the stage builds from params (from_params)
     inpaint_margin: float = TrainGanParams.inpaint_margin
     inpaint_blobs: float = TrainGanParams.inpaint_blobs
