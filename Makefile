@@ -59,22 +59,23 @@ PAPER_OVERRIDES := -S preprocess.image_size=256 -S train_gan.epochs=100 -S train
 paper: data
 	dvc exp run -f -n paper $(PAPER_OVERRIDES)
 
-# The validation sweep behind the default profile (docs/method.md): each variant a named DVC experiment in the
+# The validation sweep behind the default profile (docs/synthetic-data.md): each variant a named DVC experiment in the
 # workspace, 2 segmenter seeds; pipelines/sweep_summary.py keeps its VALIDATION numbers only (reports/sweep.md).
 # (DVC's -S reads a comma as a sweep: DiffAugment parts are joined with +.) Stage output goes to work/sweep-<name>.log (it also prints test scores: not for choosing). Apply the winner
 # with `dvc exp apply <name>` or by editing params.yaml.
 SWEEP_SEEDS := -S 'train_segmenter.seeds=[1,2]'
-SWEEP_PAPER := -S train_gan.diffaugment=none -S train_gan.generator=pix2pix -S train_gan.synthesis=full -S train_gan.select=val_loss -S train_gan.epochs=30 -S train_segmenter.real_share=null
-SWEEP_LONG := -S train_gan.select=last -S train_gan.epochs=100 -S train_gan.diffaugment=translation+cutout+color -S train_segmenter.real_share=0.5
-SWEEP_VARIANTS ?= paper full-long inpaint inpaint-spade
+SWEEP_PAPER := -S train_gan.diffaugment=none -S train_gan.draws=1 -S train_gan.generator=pix2pix -S train_gan.synthesis=full -S train_gan.select=val_loss -S train_gan.epochs=30 -S train_segmenter.real_share=null
+SWEEP_LONG := -S train_gan.draws=1 -S train_gan.select=last -S train_gan.epochs=100 -S train_gan.diffaugment=translation+cutout+color
+SWEEP_VARIANTS ?= paper full-long inpaint inpaint-spade inpaint-spade-mixed
 sweep-paper := $(SWEEP_PAPER)
-sweep-full-long := $(SWEEP_LONG) -S train_gan.generator=pix2pix -S train_gan.synthesis=full
-sweep-inpaint := $(SWEEP_LONG) -S train_gan.generator=pix2pix -S train_gan.synthesis=inpaint
-sweep-inpaint-spade := $(SWEEP_LONG) -S train_gan.generator=spade -S train_gan.synthesis=inpaint
+sweep-full-long := $(SWEEP_LONG) -S train_segmenter.real_share=0.5 -S train_gan.generator=pix2pix -S train_gan.synthesis=full
+sweep-inpaint := $(SWEEP_LONG) -S train_segmenter.real_share=0.5 -S train_gan.generator=pix2pix -S train_gan.synthesis=inpaint
+sweep-inpaint-spade := $(SWEEP_LONG) -S train_segmenter.real_share=0.5 -S train_gan.generator=spade -S train_gan.synthesis=inpaint
+sweep-inpaint-spade-mixed := $(SWEEP_LONG) -S train_gan.generator=spade -S train_gan.synthesis=inpaint -S train_segmenter.real_share=null
 sweep: data
 	mkdir -p work
 	for v in $(SWEEP_VARIANTS); do \
-	  case $$v in paper) o="$(sweep-paper)";; full-long) o="$(sweep-full-long)";; inpaint) o="$(sweep-inpaint)";; inpaint-spade) o="$(sweep-inpaint-spade)";; esac; \
+	  case $$v in paper) o="$(sweep-paper)";; full-long) o="$(sweep-full-long)";; inpaint) o="$(sweep-inpaint)";; inpaint-spade) o="$(sweep-inpaint-spade)";; inpaint-spade-mixed) o="$(sweep-inpaint-spade-mixed)";; *) echo "unknown variant $$v"; exit 2;; esac; \
 	  echo "sweep: $$v"; eval dvc exp run -n $$v $(SWEEP_SEEDS) $$o > work/sweep-$$v.log 2>&1 || exit 1; \
 	  python pipelines/sweep_summary.py $$v > /dev/null || exit 1; \
 	done

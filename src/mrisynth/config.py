@@ -247,7 +247,7 @@ class TrainSegmenterParams:
     learning_rate: float = 2e-3
     dice_weight: float = 1.0
     equal_steps: bool = True  # every arm gets the same number of updates per epoch (False: one pass per arm, as the paper)
-    real_share: float | None = 0.5  # augmented arms: each batch element is a real slice with this probability (null: every image alike, the paper)
+    real_share: float | None = None  # augmented arms: each batch element is a real slice with this probability (null: every image alike, the paper)
     steps_per_epoch: int = 25  # > 0: this many updates per epoch for every arm (an "epoch" = a validation/early-stopping period)
     precision: str = "auto"
     experiment: str = "mrisynth"
