@@ -90,7 +90,7 @@ bench: setup
 
 # Recompute each stage's code deps and params in dvc.yaml from the imports (tests/test_dvc_graph.py checks them).
 dvc-graph: setup
-	python -m mrisynth.dvcgraph --write
+	python -m mrisynth.ops.dvcgraph --write
 
 clean:
 	rm -rf work reports/gx_docs

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mrisynth.core import phantom, phantom_v2
 from mrisynth.io import brats
-from mrisynth.ingest import ImportOptions, import_brats, make_phantom
+from mrisynth.data.ingest import ImportOptions, import_brats, make_phantom
 
 import common
 

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from mrisynth.core import models
-from mrisynth.gan import GanSettings, GanTrainer
+from mrisynth.training.gan import GanSettings, GanTrainer
 from mrisynth.io import devices
 from mrisynth.io.arrays import SplitArrays
 

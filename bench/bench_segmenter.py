@@ -21,7 +21,7 @@ import tensorflow as tf
 from mrisynth.config import TrainSegmenterParams
 from mrisynth.core import models
 from mrisynth.io import devices
-from mrisynth.segmenter import ce_dice_loss
+from mrisynth.training.segmenter import ce_dice_loss
 
 import common
 

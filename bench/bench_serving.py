@@ -1,6 +1,6 @@
 """Generation and serving throughput of the default-profile generator, side by side (not a test).
 
-generation: `mrisynth.generation.render` (what `augment` runs: batches of 8, eager calls) vs a plain
+generation: `mrisynth.inference.rendering.render` (what `augment` runs: batches of 8, eager calls) vs a plain
             `model.predict(x, batch_size=8)`, images/s, median of --repeats renders of --images masks;
 serving:    the `mrisynth serve` HTTP service (in this process, on 127.0.0.1, a free port; validation,
             bounds, JSON) answering one-image requests at concurrency 1 and 4, --requests per level:
@@ -22,12 +22,12 @@ from http.server import ThreadingHTTPServer
 import keras
 import numpy as np
 
-from mrisynth import generation
+from mrisynth.inference import rendering
 from mrisynth.config import load_params
 from mrisynth.core import encoding, models
 from mrisynth.io import devices
-from mrisynth.server import Service
-from mrisynth.serving import Generator, export_model
+from mrisynth.inference.server import Service
+from mrisynth.inference.served_model import Generator, export_model
 
 import common
 
@@ -83,7 +83,7 @@ def main() -> None:
     generator = models.build_generator(size, encoding.CONDITION_CHANNELS, 4, gan.dropout, gan.width)
     cond = _conditioning(args.images, size)
 
-    ours = common.median_rate(args.images, common.timings(lambda: generation.render(generator, cond, batch_size=8), args.repeats))
+    ours = common.median_rate(args.images, common.timings(lambda: rendering.render(generator, cond, batch_size=8), args.repeats))
     plain = common.median_rate(args.images, common.timings(lambda: generator.predict(cond, batch_size=8, verbose=0), args.repeats))
     print(f"generation at {size}px, width {gan.width}, {precision}: render {ours:.1f} images/s vs model.predict {plain:.1f} images/s "
           f"= {ours / plain:.2f}x")

@@ -95,7 +95,7 @@ def make_tiny_project(root: Path, brats_root: Path, extra_params: dict | None = 
     preprocessed arrays and its own MLflow SQLite store. Returns the folder; the caller chdirs."""
     import yaml
 
-    from mrisynth.ingest import ImportOptions, import_brats
+    from mrisynth.data.ingest import ImportOptions, import_brats
 
     import_brats(brats_root, root / "data", {"train": 4, "val": 2, "test": 2}, 1, ImportOptions(size=64))
     params = {

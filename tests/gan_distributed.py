@@ -18,7 +18,7 @@ SIZE, TRAIN, VAL, BATCH = 32, 6, 2, 4  # 6 images at batch 4: a full batch and a
 
 
 def settings(epochs: int, alpha: float = 100.0):
-    from mrisynth.gan import GanSettings
+    from mrisynth.training.gan import GanSettings
 
     # dropout 0: replicas draw their own dropout masks, so only a dropout-free run can match one device step by step
     return GanSettings(alpha=alpha, epochs=epochs, batch_size=BATCH, width=0.25, precision="float32", seed=3, checkpoint_every=1, dropout=0.0)
@@ -39,7 +39,7 @@ def probe(dist) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from mrisynth.gan import GanSettings, GanTrainer
+    from mrisynth.training.gan import GanSettings, GanTrainer
 
     train, _ = data()
     trainer = GanTrainer(GanSettings(batch_size=BATCH, width=0.25, precision="mixed_float16", seed=1, dropout=0.3), SIZE, 4, 4, dist)
@@ -52,7 +52,7 @@ def probe(dist) -> dict:
     out = {"scale_before": before, "scale_after": float(trainer.d_opt.dynamic_scale.numpy()),
            "finite": bool(all(np.isfinite(w).all() for w in trainer.discriminator.get_weights() + trainer.generator.get_weights()))}
     if dist.distributed:
-        from mrisynth.gan import _agree_finite
+        from mrisynth.training.gan import _agree_finite
 
         def one_replica_overflows():  # replica 1's gradient is inf, replica 0's finite
             replica = tf.distribute.get_replica_context().replica_id_in_sync_group
@@ -88,7 +88,7 @@ def main() -> None:
         return
     import numpy as np
 
-    from mrisynth.gan import GanTrainer
+    from mrisynth.training.gan import GanTrainer
 
     train, val = data()
     trainer = GanTrainer(settings(args.epochs, args.alpha), SIZE, 4, 4, dist)

@@ -5,7 +5,7 @@ import pytest
 
 from mrisynth.core import transforms
 from mrisynth.errors import DataError
-from mrisynth import augmentation
+from mrisynth.augment import synthesis
 from mrisynth.stages import augment
 
 
@@ -62,19 +62,19 @@ def test_recombined_tumours_stay_inside_the_brain():
 
 
 def test_plan_counts():
-    assert augmentation.plan(30, 10, 0.5, ("none", "classic+gan")) == {"classic_mix": 135, "gan_mix": 135, "classic_total": 135, "gan_total": 135}
-    assert augmentation.plan(30, 10, 0.2, ("classic", "gan", "classic+gan"))["classic_total"] == 270
+    assert synthesis.plan(30, 10, 0.5, ("none", "classic+gan")) == {"classic_mix": 135, "gan_mix": 135, "classic_total": 135, "gan_total": 135}
+    assert synthesis.plan(30, 10, 0.2, ("classic", "gan", "classic+gan"))["classic_total"] == 270
 
 
 def test_bad_generator_is_named(tmp_path, trained):
     with pytest.raises(DataError, match="generator not found"):
-        augmentation.load_generator(tmp_path / "missing.keras", 64, 4)
+        synthesis.load_generator(tmp_path / "missing.keras", 64, 4)
     broken = tmp_path / "broken.keras"
     broken.write_bytes(b"not a model")
     with pytest.raises(DataError, match="broken.keras: cannot load the generator"):
-        augmentation.load_generator(broken, 64, 4)
+        synthesis.load_generator(broken, 64, 4)
     with pytest.raises(DataError, match=r"generator maps \(None, 64, 64, 4\) -> \(None, 64, 64, 4\), but the data and train_gan.synthesis='full' need \(None, 128, 128, 4\)"):
-        augmentation.load_generator(trained / "models" / "generator.keras", 128, 4)
+        synthesis.load_generator(trained / "models" / "generator.keras", 128, 4)
 
 
 def test_augment_stage_counts_and_provenance(trained):

@@ -40,7 +40,7 @@ def _write_params(tmp_path: Path, data_dir: Path, size: int) -> Path:
 
 
 def test_preprocess_writes_arrays_and_stops_on_bad_data(tiny_brats, tmp_path, monkeypatch):
-    from mrisynth.ingest import ImportOptions, import_brats
+    from mrisynth.data.ingest import ImportOptions, import_brats
 
     data = tmp_path / "data"
     import_brats(tiny_brats, data, {"train": 4, "val": 2, "test": 2}, 1, ImportOptions(size=64))

@@ -48,7 +48,7 @@ def test_gan_under_mixed_float16_scales_its_losses():
     import keras
     import numpy as np
 
-    from mrisynth.gan import GanSettings, GanTrainer
+    from mrisynth.training.gan import GanSettings, GanTrainer
 
     before = keras.mixed_precision.global_policy().name
     try:

@@ -64,7 +64,7 @@ def test_strategy_param_is_checked():
 @pytest.mark.parametrize("count, ok", [(8, True), (7, True), (6, False), (5, False)])
 def test_batches_too_small_for_the_replicas_are_refused(count, ok):
     """Global batch 4 over 3 replicas: a tail of 0 or 3 rows is fine, 2 or 1 rows leave a replica empty."""
-    from mrisynth.gan import GanSettings, GanTrainer
+    from mrisynth.training.gan import GanSettings, GanTrainer
 
     trainer = GanTrainer(GanSettings(batch_size=4, width=0.125, precision="float32"), 32, 4, 2)
     trainer.dist = distribute.Distribution("mirrored", trainer.dist.strategy, replicas=3)
@@ -99,7 +99,7 @@ def one_device(tmp_path_factory) -> dict:
     """The reference: the same tiny training on one device (in this process: `default` needs no fresh TensorFlow)."""
     sys.path.insert(0, str(HELPER.parent))
     import gan_distributed as helper
-    from mrisynth.gan import GanTrainer
+    from mrisynth.training.gan import GanTrainer
 
     train, val = helper.data()
     trainer = GanTrainer(helper.settings(EPOCHS), helper.SIZE, 4, 4)

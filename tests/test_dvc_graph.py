@@ -1,5 +1,5 @@
 """The DVC graph is derived from the code: every stage declares exactly the modules it imports and the
-params.yaml sections it reads (mrisynth.dvcgraph), and `dvc status` follows an edited module to exactly
+params.yaml sections it reads (mrisynth.ops.dvcgraph), and `dvc status` follows an edited module to exactly
 the stages that use it. Everything that edits runs on copies under tmp_path."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mrisynth import dvcgraph
+from mrisynth.ops import dvcgraph
 
 REPO = Path(__file__).resolve().parents[1]
 COPIED = ("src", "pipelines", "expectations", "dvc.yaml", "params.yaml", "data.dvc")
@@ -44,7 +44,7 @@ def stages_of(root: Path) -> list[str]:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mrisynth.dvcgraph", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "mrisynth.ops.dvcgraph", *args], capture_output=True, text=True,
                           cwd=REPO, timeout=60)
 
 
@@ -123,12 +123,12 @@ def test_imports_inside_functions_and_from_package_imports_are_followed(tmp_path
     root = copy_repo(tmp_path / "repo")
     append(root / "src/mrisynth/stages/preprocess.py", """\
         def _later():
-            from mrisynth import serving
+            from mrisynth.inference import served_model
             from mrisynth.core import losses as _losses
-            return serving, _losses
+            return served_model, _losses
         """)
     missing = {d.stage: d for d in dvcgraph.check(root)}["preprocess"].missing_deps
-    assert {"src/mrisynth/serving.py", "src/mrisynth/core/losses.py"} <= set(missing)
+    assert {"src/mrisynth/inference/served_model.py", "src/mrisynth/core/losses.py"} <= set(missing)
 
 
 def test_a_dep_removed_from_dvc_yaml_fails_the_check(tmp_path):

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from mrisynth.errors import DataError
-from mrisynth.export import NNUNET_LABELS, export
-from mrisynth.ingest import ImportOptions, import_brats
+from mrisynth.data.export import NNUNET_LABELS, export
+from mrisynth.data.ingest import ImportOptions, import_brats
 from mrisynth.io import tiff
 
 

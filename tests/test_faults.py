@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from mrisynth.gan import RESUME_DIR, GanSettings, GanTrainer, latest_resume, load_state
+from mrisynth.training.gan import RESUME_DIR, GanSettings, GanTrainer, latest_resume, load_state
 from test_gan_training import _tiny_split
 
 SETTINGS = GanSettings(alpha=100.0, epochs=3, batch_size=2, width=0.25, precision="float32", seed=5, checkpoint_every=1)
@@ -83,8 +83,8 @@ _CHILD = textwrap.dedent("""
     import sys, numpy as np
     sys.path.insert(0, {tests!r})
     from test_faults import SETTINGS, _tiny_split
-    from mrisynth.gan import GanTrainer
-    import mrisynth.gan as gan
+    from mrisynth.training.gan import GanTrainer
+    import mrisynth.training.gan as gan
     mode = sys.argv[2]
     if mode == "write":  # die with SIGKILL in the middle of the second checkpoint write
         real = np.savez

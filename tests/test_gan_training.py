@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from mrisynth.errors import ConfigError
-from mrisynth.gan import GanSettings, GanTrainer, TrainingError, load_state
+from mrisynth.training.gan import GanSettings, GanTrainer, TrainingError, load_state
 from mrisynth.io import arrays
-from mrisynth.serving import InputError
+from mrisynth.inference.served_model import InputError
 
 TINY = GanSettings(alpha=100.0, epochs=2, batch_size=2, width=0.25, precision="float32", seed=3, checkpoint_every=1)
 
@@ -168,7 +168,7 @@ def test_stage_outputs_and_mlflow_run(trained):
 
 
 def test_registered_generator_predicts_images(trained):
-    from mrisynth.serving import Generator
+    from mrisynth.inference.served_model import Generator
 
     # plain MLflow (the Keras flavor's pyfunc; no mrisynth code needed): [0, 1] images
     model = mlflow.pyfunc.load_model("models:/tiny-generator@challenger")

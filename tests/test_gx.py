@@ -6,7 +6,7 @@ import pandas as pd
 import tifffile
 
 from mrisynth.cli import main
-from mrisynth.ingest import ImportOptions, import_brats
+from mrisynth.data.ingest import ImportOptions, import_brats
 from mrisynth.io.gx import validate_dataset
 
 

@@ -10,7 +10,7 @@ import tifffile
 
 from conftest import truncate_gzip, write_tiny_case
 from mrisynth.errors import DataError
-from mrisynth.ingest import ImportOptions, import_brats
+from mrisynth.data.ingest import ImportOptions, import_brats
 
 COUNTS = {"train": 4, "val": 2, "test": 3}
 OPTS = ImportOptions(size=64, fit="pad")

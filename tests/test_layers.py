@@ -2,8 +2,12 @@
 
 - core: pure; imports only mrisynth.core, mrisynth.errors and the package's constants;
 - io: side effects; imports only core, io, errors (and third-party packages);
+- job packages (training, augment, data, inference, ops): may use core, io, config, errors and one
+  another, never stages;
 - stages: orchestration; a stage never imports another stage (only `mrisynth.stages.stage_main`);
-- library modules never import stages."""
+- library modules never import stages.
+
+Every folder of the package must be listed in LAYERS, so a new subpackage cannot escape the rules."""
 import ast
 from pathlib import Path
 
@@ -23,8 +27,17 @@ def _imports(path: Path) -> list[tuple[int, str]]:
     return found
 
 
+JOBS = ("training", "augment", "data", "inference", "ops")
+LAYERS = ("", "core", "io", "stages", *JOBS)  # "" = the top-level modules (cli, config, errors, ...)
+
+
 def _modules(folder: str) -> list[Path]:
     return sorted((PACKAGE / folder).glob("*.py")) if folder else sorted(PACKAGE.glob("*.py"))
+
+
+def test_every_subpackage_is_under_a_layer_rule():
+    folders = sorted(p.parent.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("__init__.py") if p.parent != PACKAGE)
+    assert set(folders) <= set(LAYERS), f"add {sorted(set(folders) - set(LAYERS))} to LAYERS in tests/test_layers.py with its rule"
 
 
 def _allowed(name: str, prefixes: tuple[str, ...]) -> bool:
@@ -49,8 +62,15 @@ def test_stages_do_not_import_each_other():
     assert not bad, bad
 
 
+@pytest.mark.parametrize("folder", JOBS)
+def test_job_packages_import_no_stage(folder):
+    bad = [f"{folder}/{path.name}:{line} imports {name}" for path in _modules(folder) for line, name in _imports(path)
+           if name.startswith("mrisynth.stages") or name.startswith("mrisynth.cli")]
+    assert not bad, bad
+
+
 def test_library_modules_do_not_import_stages():
-    bad = [f"{path.name}:{line} imports {name}" for folder in ("", "core", "io") for path in _modules(folder)
+    bad = [f"{path.name}:{line} imports {name}" for folder in ("", "core", "io", *JOBS) for path in _modules(folder)
            for line, name in _imports(path) if name.startswith("mrisynth.stages") and path.name != "cli.py"]
     assert not bad, bad
 
@@ -67,7 +87,7 @@ def _mlflow_imports(path: Path) -> list[tuple[int, str]]:
 
 # serving.InputError is an MlflowException (MLflow's scoring protocol turns it into HTTP 400): an
 # exception type, not a tracking or registry call.
-MLFLOW_TYPES_ONLY = {"serving.py": ("mlflow.exceptions", "mlflow.protos.databricks_pb2")}
+MLFLOW_TYPES_ONLY = {"inference/served_model.py": ("mlflow.exceptions", "mlflow.protos.databricks_pb2")}
 
 
 def test_all_mlflow_calls_live_behind_io_tracking():

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import tiny_volumes
 from mrisynth.errors import DataError
-from mrisynth.ingest import ImportOptions, import_brats
+from mrisynth.data.ingest import ImportOptions, import_brats
 from mrisynth.io import brats, tiff
 
 GLI_NAMES = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"}

@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage
 
 from mrisynth.core import phantom
-from mrisynth.ingest import make_phantom
+from mrisynth.data.ingest import make_phantom
 
 
 @pytest.fixture(scope="module")

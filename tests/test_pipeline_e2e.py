@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import REPO, write_tiny_case
-from mrisynth.ingest import ImportOptions, import_brats
+from mrisynth.data.ingest import ImportOptions, import_brats
 
 TINY_PARAMS = {
     "preprocess": {"image_size": 64},

@@ -4,7 +4,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from mrisynth import segmenter
+from mrisynth.training import segmenter
 from mrisynth.config import TrainSegmenterParams
 
 P = TrainSegmenterParams(epochs=2, patience=5, batch_size=2, depth=2, base_filters=4, precision="float32", learning_rate=1e-3)

@@ -9,7 +9,7 @@ import pytest
 
 from mrisynth.core import diffaugment, generators, inpaint
 from mrisynth.errors import ConfigError
-from mrisynth.gan import GanSettings, GanTrainer
+from mrisynth.training.gan import GanSettings, GanTrainer
 from test_gan_training import _tiny_split
 
 TINY = GanSettings(alpha=100.0, epochs=2, batch_size=2, width=0.25, precision="float32", seed=3, checkpoint_every=1)
@@ -130,14 +130,14 @@ def test_inpainting_trainer_trains_and_renders_real_pixels_outside_the_region(tm
 
 
 def test_inpaint_augmentation_and_its_generator_check(tmp_path):
-    from mrisynth import augmentation
+    from mrisynth.augment import synthesis
     from mrisynth.config import AugmentParams
     from mrisynth.errors import DataError
 
     train = _small_tumours(4)
     generator = generators.build("pix2pix", 64, 9, 4, 0.3, 0.25)
     params = AugmentParams(factor=3, seed=2)
-    samples, counts = augmentation.synthesise(train, generator, params, ("none", "gan", "classic+gan"), "inpaint", 0.05)
+    samples, counts = synthesis.synthesise(train, generator, params, ("none", "gan", "classic+gan"), "inpaint", 0.05)
     gan = [s for s in samples if s.kind == "gan"]
     assert len(gan) == counts["gan_total"] == 8
     recombined = [s for s in gan if s.transforms.startswith("recombine:inpaint")]
@@ -149,13 +149,13 @@ def test_inpaint_augmentation_and_its_generator_check(tmp_path):
         assert np.array_equal(s.image[~region], train.images[host][~region])
         assert np.array_equal(s.labels[train.labels[host] > 0], train.labels[host][train.labels[host] > 0])  # host tumour kept
     generator.save(tmp_path / "g.keras")
-    augmentation.load_generator(tmp_path / "g.keras", 64, 4, "inpaint")
+    synthesis.load_generator(tmp_path / "g.keras", 64, 4, "inpaint")
     with pytest.raises(DataError, match="synthesis='full'"):
-        augmentation.load_generator(tmp_path / "g.keras", 64, 4, "full")
+        synthesis.load_generator(tmp_path / "g.keras", 64, 4, "full")
 
 
 def test_real_share_sets_the_real_fraction_of_batches():
-    from mrisynth.segmenter import mixed_stream
+    from mrisynth.training.segmenter import mixed_stream
 
     images = np.zeros((40, 8, 8, 1), np.float32)
     images[:10] = 1.0                                   # 10 real slices (value 1) among 40
@@ -218,7 +218,7 @@ def test_placement_prior_follows_real_tumour_depths():
 
 
 def test_served_inpainting_generator_returns_the_real_slice_outside_the_region(tmp_path):
-    from mrisynth.serving import Generator, InputError, check_conditioning, export_model
+    from mrisynth.inference.served_model import Generator, InputError, check_conditioning, export_model
 
     split = _small_tumours(2)
     model = export_model(generators.build("pix2pix", 64, 9, 4, 0.0, 0.25))

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import REPO, tf_configs, write_tiny_case
-from mrisynth.ingest import ImportOptions, import_brats
+from mrisynth.data.ingest import ImportOptions, import_brats
 from test_pipeline_e2e import TINY_PARAMS, _tracked_files
 
 PG_BIN = Path(os.environ.get("MRISYNTH_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -75,7 +75,7 @@ def _digests(root: Path, parts: tuple[str, ...]) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_team_stack_end_to_end(tmp_path, monkeypatch):
-    from mrisynth import team
+    from mrisynth.ops import team
 
     started = time.monotonic()
     # PostgreSQL runs as an unprivileged user when we are root: the team folder must be enterable by it,

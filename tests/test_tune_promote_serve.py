@@ -18,7 +18,7 @@ import yaml
 
 from conftest import REPO
 from mrisynth.config import TuneParams
-from mrisynth.promote import PromotionError, promote
+from mrisynth.inference.promote import PromotionError, promote
 from mrisynth.stages import train_gan, tune
 
 
@@ -373,7 +373,7 @@ def test_loading_a_registered_generator_runs_no_code_from_the_artifact_store(cha
     Plant one (and a malicious MLmodel loader entry) and show that nothing runs."""
     import pickle
 
-    from mrisynth.serving import Generator, InputError
+    from mrisynth.inference.served_model import Generator, InputError
 
     marker = tmp_path / "pwned"
 

@@ -12,7 +12,7 @@ from mrisynth.errors import MrisynthError
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
-    from mrisynth.ingest import make_phantom
+    from mrisynth.data.ingest import make_phantom
 
     ids = make_phantom(Path(args.out), args.cases, args.seed, workers=args.workers, version=args.version)
     print(f"wrote {len(ids)} phantom cases ({ids[0]} .. {ids[-1]}) to {args.out}")
@@ -31,14 +31,14 @@ def _cmd_card(args: argparse.Namespace) -> int:
 
 
 def _import_options(args: argparse.Namespace):
-    from mrisynth.ingest import ImportOptions
+    from mrisynth.data.ingest import ImportOptions
 
     modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
     return ImportOptions(size=args.size, modalities=modalities, slice_rule=args.slice, fit=args.fit, layout=args.layout)
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from mrisynth.ingest import import_brats
+    from mrisynth.data.ingest import import_brats
 
     counts = {"train": args.train, "val": args.val, "test": args.test}
     manifest = import_brats(
@@ -56,7 +56,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def _cmd_default(args: argparse.Namespace) -> int:
     """Recreate the shipped default dataset from params.yaml's `data` section (phantom, then import)."""
     from mrisynth.config import load_params
-    from mrisynth.ingest import ImportOptions, import_brats, make_phantom
+    from mrisynth.data.ingest import ImportOptions, import_brats, make_phantom
 
     data = load_params(args.params).data
     out = Path(args.out or data.out)
@@ -88,7 +88,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_promote(args: argparse.Namespace) -> int:
     from mrisynth.config import load_params
     from mrisynth.io import tracking
-    from mrisynth.promote import promote
+    from mrisynth.inference.promote import promote
 
     params = load_params(args.params)
     tracking.configure(params.train_gan.experiment)
@@ -103,7 +103,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from mrisynth.export import export
+    from mrisynth.data.export import export
 
     target = export(Path(args.dir), Path(args.out), args.format, args.arm, Path(args.augmented) if args.augmented else None,
                     args.dataset_id, args.name, args.force)
@@ -112,7 +112,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from mrisynth.server import serve
+    from mrisynth.inference.server import serve
 
     if args.max_batch < 1:
         raise MrisynthError(f"--max-batch {args.max_batch}: expected at least 1")
@@ -121,7 +121,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from mrisynth.generate import generate
+    from mrisynth.inference.generate import generate
     from mrisynth.io import tracking
 
     tracking.configure_uri()
@@ -131,7 +131,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_team(args: argparse.Namespace) -> int:
-    from mrisynth import team
+    from mrisynth.ops import team
 
     return team.main(args.action, args.repo)
 

@@ -155,7 +155,7 @@ class TrainGanParams:
             raise ConfigError(f"train_gan.precision={self.precision!r}: expected one of {PRECISIONS}")
 
 
-ARMS = ("none", "classic", "gan", "classic+gan")  # the augmentation arms (mrisynth.arms builds their data)
+ARMS = ("none", "classic", "gan", "classic+gan")  # the augmentation arms (mrisynth.augment.arm_data builds their data)
 OBJECTIVES = ("image", "downstream")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mrisynth.augmentation import load_generator, synthesise, synthesise_draw, write, write_draw
+from mrisynth.augment.synthesis import load_generator, synthesise, synthesise_draw, write, write_draw
 from mrisynth.config import load_params
 from mrisynth.stages import stage_main
 from mrisynth.io import arrays, gx

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mrisynth.arms import arm_slug, comparisons_for
+from mrisynth.augment.arm_data import arm_slug, comparisons_for
 from mrisynth.config import load_params
 from mrisynth.core import encoding, segmetrics, stats, threshold
 from mrisynth.errors import DataError
@@ -53,7 +53,7 @@ PAPER = {"accuracy": ((0.90, 0.94), (0.92, 0.85), (0.87, 0.90)), "mean_iou": ((0
 def score_arms(runs: dict, splits: dict[str, arrays.SplitArrays]) -> tuple[dict, dict, dict]:
     """({arm: {split: {metric: [value per seed]}}}, {arm: {split: {key: (S, N) per-image array}}},
     {arm: test predictions of the first seed})."""
-    from mrisynth import segmenter
+    from mrisynth.training import segmenter
 
     pooled, per_image, examples = {}, {}, {}
     truths = {split: encoding.labels_to_classes(data.labels) for split, data in splits.items()}

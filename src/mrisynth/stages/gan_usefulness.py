@@ -1,4 +1,4 @@
-"""`gan_usefulness` stage: GAN-train, GAN-test and diversity of the trained generator (see mrisynth.usefulness).
+"""`gan_usefulness` stage: GAN-train, GAN-test and diversity of the trained generator (see mrisynth.training.usefulness).
 
 Reads  work/preprocessed/{train,val,test}.npz, models/generator.keras, work/augmented/ (the GAN
        samples), work/segmenter/runs.json (the `none` segmenters), params `gan_usefulness`,
@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mrisynth import generation, usefulness
-from mrisynth.arms import synthetic_only
-from mrisynth.augmentation import load_generator
+from mrisynth.inference import rendering
+from mrisynth.training import usefulness
+from mrisynth.augment.arm_data import synthetic_only
+from mrisynth.augment.synthesis import load_generator
 from mrisynth.config import load_params
 from mrisynth.core import encoding
 from mrisynth.errors import DataError
@@ -36,8 +37,8 @@ def realism_panel(generator, val, gan, sample: bool, seed: int, modalities: list
     from mrisynth.core import realism
     from mrisynth.io import tracking
 
-    rendered = generation.render_split(generator, val, gan.synthesis, gan.inpaint_margin, sample=sample, seed=seed)
-    where = generation.drawn(val, gan.synthesis, gan.inpaint_margin)
+    rendered = rendering.render_split(generator, val, gan.synthesis, gan.inpaint_margin, sample=sample, seed=seed)
+    where = rendering.drawn(val, gan.synthesis, gan.inpaint_margin)
     panel = realism.panel(val.images, rendered, val.labels, where, modalities)
     meta = {"split": "val", "images": len(val), "synthesis": gan.synthesis, "generator": gan.generator, "dropout_sampling": sample,
             "seed": seed, "where": "inpainted regions" if gan.synthesis == "inpaint" else "brain", "tolerance": realism.TOLERANCE}
@@ -53,7 +54,7 @@ def realism_panel(generator, val, gan, sample: bool, seed: int, modalities: list
 
 
 def run(params_path: str = "params.yaml") -> int:
-    from mrisynth import segmenter
+    from mrisynth.training import segmenter
 
     params = load_params(params_path)
     g, seg, pre = params.gan_usefulness, params.train_segmenter, params.preprocess
@@ -84,7 +85,7 @@ def run(params_path: str = "params.yaml") -> int:
             report[f"{split}_gan_train_{key}"] = gt[key]
             report[f"{split}_real_train_{key}"] = gtest[f"real_{key}"]
             report[f"{split}_gan_test_{key}"] = gtest[f"gan_test_{key}"]
-    report["diversity_val"] = generation.diversity(generator, splits["val"], g.diversity_samples, g.seed, gan.synthesis, gan.inpaint_margin)
+    report["diversity_val"] = rendering.diversity(generator, splits["val"], g.diversity_samples, g.seed, gan.synthesis, gan.inpaint_margin)
     report["diversity_samples"] = g.diversity_samples
     panel = realism_panel(generator, splits["val"], gan, params.augment.sample_dropout, g.seed, list(params.data.modalities))
     report["realism_worst_deviation"] = panel["worst_deviation"]

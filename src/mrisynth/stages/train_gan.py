@@ -80,7 +80,7 @@ def register(params, best: Path, size: int, channels: int, run_id: str, tags: di
     servable without mrisynth installed. `example` is unused (kept for callers; see register_keras_model)."""
     import keras
 
-    from mrisynth.serving import export_model
+    from mrisynth.inference.served_model import export_model
 
     served = export_model(keras.models.load_model(best, compile=False))
     return tracking.register_keras_model(
@@ -94,7 +94,7 @@ def register(params, best: Path, size: int, channels: int, run_id: str, tags: di
 
 
 def run(params_path: str = "params.yaml", restart: bool = False) -> int:
-    from mrisynth.gan import GanSettings, GanTrainer
+    from mrisynth.training.gan import GanSettings, GanTrainer
 
     params = load_params(params_path)
     p, pre = params.train_gan, params.preprocess
@@ -139,7 +139,7 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
 def _reusable(settings, trainer, train, val, out_dir: Path, model_path: Path):
     """The finished state of an extra draw trained earlier with the same parameters and data (its model
     file in place), so a rerun after a later failure does not train it again; else None."""
-    from mrisynth.gan import load_state
+    from mrisynth.training.gan import load_state
 
     state = load_state(out_dir)
     if state is None or not state.completed or not model_path.is_file() or not (out_dir / "best_generator.keras").is_file():
@@ -149,7 +149,7 @@ def _reusable(settings, trainer, train, val, out_dir: Path, model_path: Path):
 
 def train_draw(p, pre, settings, dist, train, val, draw: int, restart: bool, alpha: float, alpha_source: str) -> dict:
     """Train (or resume) generator draw `draw` (0 = the registered one) with its own MLflow run; returns its summary."""
-    from mrisynth.gan import GanTrainer, load_state
+    from mrisynth.training.gan import GanTrainer, load_state
 
     channels = train.images.shape[-1]
     trainer = GanTrainer(settings, pre.image_size, settings.in_channels(channels), channels, dist)

@@ -103,7 +103,7 @@ def study_scope(params, train, val) -> str:
     """12 hex digits naming what a trial's value depends on: the training/validation arrays, every
     parameter that shapes a trial, and the package's source code. Part of the study name, so a study
     left in the storage by other data, settings or code never decides alpha."""
-    from mrisynth.gan import arrays_key
+    from mrisynth.training.gan import arrays_key
 
     t = params.tune
     shaping = {
@@ -160,7 +160,7 @@ def report_epoch(trial, value: float, epoch: int) -> None:
 
 
 def _gan(params, alpha: float, train, epochs: int):
-    from mrisynth.gan import GanSettings, GanTrainer
+    from mrisynth.training.gan import GanSettings, GanTrainer
 
     settings = GanSettings.from_params(params.train_gan, alpha, epochs)
     channels = train.images.shape[-1]
@@ -185,13 +185,14 @@ def objective_image(trial, params, alpha: float, train, val, log) -> float:
 
 def objective_downstream(trial, params, alpha: float, train, val, log) -> float:
     """Short GAN training, GAN augmentation of the training split, a short segmenter; value = best validation Dice."""
-    from mrisynth import augmentation, segmenter
+    from mrisynth.augment import synthesis
+    from mrisynth.training import segmenter
     from mrisynth.core import encoding
 
     trainer = _gan(params, alpha, train, params.tune.epochs)
     with tempfile.TemporaryDirectory(prefix="tune-gan-") as tmp:
         trainer.fit(train, val, Path(tmp))
-        samples, _ = augmentation.synthesise(train, trainer.generator, params.augment, ("gan",), params.train_gan.synthesis,
+        samples, _ = synthesis.synthesise(train, trainer.generator, params.augment, ("gan",), params.train_gan.synthesis,
                                              params.train_gan.inpaint_margin)
     gan_images = [s for s in samples if s.kind in ("real", "gan")]
     images = np.stack([s.image for s in gan_images]).astype(np.float32)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mrisynth import generation
+from mrisynth.inference import rendering
 from mrisynth.core import encoding, segmetrics
 from mrisynth.io.arrays import SplitArrays
 
@@ -23,7 +23,7 @@ KEYS = ("dice_tumour", "dice_WT", "dice_TC", "dice_ET")
 
 def scores(model, images: np.ndarray, classes: np.ndarray) -> dict[str, float]:
     """The KEYS scores of a segmenter on (images, classes)."""
-    from mrisynth import segmenter
+    from mrisynth.training import segmenter
 
     metrics = segmetrics.evaluate(classes, segmenter.predict_classes(model, images))
     return {k: float(metrics[k]) for k in KEYS}
@@ -33,9 +33,9 @@ def gan_test(real_models: list, generator, split: SplitArrays, seed: int = 0, sy
              margin_fraction: float = 0.03) -> dict[str, float]:
     """Real-data segmenters on rendered versions of a split (mean over models) next to their score on
     the real images: {gan_test_<key>, real_<key>} for KEYS. Inpainting generators re-generate each
-    slice's tumour region only (generation.render_split)."""
+    slice's tumour region only (rendering.render_split)."""
     classes = encoding.labels_to_classes(split.labels)
-    synthetic = generation.render_split(generator, split, synthesis, margin_fraction, sample=False, seed=seed)
+    synthetic = rendering.render_split(generator, split, synthesis, margin_fraction, sample=False, seed=seed)
     on_fake = [scores(m, synthetic, classes) for m in real_models]
     on_real = [scores(m, split.images, classes) for m in real_models]
     out = {f"gan_test_{k}": float(np.mean([s[k] for s in on_fake])) for k in KEYS}

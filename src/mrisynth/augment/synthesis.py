@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mrisynth import generation
+from mrisynth.inference import rendering
 from mrisynth.core import encoding, inpaint, transforms
 from mrisynth.errors import DataError
 from mrisynth.io import arrays, tiff
@@ -125,7 +125,7 @@ def gan_samples(train: arrays.SplitArrays, generator, params, counts: dict, rng:
             brains.append(brain)
             provenance.append((ids[src], f"mask:{geometry.describe()}"))
     if label_maps:
-        images = generation.render_labels(generator, np.stack(label_maps), np.stack(brains), sample=params.sample_dropout, seed=render_seed)
+        images = rendering.render_labels(generator, np.stack(label_maps), np.stack(brains), sample=params.sample_dropout, seed=render_seed)
         for k, (image, labels, (source, desc)) in enumerate(zip(images, label_maps, provenance)):
             samples.append(Sample(image, labels, "gan", source, desc, k < counts["gan_mix"]))
     return samples, fallbacks
@@ -174,7 +174,7 @@ def _inpaint_samples(train, generator, params, ranges, counts, rng, margin_fract
             provenance.append((ids[src], f"inpaint-own:{desc}"))
     if not hosts:
         return [], fallbacks
-    images = generation.render_inpaint(generator, np.stack(hosts), np.stack(labels_out), np.stack(brains), np.stack(regions), margin,
+    images = rendering.render_inpaint(generator, np.stack(hosts), np.stack(labels_out), np.stack(brains), np.stack(regions), margin,
                                        sample=params.sample_dropout, seed=render_seed)
     samples = [Sample(image, labels, "gan", source, desc, k < counts["gan_mix"])
                for k, (image, labels, (source, desc)) in enumerate(zip(images, labels_out, provenance))]

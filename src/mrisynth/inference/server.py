@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-from mrisynth.serving import DEFAULT_MAX_BATCH, Generator, InputError
+from mrisynth.inference.served_model import DEFAULT_MAX_BATCH, Generator, InputError
 
 BYTES_PER_VALUE = 8  # generous JSON size of one conditioning value ("1.0, ")
 MAX_ACTIVE = 2       # requests being read/parsed/predicted at once

@@ -67,7 +67,7 @@ def _dataset_facts(masks_dir: Path) -> tuple[list[str] | None, dict[str, float]]
 
 
 def _save_modalities(image: np.ndarray, names: list[str], spacing: float, out_dir: Path, stem: str) -> None:
-    from mrisynth.export import write_slice_nifti
+    from mrisynth.data.export import write_slice_nifti
 
     for c, name in enumerate(names):
         write_slice_nifti(image[:, :, c].astype(np.float32), spacing, out_dir / f"{stem}_{name}.nii.gz")
@@ -75,7 +75,7 @@ def _save_modalities(image: np.ndarray, names: list[str], spacing: float, out_di
 
 def generate(model_uri: str, masks_dir: Path, out_dir: Path, brain_dir: Path | None = None, batch_size: int = 8,
              spacing: float = 1.0) -> list[Path]:
-    from mrisynth.serving import Generator, InputError
+    from mrisynth.inference.served_model import Generator, InputError
 
     masks_dir, out_dir = Path(masks_dir), Path(out_dir)
     paths = sorted(masks_dir.glob("*.tif"))

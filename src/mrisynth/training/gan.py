@@ -395,7 +395,7 @@ class GanTrainer:
         if self.settings.synthesis != "inpaint":
             return split.conditioning.astype(np.float32), images
         margin = inpaint.margin_pixels(self.settings.inpaint_margin, split.images.shape[1])
-        if epoch is None:  # validation: the same regions as generation.render_split
+        if epoch is None:  # validation: the same regions as rendering.render_split
             rng, blobs = np.random.default_rng(0), 0.0
         else:
             rng, blobs = np.random.default_rng([self.settings.seed, epoch]), self.settings.inpaint_blobs
@@ -410,11 +410,11 @@ class GanTrainer:
         return data.batch(self.settings.batch_size).prefetch(tf.data.AUTOTUNE)
 
     def render(self, split: SplitArrays, count: int) -> np.ndarray:
-        """`generation.render_split` of the first `count` slices with the generator being trained."""
-        from mrisynth import generation
+        """`rendering.render_split` of the first `count` slices with the generator being trained."""
+        from mrisynth.inference import rendering
 
         first = SplitArrays(**{k: getattr(split, k)[:count] for k in ("images", "labels", "brain", "conditioning", "case_ids", "spacing")})
-        return generation.render_split(self.generator, first, self.settings.synthesis, self.settings.inpaint_margin)
+        return rendering.render_split(self.generator, first, self.settings.synthesis, self.settings.inpaint_margin)
 
     def validate(self, val: SplitArrays) -> dict[str, float]:
         totals: dict[str, float] = {}

@@ -1,0 +1,1 @@
+"""Building each augmentation arm's training set: classic transforms and GAN synthesis."""

@@ -1,0 +1,1 @@
+"""Datasets in and out: BraTS/phantom import, nnU-Net/MONAI/NIfTI export."""

@@ -1,0 +1,1 @@
+"""Using a trained generator: rendering, the registered model, the HTTP server, generate, promote."""

@@ -1,0 +1,1 @@
+"""Operations tooling: the team stack and the dvc.yaml generator."""
