@@ -1,5 +1,5 @@
-"""`make bench`: every benchmark, side by side in one run, into reports/bench.json, the README's
-benchmark table (between the `bench:start` / `bench:end` markers) and an MLflow run named `bench`.
+"""`make bench`: every benchmark, side by side in one run, into reports/bench.json, the
+benchmark table of docs/benchmarks.md (between the `bench:start` / `bench:end` markers) and an MLflow run named `bench`.
 
 Each figure is a median of repeats measured next to its reference in the same process (see each
 script's docstring); peak memory per pipeline stage comes from work/resources/<stage>.json, which
@@ -100,7 +100,7 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(text: str, readme: Path = Path("README.md")) -> bool:
+def update_readme(text: str, readme: Path = Path("docs/benchmarks.md")) -> bool:
     content = readme.read_text()
     if START not in content or END not in content:
         return False
@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default="reports/bench.json")
     parser.add_argument("--no-mlflow", action="store_true")
-    parser.add_argument("--table-from", metavar="BENCH_JSON", help="only regenerate the README table from this bench.json")
+    parser.add_argument("--table-from", metavar="BENCH_JSON", help="only regenerate the docs/benchmarks.md table from this bench.json")
     args = parser.parse_args()
     if args.table_from:
         update_readme(table(json.loads(Path(args.table_from).read_text())))
@@ -156,7 +156,7 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))
     if not args.quick and not failed and update_readme(table(result)):
-        print("README.md: benchmark table regenerated")
+        print("docs/benchmarks.md: benchmark table regenerated")
     if not args.no_mlflow:
         try:
             print(f"MLflow run `bench`: {log_to_mlflow(result)}")

@@ -7,7 +7,6 @@ import pytest
 import yaml
 
 from conftest import REPO
-from mrisynth.augment import arm_data
 from mrisynth.config import ARMS, ConfigError, Params, load_params
 
 
@@ -22,7 +21,7 @@ def _write(tmp_path: Path, overrides: dict) -> Path:
 
 def test_repository_params_load_and_defaults_match_dataclasses():
     params = load_params(REPO / "params.yaml")
-    assert params.train_segmenter.arms == ARMS == arm_data.ARMS and len(params.train_segmenter.seeds) >= 3
+    assert params.train_segmenter.arms == ARMS and len(params.train_segmenter.seeds) >= 3
     assert params.tune.n_trials > 0 and params.promote.metric.startswith("val_")
     assert params.augment.sample_dropout is True and params.train_segmenter.jitter is False
     # the dataclass defaults are exactly the shipped default profile (one source of truth)

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from mrisynth import MODALITIES
+from mrisynth.core.arms import ARMS
 from mrisynth.errors import MrisynthError
 
 
@@ -212,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("dir", help="imported dataset folder (manifest.csv), e.g. data")
     ex.add_argument("--format", required=True, choices=["nnunet", "monai", "nifti"])
     ex.add_argument("--out", required=True, help="output folder (nnunet: nnUNet_raw; the dataset goes to OUT/DatasetNNN_NAME)")
-    ex.add_argument("--arm", default="none", choices=["none", "classic", "gan", "classic+gan"],
+    ex.add_argument("--arm", default="none", choices=ARMS,
                     help="training set: the real slices (none) or an augmented arm from --augmented")
     ex.add_argument("--augmented", default="work/augmented", help="augmented set of the arms (default work/augmented)")
     ex.add_argument("--dataset-id", type=int, default=501, help="nnU-Net dataset id (default 501)")

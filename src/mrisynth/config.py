@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from mrisynth import MODALITIES
+from mrisynth.core.arms import ARMS
 from mrisynth.errors import ConfigError
 
 
@@ -155,7 +156,6 @@ class TrainGanParams:
             raise ConfigError(f"train_gan.precision={self.precision!r}: expected one of {PRECISIONS}")
 
 
-ARMS = ("none", "classic", "gan", "classic+gan")  # the augmentation arms (mrisynth.augment.arm_data builds their data)
 OBJECTIVES = ("image", "downstream")
 
 

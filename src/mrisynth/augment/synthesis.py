@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mrisynth.inference import rendering
-from mrisynth.core import encoding, inpaint, transforms
+from mrisynth.core import arms as arm_table, encoding, inpaint, transforms
 from mrisynth.errors import DataError
 from mrisynth.io import arrays, tiff
 
@@ -34,11 +34,12 @@ def plan(n_train: int, factor: int, synthetic_fraction: float, arms: tuple[str, 
     new = (factor - 1) * n_train
     gan_mix = int(round(synthetic_fraction * new))
     classic_mix = new - gan_mix
+    wanted = arm_table.kinds_wanted(arms)  # an arm training on every sample of a kind needs (factor - 1) x n of it
     return {
         "classic_mix": classic_mix,
         "gan_mix": gan_mix,
-        "classic_total": new if "classic" in arms else classic_mix,
-        "gan_total": new if "gan" in arms else gan_mix,
+        "classic_total": new if "classic" in wanted else classic_mix,
+        "gan_total": new if "gan" in wanted else gan_mix,
     }
 
 

@@ -29,7 +29,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from mrisynth.config import ARMS
+from mrisynth.core import arms
 from mrisynth.errors import DataError
 from mrisynth.io import tiff
 from mrisynth.io.manifest import read_manifest
@@ -62,13 +62,12 @@ def _rows(data_dir: Path, arm: str, augmented_dir: Path | None, generator_versio
         rows.append({"case": str(row["case_id"]), "split": row["split"], "root": data_dir, "image": row["image"], "mask": row["mask"],
                      "spacing": float(spacing[i]), "provenance": "real", "generator_version": "", "source_cases": str(row["case_id"])})
     if arm != "none":
-        if arm not in ARMS:
-            raise DataError(f"--arm {arm}: expected one of {', '.join(ARMS)}")
+        if arm not in arms.TABLE:
+            raise DataError(f"--arm {arm}: expected one of {', '.join(arms.ARMS)}")
         if augmented_dir is None or not (Path(augmented_dir) / "manifest.csv").is_file():
             raise DataError(f"{augmented_dir}/manifest.csv: the {arm} arm needs the augmented set; run `dvc repro augment`")
         augmented = pd.read_csv(Path(augmented_dir) / "manifest.csv")
-        select = {"classic+gan": augmented["in_mix"].astype(bool), "classic": augmented["kind"].isin(["real", "classic"]),
-                  "gan": augmented["kind"].isin(["real", "gan"])}[arm]
+        select = arms.get(arm).rows(augmented)
         native = float(np.median(spacing)) if len(spacing) else 1.0
         data_size = int(manifest["height"].iloc[0]) if "height" in manifest else 256
         for _, row in augmented[select].iterrows():

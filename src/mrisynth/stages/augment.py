@@ -18,6 +18,7 @@ import pandas as pd
 
 from mrisynth.augment.synthesis import load_generator, synthesise, synthesise_draw, write, write_draw
 from mrisynth.config import load_params
+from mrisynth.core.arms import SAMPLE_KINDS
 from mrisynth.stages import stage_main
 from mrisynth.io import arrays, gx
 
@@ -57,7 +58,7 @@ def run(params_path: str = "params.yaml") -> int:
             return 1
     summary = {
         "train_images": len(train), "factor": p.factor, "mix_images": int(manifest["in_mix"].sum()),
-        **{f"{kind}_images": int((manifest["kind"] == kind).sum()) for kind in ("real", "classic", "gan")},
+        **{f"{kind}_images": int((manifest["kind"] == kind).sum()) for kind in SAMPLE_KINDS},
         "recombined": int(manifest["transforms"].str.startswith("recombine").sum()),
         **counts, "synthesis": gan.synthesis, "generator_draws": gan.draws, "gan_dropout_sampling": p.sample_dropout, "seconds": round(time.perf_counter() - started, 2),
     }

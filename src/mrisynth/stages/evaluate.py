@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mrisynth.augment.arm_data import arm_slug, comparisons_for
+from mrisynth.core.arms import BEYOND_CLASSIC, GAN_VS_NONE, arm_slug, comparisons_for
 from mrisynth.config import load_params
 from mrisynth.core import encoding, segmetrics, stats, threshold
 from mrisynth.errors import DataError
@@ -313,9 +313,9 @@ def run(params_path: str = "params.yaml") -> int:
         a, b = (by_draw(per_image[arm][split]["dice_tumour"], list(runs["arms"][arm].values())) for arm in (base, aug))
         return float((b - a).mean())  # (draws, seeds, images), an arm without a generator broadcast over the draws
 
-    gate = {"val_dice_gain_beyond_classic": gain("val", "classic", "classic+gan"), "val_dice_gain_gan": gain("val", "none", "gan"),
+    gate = {"val_dice_gain_beyond_classic": gain("val", *BEYOND_CLASSIC[:2]), "val_dice_gain_gan": gain("val", *GAN_VS_NONE[:2]),
             "val_dice_gain": gain("val", p.baseline, p.augmented)}
-    info = {"test_dice_gain_beyond_classic": gain("test", "classic", "classic+gan"), "test_dice_gain": gain("test", p.baseline, p.augmented)}
+    info = {"test_dice_gain_beyond_classic": gain("test", *BEYOND_CLASSIC[:2]), "test_dice_gain": gain("test", p.baseline, p.augmented)}
     metrics = {"seeds": seeds, "arms": summary, "comparisons_test": tests, "comparisons_val": vals,
                "threshold_reference": thresholds, "gan_usefulness": usefulness,
                **{k: v for k, v in (gate | info).items() if v is not None}}

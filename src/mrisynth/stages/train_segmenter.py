@@ -5,7 +5,7 @@ Writes work/segmenter/<arm>/seed<k>/best.keras, work/segmenter/runs.json (run id
        reports/train_segmenter.json; one parent MLflow run with a child run per arm and seed, each
        trained segmenter registered (tags augmentation=<arm>, seed=<k>).
 
-Arms (mrisynth.augment.arm_data): none, classic, gan, classic+gan. Every arm: the same real validation split,
+Arms (mrisynth.core.arms): none, classic, gan, classic+gan. Every arm: the same real validation split,
 the same schedule (`equal_steps`: the same updates per epoch), the same selection rule (best
 validation tumour Dice) and early stopping (`patience`), the same optional jitter."""
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mrisynth.augment.arm_data import arm_data, arm_real, arm_slug, uses_generator
+from mrisynth.augment.arm_data import arm_data, arm_real
+from mrisynth.core.arms import arm_slug, uses_generator
 from mrisynth.config import as_flat_dict, load_params
 from mrisynth.core import encoding
 from mrisynth.stages import stage_main

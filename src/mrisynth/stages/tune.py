@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from mrisynth.config import as_flat_dict, load_params
+from mrisynth.core import arms
 from mrisynth.stages import stage_main
 from mrisynth.errors import ConfigError, MrisynthError, ServiceError
 
@@ -194,7 +195,7 @@ def objective_downstream(trial, params, alpha: float, train, val, log) -> float:
         trainer.fit(train, val, Path(tmp))
         samples, _ = synthesis.synthesise(train, trainer.generator, params.augment, ("gan",), params.train_gan.synthesis,
                                              params.train_gan.inpaint_margin)
-    gan_images = [s for s in samples if s.kind in ("real", "gan")]
+    gan_images = [s for s in samples if s.kind in arms.get("gan").kinds]
     images = np.stack([s.image for s in gan_images]).astype(np.float32)
     classes = encoding.labels_to_classes(np.stack([s.labels for s in gan_images]))
     s = params.train_segmenter
