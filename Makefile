@@ -40,7 +40,7 @@ data: setup
 	@if [ ! -d data ]; then \
 	  echo "data/ absent: recreating the default dataset (phantom + import, params.yaml: data)"; \
 	  mrisynth data default && dvc add -q data && \
-	  { git diff --quiet HEAD -- data.dvc 2>/dev/null || echo "WARNING: recreated data/ differs from data.dvc (see README: Versioned data)"; }; \
+	  { git diff --quiet HEAD -- data.dvc 2>/dev/null || echo "WARNING: recreated data/ differs from data.dvc (see docs/data.md: Versioned data)"; }; \
 	fi
 
 run: data
@@ -84,18 +84,18 @@ sweep: data
 test: setup
 	python -m pytest -q -p randomly
 
-# Every benchmark side by side -> reports/bench.json, the README table, an MLflow run `bench`.
+# Every benchmark side by side -> reports/bench.json, the table in docs/benchmarks.md, an MLflow run `bench`.
 bench: setup
 	python bench/run_all.py
 
-# Recompute each stage's code deps and params in dvc.yaml from the imports (tests/test_dvc_graph.py checks them).
+# Recompute each stage's code deps and params in dvc.yaml from the imports (tests/ops/test_dvcgraph.py checks them).
 dvc-graph: setup
 	python -m mrisynth.ops.dvcgraph --write
 
 clean:
 	rm -rf work reports/gx_docs
 
-# A local team stack (README: When a team outgrows one machine): PostgreSQL 15 + S3 (SeaweedFS) + MLflow server
+# A local team stack (docs/team.md): PostgreSQL 15 + S3 (SeaweedFS) + MLflow server
 # on 127.0.0.1, state in .team/ (MRISYNTH_TEAM_DIR). `make team-up`, then `source .team/env.sh`; `make team-down`.
 .PHONY: team-up team-down team-status
 team-up: setup

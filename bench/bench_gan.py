@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from mrisynth.core import models
-from mrisynth.training.gan import GanSettings, GanTrainer
+from mrisynth.training.gan import GanTrainer, paper_settings
 from mrisynth.io import devices
 from mrisynth.io.arrays import SplitArrays
 
@@ -72,7 +72,7 @@ def main() -> None:
     print(f"reference (tutorial step, fp32, batch 1): {ref_rate:.3f} images/s  (runs: {', '.join(f'{args.steps / t:.3f}' for t in ref_times)})")
     rates = {}
     for batch in sorted({1, args.batch}):
-        trainer = GanTrainer(GanSettings(batch_size=batch, precision=args.precision), args.size, 4, 4)
+        trainer = GanTrainer(paper_settings(batch_size=batch, precision=args.precision), args.size, 4, 4)
 
         def run_ours(limit, trainer=trainer, batch=batch):
             for i, (x, y) in enumerate(trainer.dataset(split, epoch=0)):

@@ -56,7 +56,7 @@ def stage_resources(folder: Path = Path("work/resources")) -> dict:
 
 
 def table(result: dict) -> str:
-    """The README's benchmark table, generated from reports/bench.json."""
+    """The benchmark table of docs/benchmarks.md, generated from reports/bench.json."""
     b = result["benchmarks"]
     rows = []
     if "gan" in b:

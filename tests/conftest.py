@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
 from pathlib import Path
 
 import nibabel as nib
@@ -90,6 +91,23 @@ def tf_configs(n: int = 2) -> list[str]:
     return [json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}}) for i in range(n)]
 
 
+# tiny 2-D splits for GAN training tests (training/, and the io/gan_distributed.py helper process)
+def _tiny_split(n=4, size=64, seed=0) -> arrays.SplitArrays:
+    from mrisynth.core import encoding, slicing
+    from mrisynth.io import arrays
+
+    images, labels = [], []
+    for i in range(n):
+        vols, seg, k = tiny_volumes(seed + i, shape=(48, 48, 12))
+        brain = np.any(np.stack(list(vols.values())) > 0, axis=0)
+        image = np.stack([slicing.normalise_volume(v, brain)[:, :, k] for v in vols.values()], -1)
+        images.append(slicing.fit(image, size, "pad", is_mask=False))
+        labels.append(slicing.fit(seg[:, :, k], size, "pad", is_mask=True))
+    images, labels = np.stack(images).astype(np.float32), np.stack(labels)
+    brain = images.any(-1)
+    return arrays.SplitArrays(images, labels, brain, encoding.conditioning(labels, brain), np.array([f"c{i}" for i in range(n)]))
+
+
 def make_tiny_project(root: Path, brats_root: Path, extra_params: dict | None = None) -> Path:
     """A working folder with data/ (imported tiny cases, 64 px), params.yaml for tiny, fast runs,
     preprocessed arrays and its own MLflow SQLite store. Returns the folder; the caller chdirs."""
@@ -100,7 +118,7 @@ def make_tiny_project(root: Path, brats_root: Path, extra_params: dict | None = 
     import_brats(brats_root, root / "data", {"train": 4, "val": 2, "test": 2}, 1, ImportOptions(size=64))
     params = {
         "preprocess": {"data_dir": "data", "out_dir": "work/preprocessed", "image_size": 64},
-        # the paper's full synthesis: these fixtures serve 4-channel conditioning (inpainting: tests/test_synthesis_levers.py, the e2e run)
+        # the paper's full synthesis: these fixtures serve 4-channel conditioning (inpainting: tests/training/test_synthesis_levers.py, the e2e run)
         "train_gan": {"epochs": 2, "batch_size": 2, "width": 0.25, "grid_every": 1, "grid_images": 2, "alpha_file": None,
                       "precision": "float32", "experiment": "tiny", "registry_name": "tiny-generator", "synthesis": "full",
                       "select": "val_loss", "diffaugment": "", "draws": 1},
@@ -174,6 +192,58 @@ def trained_copy(trained_base, tmp_path, monkeypatch):
     mlflow.set_tracking_uri(f"sqlite:///{copy / 'mlflow.db'}")
     yield copy
     mlflow.set_tracking_uri(f"sqlite:///{trained_base / 'mlflow.db'}")
+
+
+# ---------------------------------------------------------------- registered generator versions (inference/)
+@pytest.fixture(scope="session")
+def promo(trained_base):
+    """Registered versions of a separate generator model ('promo-generator') for promotion tests,
+    logged in their own experiment ('promo') so the `tiny` experiment keeps its single train_gan run.
+    One set for the session: the promotion, serving and generate tests share it."""
+    from types import SimpleNamespace
+
+    import mlflow
+
+    from mrisynth.stages import train_gan
+
+    settings = SimpleNamespace(registry_name="promo-generator")
+    best = trained_base / "work" / "gan" / "best_generator.keras"
+    example = np.zeros((1, 64, 64, 4), np.float32)
+    versions = []
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("promo")
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
+        "promo", artifact_location=(trained_base / "mlartifacts" / "promo").resolve().as_uri())
+    for _ in range(3):
+        with mlflow.start_run(experiment_id=experiment_id) as run:
+            versions.append(train_gan.register(settings, best, 64, 4, run.info.run_id, {}, example))
+    return versions
+
+
+@pytest.fixture
+def champion(promo):
+    import mlflow
+
+    mlflow.MlflowClient().set_registered_model_alias("promo-generator", "champion", promo[-1])
+    return promo[-1]
+
+
+# ---------------------------------------------------------------- tiny end-to-end runs (pipeline/, ops/test_team.py)
+TINY_PARAMS = {
+    "preprocess": {"image_size": 64},
+    "tune": {"n_trials": 2, "epochs": 1, "storage": "sqlite:///optuna.db"},
+    "train_gan": {"epochs": 1, "batch_size": 2, "width": 0.25, "grid_every": 1, "grid_images": 2, "precision": "float32", "draws": 2},
+    "augment": {"factor": 3},
+    "train_segmenter": {"seeds": [1, 2], "epochs": 2, "min_epochs": 1, "patience": 1, "batch_size": 4, "depth": 2, "base_filters": 4, "precision": "float32"},
+    "gan_usefulness": {"diversity_samples": 2},
+    "evaluate": {"examples": 2, "bootstrap": 200},
+}
+
+
+def _tracked_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True)
+    return [f for f in out.stdout.splitlines() if f and not f.startswith(("tests/", "reports/", "dvc.lock"))]
 
 
 @pytest.fixture(autouse=True)

@@ -63,3 +63,31 @@ def test_stage_entry_point_prints_one_config_error_line_and_exits_2(tmp_path):
     assert len(lines) == 1 and "train_gan.learning_rate: expected a number, found '1e-4x'" in lines[0]
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "work").exists() and not (tmp_path / "mlflow.db").exists()  # nothing started
+
+
+def test_unknown_key_suggests_the_closest_one(tmp_path):
+    with pytest.raises(ConfigError, match=r"train_gan: unknown key\(s\) lerning_rate \(did you mean learning_rate\?\)"):
+        load_params(_write(tmp_path, {"train_gan": {"lerning_rate": 1e-4}}))
+    (tmp_path / "sections.yaml").write_text("trian_gan: {}\n")
+    with pytest.raises(ConfigError, match=r"unknown section\(s\) trian_gan \(did you mean train_gan\?\)"):
+        load_params(tmp_path / "sections.yaml")
+
+
+@pytest.mark.parametrize("section, values, message", [
+    ("train_segmenter", {"seeds": [1, "2"]}, "train_segmenter.seeds: expected a list of int, found [1, '2'] (list)"),
+    ("train_segmenter", {"real_share": "half"}, "train_segmenter.real_share: expected a number or null, found 'half' (str)"),
+    ("augment", {"flip": "true"}, "augment.flip: expected bool, found 'true' (str)"),
+    ("train_gan", {"seed": True}, "train_gan.seed: expected int, found True (bool)"),
+])
+def test_strict_types_no_string_or_bool_coercion(tmp_path, section, values, message):
+    with pytest.raises(ConfigError) as err:
+        load_params(_write(tmp_path, {section: values}))
+    assert message in str(err.value)
+
+
+def test_configuration_reference_is_generated_from_the_schema():
+    from mrisynth.ops import configdoc
+
+    page = (REPO / "docs" / "configuration.md").read_text()
+    assert page == configdoc.reference(), "docs/configuration.md is stale: python -m mrisynth.ops.configdoc > docs/configuration.md"
+    assert "| `inpaint_margin` | a number | `0.03` |" in page and "|  |\n" not in page  # every key described

@@ -138,13 +138,24 @@ def _cmd_team(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mrisynth", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _data_commands(sub.add_parser("data", help="make or import BraTS-format data").add_subparsers(dest="data_command", required=True))
+    _dataset_commands(sub)
+    _model_commands(sub)
+    te = sub.add_parser("team", help="a local team stack on 127.0.0.1: PostgreSQL, S3 (SeaweedFS), MLflow server (state in .team/)")
+    te.add_argument("action", choices=["up", "down", "status"],
+                    help="up: start the stack (unless running), write TEAM_DIR/env.sh, set the DVC remote 'team'; down: stop all; status: URIs, up/down")
+    te.add_argument("--repo", default=None, help="DVC repository whose .dvc/config.local gets the remote 'team' (default: the current folder)")
+    te.set_defaults(func=_cmd_team)
+    return parser
+
+
+def _data_commands(data) -> None:
+    """`mrisynth data phantom | card | import | default`."""
     from mrisynth.config import DataParams
 
     d = DataParams()  # CLI defaults come from the one typed config
-    parser = argparse.ArgumentParser(prog="mrisynth", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    data = sub.add_parser("data", help="make or import BraTS-format data").add_subparsers(dest="data_command", required=True)
     ph = data.add_parser("phantom", help="write realistic phantom cases in the BraTS 2020 layout")
     ph.add_argument("out", help="output folder (acts as MICCAI_BraTS2020_TrainingData)")
     ph.add_argument("--cases", type=int, default=d.phantom_cases, help=f"number of cases (default {d.phantom_cases})")
@@ -185,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     de.set_defaults(func=_cmd_default)
 
+
+def _dataset_commands(sub) -> None:
+    """`mrisynth validate | export`: checking and converting an imported dataset."""
     va = sub.add_parser("validate", help="run the Great Expectations suite over an imported dataset")
     va.add_argument("dir", help="an imported dataset folder (with manifest.csv)")
     va.add_argument("--train", type=int, help="expected training count (default: as recorded in DIR/dataset.json)")
@@ -195,6 +209,21 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--docs", help="GX project folder for Data Docs (default: <DIR>/../reports/gx_docs)")
     va.set_defaults(func=_cmd_validate)
 
+    ex = sub.add_parser("export", help="write an imported dataset (and an augmented arm) as nnU-Net v2, MONAI or plain NIfTI")
+    ex.add_argument("dir", help="imported dataset folder (manifest.csv), e.g. data")
+    ex.add_argument("--format", required=True, choices=["nnunet", "monai", "nifti"])
+    ex.add_argument("--out", required=True, help="output folder (nnunet: nnUNet_raw; the dataset goes to OUT/DatasetNNN_NAME)")
+    ex.add_argument("--arm", default="none", choices=ARMS,
+                    help="training set: the real slices (none) or an augmented arm from --augmented")
+    ex.add_argument("--augmented", default="work/augmented", help="augmented set of the arms (default work/augmented)")
+    ex.add_argument("--dataset-id", type=int, default=501, help="nnU-Net dataset id (default 501)")
+    ex.add_argument("--name", default="MriSynth", help="nnU-Net dataset name (default MriSynth)")
+    ex.add_argument("--force", action="store_true", help="replace an existing export")
+    ex.set_defaults(func=_cmd_export)
+
+
+def _model_commands(sub) -> None:
+    """`mrisynth promote | generate | serve`: using registered generators."""
     pr = sub.add_parser("promote", help="move alias champion to a better generator version")
     pr.add_argument("--version", help="candidate version (default: alias challenger)")
     pr.add_argument("--force", action="store_true", help="promote even if not better (metric and signature still required)")
@@ -209,18 +238,6 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--out", required=True)
     ge.set_defaults(func=_cmd_generate)
 
-    ex = sub.add_parser("export", help="write an imported dataset (and an augmented arm) as nnU-Net v2, MONAI or plain NIfTI")
-    ex.add_argument("dir", help="imported dataset folder (manifest.csv), e.g. data")
-    ex.add_argument("--format", required=True, choices=["nnunet", "monai", "nifti"])
-    ex.add_argument("--out", required=True, help="output folder (nnunet: nnUNet_raw; the dataset goes to OUT/DatasetNNN_NAME)")
-    ex.add_argument("--arm", default="none", choices=ARMS,
-                    help="training set: the real slices (none) or an augmented arm from --augmented")
-    ex.add_argument("--augmented", default="work/augmented", help="augmented set of the arms (default work/augmented)")
-    ex.add_argument("--dataset-id", type=int, default=501, help="nnU-Net dataset id (default 501)")
-    ex.add_argument("--name", default="MriSynth", help="nnU-Net dataset name (default MriSynth)")
-    ex.add_argument("--force", action="store_true", help="replace an existing export")
-    ex.set_defaults(func=_cmd_export)
-
     se = sub.add_parser("serve", help="serve a registered generator over HTTP (validated, bounded; no code from the artifact store runs)")
     se.add_argument("--model", required=True, help="e.g. models:/mrisynth-generator@champion")
     se.add_argument("--host", default="127.0.0.1")
@@ -229,13 +246,6 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--max-bytes", type=int, default=None,
                     help="largest request body; larger -> HTTP 413 before reading it (default: max-batch images of JSON)")
     se.set_defaults(func=_cmd_serve)
-
-    te = sub.add_parser("team", help="a local team stack on 127.0.0.1: PostgreSQL, S3 (SeaweedFS), MLflow server (state in .team/)")
-    te.add_argument("action", choices=["up", "down", "status"],
-                    help="up: start the stack (unless running), write TEAM_DIR/env.sh, set the DVC remote 'team'; down: stop all; status: URIs, up/down")
-    te.add_argument("--repo", default=None, help="DVC repository whose .dvc/config.local gets the remote 'team' (default: the current folder)")
-    te.set_defaults(func=_cmd_team)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

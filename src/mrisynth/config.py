@@ -1,36 +1,45 @@
-"""Typed, validated parameters: `params.yaml` is read once, at the edge, into frozen dataclasses.
+"""Typed, validated parameters: `params.yaml` is read once, at the edge, into frozen pydantic dataclasses.
 
-Each section is named after the stage (or job) that reads it, as in DVC's example projects."""
+Each section is named after the stage (or job) that reads it, as in DVC's example projects. Types are
+checked strictly by pydantic (no "1" for 1, no 1 for true; a YAML list is a tuple), unknown keys are
+refused with the closest known key, and each section's `check()` adds the rules between values. Every
+error is one ConfigError line naming the file and key. `python -m mrisynth.ops.configdoc` prints the
+configuration reference (docs/configuration.md) from this schema."""
 from __future__ import annotations
 
 import dataclasses
-import types
+import difflib
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
+import pydantic
 import yaml
+from pydantic.dataclasses import dataclass as _pydantic_dataclass
 
 from mrisynth import MODALITIES
 from mrisynth.core.arms import ARMS
 from mrisynth.errors import ConfigError
 
+# frozen, strict types, unknown keys refused: the one validated schema of params.yaml
+dataclass = _pydantic_dataclass(frozen=True, config=pydantic.ConfigDict(strict=True, extra="forbid"))
 
-@dataclass(frozen=True)
+
+@dataclass
 class DataParams:
     """The shipped default data: phantom cases imported into `out` (versioned by data.dvc)."""
 
-    out: str = "data"
-    phantom_version: int = 2
-    phantom_cases: int = 100
-    seed: int = 2020
-    train: int = 30
-    val: int = 20
-    test: int = 50
-    image_size: int = 256
-    modalities: tuple[str, ...] = MODALITIES
-    slice: str = "max-tumor"
-    fit: str = "pad"
+    out: str = "data"  # folder the dataset is imported into (versioned by data.dvc)
+    phantom_version: int = 2  # 1: the original easy phantom; 2: realistic variety (grades, sites, sub-regions)
+    phantom_cases: int = 100  # phantom cases generated (at least train + val + test)
+    seed: int = 2020  # seed of the phantom and of the split; same seed, same bytes
+    train: int = 30  # training cases (one axial slice each; the paper's 30)
+    val: int = 20  # validation cases (checkpoint choice, tuning, promotion)
+    test: int = 50  # test cases (read only by `evaluate`)
+    image_size: int = 256  # side of the imported slices in pixels
+    modalities: tuple[str, ...] = MODALITIES  # MRI modalities, in channel order
+    slice: str = "max-tumor"  # axial slice per case: max-tumor, random-tumor, max-brain, center or an index
+    fit: str = "pad"  # 240 -> image_size by pad (lossless) or resize
 
     def check(self) -> None:
         _positive(self, "phantom_cases", "train", "image_size")
@@ -44,13 +53,13 @@ class DataParams:
             )
 
 
-@dataclass(frozen=True)
+@dataclass
 class PreprocessParams:
     """Training-ready arrays from `data_dir` at `size` x `size` (resized when it differs from the data)."""
 
-    data_dir: str = "data"
-    out_dir: str = "work/preprocessed"
-    image_size: int = 128
+    data_dir: str = "data"  # imported dataset (manifest.csv, TIFFs)
+    out_dir: str = "work/preprocessed"  # training-ready arrays (train/val/test .npz)
+    image_size: int = 128  # side the GAN and segmenter train at; a power of two >= 16
     experiment: str = "mrisynth"  # MLflow experiment of the `preprocess` run (dataset card numbers)
 
     def check(self) -> None:
@@ -70,24 +79,26 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # auto: see
 STRATEGIES = ("default", "mirrored", "multi_worker")  # see mrisynth.io.distribute
 SYNTHESES = ("full", "inpaint")  # train_gan.synthesis (mrisynth.core.inpaint)
 SELECTIONS = ("val_loss", "last")  # train_gan.select
+# The paper's method: the train_gan levers `make paper` sets and direct callers of the trainer get (paper_settings).
+PAPER_METHOD = {"generator": "pix2pix", "synthesis": "full", "select": "val_loss", "diffaugment": ""}
 
 
-@dataclass(frozen=True)
+@dataclass
 class TrainGanParams:
-    """The conditional GAN (SPEC sections 2-3). Paper profile: epochs 100, width 1.0, size 256."""
+    """The conditional GAN (Novoselov & Smirnov 2024, sections 2.2-2.4). Paper profile: epochs 100, width 1.0, size 256."""
 
-    experiment: str = "mrisynth"
-    registry_name: str = "mrisynth-generator"
-    alpha: float = 100.0
+    experiment: str = "mrisynth"  # MLflow experiment of the run
+    registry_name: str = "mrisynth-generator"  # MLflow registered model of the generator
+    alpha: float = 100.0  # weight of the L1 term (GAN + alpha x L1; the paper's alpha), unless alpha_file holds a tuned one
     alpha_file: str | None = "work/tune/best_alpha.json"  # a tuned alpha (JSON {"alpha": ...}) that overrides `alpha` when present
-    epochs: int = 100
-    batch_size: int = 4
-    learning_rate: float = 1e-4
-    beta_1: float = 0.5
-    dropout: float = 0.3
-    width: float = 0.5
-    precision: str = "auto"
-    seed: int = 42
+    epochs: int = 100  # training epochs (the paper: 100)
+    batch_size: int = 4  # images per update (the global batch under tf.distribute)
+    learning_rate: float = 1e-4  # Adam learning rate of G and D (the paper: 1e-4)
+    beta_1: float = 0.5  # Adam beta_1 (the paper: 0.5)
+    dropout: float = 0.3  # generator decoder dropout, also active when rendering samples (the paper: 0.3)
+    width: float = 0.5  # filter multiplier of G and D (1.0: the paper's filters)
+    precision: str = "auto"  # auto, float32, mixed_bfloat16 or mixed_float16 (auto: see mrisynth.io.devices)
+    seed: int = 42  # seed of weights, data order and dropout (draw k uses seed + k)
     checkpoint_every: int = 10  # write the resume state every N epochs (and at the end); the best generator with it (in memory in between)
     strategy: str = "default"   # default | mirrored | multi_worker (mrisynth.io.distribute); batch_size is the global batch
     cpu_replicas: int = 2       # mirrored on a machine without GPUs: logical CPU devices
@@ -103,10 +114,16 @@ class TrainGanParams:
     select: str = "last"        # the kept generator: val_loss (lowest validation G loss, the paper) | last (the final epoch)
     draws: int = 2              # generators trained (seeds seed, seed+1, ...), each with its own augmentation draw; the verdict resamples them
     draws_dir: str = "models/draws"  # generators of draws 2.. (draw 1 is model_path, the registered one)
-    grid_every: int = 5
-    grid_images: int = 4
-    out_dir: str = "work/gan"
-    model_path: str = "models/generator.keras"
+    grid_every: int = 5  # log an image grid to MLflow every N epochs
+    grid_images: int = 4  # validation slices in that grid
+    out_dir: str = "work/gan"  # checkpoints, resume states and the kept generator
+    model_path: str = "models/generator.keras"  # the kept generator (draw 1), registered in MLflow
+
+    def in_channels(self, image_channels: int) -> int:
+        """Generator input channels: the label conditioning (4), or inpainting's (mrisynth.core.inpaint)."""
+        from mrisynth.core import encoding, inpaint
+
+        return inpaint.in_channels(image_channels) if self.synthesis == "inpaint" else encoding.CONDITION_CHANNELS
 
     def draw_seed(self, draw: int) -> int:
         """The GAN seed of draw `draw` (0-based): seed, seed + 1, ..."""
@@ -159,23 +176,23 @@ class TrainGanParams:
 OBJECTIVES = ("image", "downstream")
 
 
-@dataclass(frozen=True)
+@dataclass
 class TuneParams:
     """Optuna study over train_gan.alpha. n_trials 0 = use train_gan.alpha as is (no tuning)."""
 
-    n_trials: int = 3
-    alpha_low: float = 1.0
-    alpha_high: float = 300.0
+    n_trials: int = 3  # Optuna trials (0: no tuning, train_gan.alpha as is)
+    alpha_low: float = 1.0  # lowest alpha tried (log-uniform)
+    alpha_high: float = 300.0  # highest alpha tried
     objective: str = "image"        # image: min validation L1 in the brain; downstream: max validation Dice
     epochs: int = 2                 # GAN epochs per trial
     segmenter_epochs: int = 5       # downstream objective: segmenter epochs per trial
     storage: str = "sqlite:///optuna.db"  # or postgresql+psycopg2://user:pw@host/db, or journal:<file>
-    study_name: str = "mrisynth-alpha"
-    prune_startup_trials: int = 2
-    prune_warmup_epochs: int = 1
-    seed: int = 0
+    study_name: str = "mrisynth-alpha"  # Optuna study name in `storage`
+    prune_startup_trials: int = 2  # trials run to the end before the median pruner starts
+    prune_warmup_epochs: int = 1  # epochs of a trial before it can be pruned
+    seed: int = 0  # seed of the Optuna sampler
     heartbeat_s: int = 60           # RDB storages: a trial whose worker is silent 3 x this long is marked FAIL (0 = off)
-    out: str = "work/tune/best_alpha.json"
+    out: str = "work/tune/best_alpha.json"  # the tuned alpha (JSON), read by train_gan through alpha_file
 
     def check(self) -> None:
         if self.heartbeat_s < 0:
@@ -188,12 +205,12 @@ class TuneParams:
             raise ConfigError(f"tune.objective={self.objective!r}: expected one of {list(OBJECTIVES)}")
 
 
-@dataclass(frozen=True)
+@dataclass
 class PromoteParams:
     """`mrisynth promote`: move alias `champion` to a better generator version."""
 
-    metric: str = "val_dice_gain_beyond_classic"
-    higher_is_better: bool = True
+    metric: str = "val_dice_gain_beyond_classic"  # the version tag compared (a validation metric; test metrics are refused)
+    higher_is_better: bool = True  # direction of `metric`
     margin: float | None = 0.0  # the candidate must beat this on its own (first version too); null = only beat the champion
 
     def check(self) -> None:
@@ -201,21 +218,21 @@ class PromoteParams:
             raise ConfigError(f"promote.metric: expected a validation metric (the test split never decides promotion), found {self.metric!r}")
 
 
-@dataclass(frozen=True)
+@dataclass
 class AugmentParams:
     """Grow the training split `factor`-fold (originals included): classic transforms and GAN synthesis."""
 
-    factor: int = 10
+    factor: int = 10  # the training split grows factor-fold, originals included (the paper: 30 -> 300)
     synthetic_fraction: float = 0.5   # share of GAN images among the new ones in the classic+gan set
     recombine_fraction: float = 0.5   # share of GAN label maps made by tumour recombination (rest: transformed masks)
-    rotation: float = 15.0
-    shift: float = 0.08
-    scale: tuple[float, ...] = (0.9, 1.1)
-    flip: bool = True
-    brightness: float = 0.15
+    rotation: float = 15.0  # largest rotation of classic transforms, degrees
+    shift: float = 0.08  # largest shift, fraction of the side
+    scale: tuple[float, ...] = (0.9, 1.1)  # zoom range [low, high]
+    flip: bool = True  # random left-right flips
+    brightness: float = 0.15  # largest relative intensity change
     sample_dropout: bool = True     # render GAN samples with dropout active (pix2pix's noise z); false = one fixed image per mask
-    seed: int = 7
-    out_dir: str = "work/augmented"
+    seed: int = 7  # seed of the transforms and of the GAN label maps
+    out_dir: str = "work/augmented"  # augmented images, masks and manifests
 
     def check(self) -> None:
         if self.factor < 1:
@@ -229,30 +246,30 @@ class AugmentParams:
             raise ConfigError("augment.rotation and augment.shift must be >= 0, augment.brightness in [0, 1)")
 
 
-@dataclass(frozen=True)
+@dataclass
 class TrainSegmenterParams:
-    """Base U-Net per augmentation arm and seed (SPEC section 5). Paper profile: 50 epochs, 3 seeds."""
+    """Base U-Net per augmentation arm and seed (the paper's segmentation experiment). Paper profile: 50 epochs, 3 seeds."""
 
-    arms: tuple[str, ...] = ARMS
-    seeds: tuple[int, ...] = (1, 2, 3)
+    arms: tuple[str, ...] = ARMS  # augmentation arms trained (mrisynth.core.arms; none and at least one other)
+    seeds: tuple[int, ...] = (1, 2, 3)  # segmenter seeds per arm (intervals resample them)
     epochs: int = 20          # the most epochs; training stops earlier after `patience` epochs without a better val Dice
     min_epochs: int = 10      # no early stopping before this epoch (augmented arms start slower than `none`)
-    patience: int = 4
+    patience: int = 4  # epochs without a better validation Dice before stopping
     min_delta: float = 0.005  # an epoch counts as an improvement for early stopping only if val tumour Dice rises by more
     jitter: bool = False      # on-the-fly flip/shift/intensity jitter for every arm (none included); off as in the paper
-    batch_size: int = 4
-    depth: int = 4
-    base_filters: int = 8
-    dropout: float = 0.1
-    learning_rate: float = 2e-3
-    dice_weight: float = 1.0
+    batch_size: int = 4  # images per update
+    depth: int = 4  # U-Net levels
+    base_filters: int = 8  # filters of the first U-Net level (doubled per level)
+    dropout: float = 0.1  # dropout in the U-Net bottleneck
+    learning_rate: float = 2e-3  # Adam learning rate
+    dice_weight: float = 1.0  # weight of the soft Dice term next to cross-entropy
     equal_steps: bool = True  # every arm gets the same number of updates per epoch (False: one pass per arm, as the paper)
     real_share: float | None = None  # augmented arms: each batch element is a real slice with this probability (null: every image alike, the paper)
     steps_per_epoch: int = 25  # > 0: this many updates per epoch for every arm (an "epoch" = a validation/early-stopping period)
-    precision: str = "auto"
-    experiment: str = "mrisynth"
-    registry_name: str = "mrisynth-segmenter"
-    out_dir: str = "work/segmenter"
+    precision: str = "auto"  # auto, float32, mixed_bfloat16 or mixed_float16
+    experiment: str = "mrisynth"  # MLflow experiment of the runs
+    registry_name: str = "mrisynth-segmenter"  # MLflow registered model of the segmenters
+    out_dir: str = "work/segmenter"  # checkpoints of every arm and seed, runs.json
 
     def check(self) -> None:
         _positive(self, "epochs", "patience", "batch_size", "depth", "base_filters", "learning_rate")
@@ -277,12 +294,12 @@ class TrainSegmenterParams:
             raise ConfigError(f"train_segmenter.real_share={self.real_share}: expected a share in (0, 1), or null for every image alike")
 
 
-@dataclass(frozen=True)
+@dataclass
 class GanUsefulnessParams:
     """GAN-train / GAN-test (Shmelkov et al. 2018) and sample diversity of the trained generator."""
 
     diversity_samples: int = 4      # renders of the same validation mask with dropout active
-    seed: int = 11
+    seed: int = 11  # seed of the GAN-train segmenter and of the renders
     out_dir: str = "work/gan_usefulness"  # the GAN-train segmenter
 
     def check(self) -> None:
@@ -290,14 +307,14 @@ class GanUsefulnessParams:
             raise ConfigError(f"gan_usefulness.diversity_samples: expected >= 2 (a spread needs two samples), found {self.diversity_samples}")
 
 
-@dataclass(frozen=True)
+@dataclass
 class EvaluateParams:
     baseline: str = "none"          # the paper layout's "without" arm
     augmented: str = "classic+gan"  # the paper layout's "with" arm
-    examples: int = 4
+    examples: int = 4  # test images in reports/test_examples.png
     bootstrap: int = 5000           # bootstrap replicates of the paired CIs (images and seeds resampled)
-    ci_level: float = 0.95
-    seed: int = 0
+    ci_level: float = 0.95  # confidence level of the intervals
+    seed: int = 0  # seed of the bootstrap
 
     def check(self) -> None:
         for name in ("baseline", "augmented"):
@@ -307,7 +324,7 @@ class EvaluateParams:
             raise ConfigError(f"evaluate.bootstrap >= 100 and 0.5 < evaluate.ci_level < 1 expected, found {self.bootstrap} and {self.ci_level}")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Params:
     data: DataParams = field(default_factory=DataParams)
     preprocess: PreprocessParams = field(default_factory=PreprocessParams)
@@ -337,63 +354,54 @@ def _positive(section, *names: str) -> None:
             raise ConfigError(f"{SECTION_NAMES.get(type(section).__name__, type(section).__name__)}.{name}: expected a positive number, found {getattr(section, name)}")
 
 
-def _coerce(value, annotation, where: str):
-    """Check (and gently coerce) one YAML value against a dataclass field annotation."""
-    origin = typing.get_origin(annotation)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, found {value!r}")
-        item_type = typing.get_args(annotation)[0]
-        return tuple(_coerce(v, item_type, f"{where}[]") for v in value)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: expected {annotation}, found {value!r}")
+def _describe(value) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _expected(annotation) -> str:
+    """A field's type in words: int, str, bool, a number (float), a list of int, ... (or null)."""
     if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{where}: expected a number, found {value!r} ({type(value).__name__})")
-    if annotation in (int, str, bool):
-        if type(value) is not annotation:
-            raise ConfigError(f"{where}: expected {annotation.__name__}, found {value!r} ({type(value).__name__})")
-        return value
-    raise ConfigError(f"{where}: no type check for {annotation!r} (a bug in mrisynth.config)")
+        return "a number"
+    if typing.get_origin(annotation) is tuple:
+        item = typing.get_args(annotation)[0]
+        return "a list of numbers" if item is float else f"a list of {_expected(item)}"
+    options = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if options and len(options) < len(typing.get_args(annotation)):
+        return " or ".join(_expected(a) for a in options) + " or null"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _as_tuples(value):
+    """YAML has lists only: a list is the schema's tuple (nested lists too)."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def section_from_dict(cls, raw: dict | None, where: str):
-    """Build a params dataclass from a dict, refusing unknown keys and wrong types; runs its check()."""
+    """Build a params section from a dict: unknown keys refused (with the closest known key), types
+    checked by the schema, then its check(); every problem is one ConfigError line naming the key."""
     raw = raw or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping, found {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(raw) - names
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
     renamed = {k: RENAMED[k] for k in unknown if k in RENAMED and RENAMED[k] in names}
-    removed = [REMOVED[k] for k in sorted(unknown) if k in REMOVED]
+    removed = [REMOVED[k] for k in unknown if k in REMOVED]
     if removed:
         raise ConfigError(f"{where}: " + "; ".join(removed))
     if renamed:
         raise ConfigError(f"{where}: key(s) renamed: " + ", ".join(f"{old} -> {new}" for old, new in sorted(renamed.items()))
                           + " (DVC's run cache ignores any parameter named `size`, so it could restore stale outputs)")
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; expected some of {sorted(names)}")
-    values = {}
-    for key, value in raw.items():
-        if dataclasses.is_dataclass(hints[key]):
-            values[key] = section_from_dict(hints[key], value, f"{where}.{key}")
-        else:
-            values[key] = _coerce(value, hints[key], f"{where}.{key}")
-    section = cls(**values)
-    if hasattr(section, "check"):
-        section.check()
+        hints = [f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, names, n=1)) else k for k in unknown]
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(hints)}; expected some of {sorted(names)}")
+    try:
+        section = cls(**{key: _as_tuples(value) for key, value in raw.items()})
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        key = str(error["loc"][0]) if error["loc"] else "?"
+        raise ConfigError(f"{where}.{key}: expected {_expected(typing.get_type_hints(cls).get(key))}, "
+                          f"found {_describe(raw.get(key))}") from None
+    section.check()
     return section
 
 
@@ -406,11 +414,14 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, found {raw!r}")
     hints = typing.get_type_hints(Params)
-    known = {f.name for f in dataclasses.fields(Params)}
-    unknown = set(raw) - known
+    known = [f.name for f in dataclasses.fields(Params)]
+    unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; expected some of {sorted(known)}")
+        hints_text = [f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, known, n=1)) else k for k in unknown]
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(hints_text)}; expected some of {sorted(known)}")
     sections = {k: section_from_dict(hints[k], raw.get(k), f"{path}:{k}") for k in known}
     params = Params(**sections)
     params.check()

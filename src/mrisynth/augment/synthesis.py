@@ -1,4 +1,4 @@
-"""Growing the training split: classic transforms and GAN synthesis, with provenance (SPEC section 4).
+"""Growing the training split: classic transforms and GAN synthesis, with provenance.
 
 `plan` says how many samples of each kind to make, `synthesise` makes them (classic: rotation,
 shift, scale, flip + brightness on image and mask together; GAN: label maps from transformed training

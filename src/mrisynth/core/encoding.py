@@ -1,6 +1,6 @@
 """Label and conditioning encodings shared by the GAN, the segmenter and the served model.
 
-Conditioning input of the generator (the README documents it for serving):
+Conditioning input of the generator (docs/mlflow.md documents it for serving):
     float32 (N, H, W, 4); channel 0 = NCR/NET (BraTS label 1), 1 = edema (label 2),
     2 = enhancing tumour (label 4), 3 = brain mask; every value 0 or 1.
 Generator output: float32 (N, H, W, C) in [-1, 1] (tanh); `from_tanh` maps it to [0, 1] images.

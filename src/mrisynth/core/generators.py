@@ -6,7 +6,7 @@ model of standard layers mapping conditioning (N, size, size, in_channels) to an
 The table holds builder names, not functions, so reading it (config validation) imports no Keras.
 
 To add one: write its builder in `mrisynth.core.models`, add a row here, and a shape/round-trip case
-in tests/test_gan_models.py."""
+in tests/core/test_models.py."""
 from __future__ import annotations
 
 # name -> (builder in mrisynth.core.models, one line for docs and errors)

@@ -1,4 +1,4 @@
-"""GAN objective (SPEC section 3): L = L_GAN + alpha * L1, with a probability-output discriminator.
+"""GAN objective (the paper, section 2.3): L = L_GAN + alpha * L1, with a probability-output discriminator.
 
 The discriminator ends in a float32 sigmoid, so plain binary cross-entropy on its probabilities is
 the paper's log-loss; the sigmoid is never applied twice."""

@@ -1,4 +1,4 @@
-"""The paper's networks (SPEC section 2) in Keras 3: U-Net generator, CNN patch discriminator, and
+"""The paper's networks (Novoselov & Smirnov 2024, section 2.2) in Keras 3: U-Net generator, CNN patch discriminator, and
 the base U-Net segmenter.
 
 At 256x256 the generator has 7 down blocks (64-128-256-512-512-512-512), a 512 bottleneck and 7 up

@@ -1,4 +1,4 @@
-"""Realistic BraTS-format phantom cases (SPEC section 6). Pure array code: no file I/O.
+"""Realistic BraTS-format phantom cases (the shipped default data: no download is possible). Pure array code: no file I/O.
 
 Anatomy comes from the MNI152 2009 T1/GM/WM templates that nilearn ships inside its wheel.
 Each subject gets a random affine + smooth non-linear deformation of that anatomy, a simulated
@@ -21,7 +21,7 @@ BRATS_AFFINE = np.array(
     [[-1.0, 0.0, 0.0, -0.0], [0.0, -1.0, 0.0, 239.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
 )
 
-# Relative intensities (brain-normalised) per tissue, SPEC section 6.
+# Relative intensities (brain-normalised) per tissue.
 # columns: csf, grey matter, white matter, edema (2), necrotic core (1), enhancing (4)
 CONTRAST = {
     "t1": (0.20, 0.55, 0.75, 0.45, 0.25, 0.50),

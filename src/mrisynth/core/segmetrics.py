@@ -1,4 +1,4 @@
-"""Segmentation metrics (SPEC section 5), pure numpy.
+"""Segmentation metrics (the paper's Table 1 and BraTS conventions), pure numpy.
 
 Conventions (also printed under reports/table1.md):
 - Classes are 0 background, 1 NCR/NET, 2 edema, 3 enhancing (BraTS labels 0, 1, 2, 4).

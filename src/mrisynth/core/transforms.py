@@ -1,4 +1,4 @@
-"""Augmentation transforms (SPEC section 4), pure numpy/scipy.
+"""Augmentation transforms (the paper's classic augmentation), pure numpy/scipy.
 
 Geometric transforms act on the label map and brain mask (nearest) and, where an image exists, on
 the image (bilinear) with the same matrix, so image and mask stay aligned. Brightness acts on the

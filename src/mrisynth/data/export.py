@@ -29,6 +29,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from mrisynth import paths
 from mrisynth.core import arms
 from mrisynth.errors import DataError
 from mrisynth.io import tiff
@@ -80,7 +81,7 @@ def _rows(data_dir: Path, arm: str, augmented_dir: Path | None, generator_versio
 
 
 def _generator_version() -> str:
-    report = Path("reports/train_gan.json")
+    report = paths.TRAIN_GAN
     if report.is_file():
         version = json.loads(report.read_text()).get("model_version")
         return f"mrisynth-generator v{version}" if version is not None else ""

@@ -225,6 +225,14 @@ def import_brats(
     facts = case_facts(Path(src))
     options = dataclasses.replace(options, seed=seed)
 
+    valid, rejected = _select_valid(order, requested, options, skip_invalid, workers, src)
+    return _write_dataset(out, valid, rejected, counts, seed, options, facts, layout, source_label or Path(src).name)
+
+
+def _select_valid(order: list, requested: int, options: ImportOptions, skip_invalid: bool, workers: int,
+                  src: Path) -> tuple[list[SliceResult], list[SliceResult]]:
+    """The first `requested` cases of the seeded order, processed (sliced, normalised, fitted): all valid,
+    or with skip_invalid the first valid ones and the rejected ones met on the way."""
     valid: list[SliceResult] = []
     rejected: list[SliceResult] = []
     if skip_invalid:
@@ -249,7 +257,12 @@ def import_brats(
         if errors:
             raise DataError("\n".join(errors + [f"{len(errors)} invalid case(s); nothing written (fix them, or pass --skip-invalid)"]))
         valid = results
+    return valid, rejected
 
+
+def _write_dataset(out: Path, valid: list[SliceResult], rejected: list[SliceResult], counts: dict[str, int], seed: int,
+                   options: ImportOptions, facts: dict, layout, source: str) -> pd.DataFrame:
+    """Write the dataset folder atomically: built under a temporary name beside OUT, then renamed."""
     splits = [s for s in SPLITS for _ in range(counts.get(s, 0))]
     rows = []
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -292,7 +305,7 @@ def import_brats(
             "modalities": list(options.modalities),
             "slice": options.slice_rule,
             "fit": options.fit,
-            "source": source_label or Path(src).name,
+            "source": source,
             "release": layout.name,
             "label_convention": layout.convention,
             "label_mapping": {str(k): v for k, v in layout.to_internal.items()},

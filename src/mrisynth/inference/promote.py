@@ -46,24 +46,24 @@ def promote(name: str, version: str | None = None, metric: str = "val_dice_gain_
     better, below it otherwise), the very first version included, so a generator whose validation
     gain beyond classic augmentation is not positive never becomes `champion` unless `force`.
     None: no absolute gate."""
-    from mrisynth.io import tracking
+    from mrisynth.io import registry
 
     if metric.startswith("test"):
         raise PromotionError(f"promotion metric {metric!r}: expected a validation metric (val_*); the test split never decides promotion")
     try:
-        candidate = tracking.get_version(name, version, alias=CHALLENGER)
+        candidate = registry.get_version(name, version, alias=CHALLENGER)
     except LookupError as exc:
         what = f"version {version}" if version else f"alias @{CHALLENGER}"
         raise PromotionError(f"model {name!r}: {what} not found in the registry ({exc}); run `dvc repro train_gan`") from exc
     label = f"{name} version {candidate.version}"
-    if not tracking.has_signature(name, candidate.version):
+    if not registry.has_signature(name, candidate.version):
         raise PromotionError(f"{label} has no input/output signature; it cannot be served safely. Re-register it with `dvc repro train_gan`")
     value = _metric(candidate, metric)
     if value is None:
         raise PromotionError(f"{label} lacks the metric tag {metric!r}; run `dvc repro evaluate` with this generator so the metric is recorded")
 
     try:
-        champion = tracking.get_version(name, alias=CHAMPION)
+        champion = registry.get_version(name, alias=CHAMPION)
     except LookupError:
         champion = None
     champion_value = _metric(champion, metric) if champion is not None else None
@@ -86,13 +86,13 @@ def promote(name: str, version: str | None = None, metric: str = "val_dice_gain_
         decision = Decision(better, str(candidate.version), str(champion.version), value, champion_value,
                             f"{metric} {value:.5f} {verb} champion v{champion.version} ({champion_value:.5f})")
     if decision.promoted:
-        tracking.set_alias(name, CHAMPION, candidate.version)
+        registry.set_alias(name, CHAMPION, candidate.version)
     outcome = "promoted to champion" if decision.promoted else "kept as is"
     tags = {"promotion_decision": outcome, "promotion_reason": decision.reason, "promotion_metric": metric,
             "promotion_candidate_value": f"{value:.6g}",
             "promotion_champion_before": decision.champion_before or "none",
             "promotion_champion_value": "none" if champion_value is None else f"{champion_value:.6g}"}
-    tracking.tag_version(name, candidate.version, tags)
+    registry.tag_version(name, candidate.version, tags)
     description = (candidate.description or "").split("\nPromotion:")[0]
-    tracking.describe_version(name, candidate.version, f"{description}\nPromotion: {outcome} ({decision.reason}).")
+    registry.describe_version(name, candidate.version, f"{description}\nPromotion: {outcome} ({decision.reason}).")
     return decision

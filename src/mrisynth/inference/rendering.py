@@ -2,7 +2,7 @@
 
 `render(generator, conditioning)` -> [0, 1] images. With `sample=True` the generator's Dropout layers
 stay active while BatchNorm uses its learned statistics: dropout is pix2pix's only noise source
-(its z, SPEC section 3), so each call gives another plausible image for the same mask. Sampling is
+(its z in the paper), so each call gives another plausible image for the same mask. Sampling is
 seeded (`seed`), so a rerun gives the same images."""
 from __future__ import annotations
 
@@ -42,11 +42,19 @@ def render(generator, conditioning: np.ndarray, batch_size: int = 8, sample: boo
     if sample:
         keras.utils.set_random_seed(seed)
         model = _sampler(generator)
-    out = [np.asarray(model(conditioning[i : i + batch_size].astype(np.float32), training=False), dtype=np.float32)
-           for i in range(0, len(conditioning), batch_size)]
-    images = encoding.from_tanh(np.concatenate(out))
-    brain = conditioning[..., BRAIN_CHANNEL : BRAIN_CHANNEL + 1]
-    return np.clip(images * brain, 0.0, 1.0).astype(np.float32)
+    return clip_to_brain(encoding.from_tanh(predict_batches(model, conditioning, batch_size)), conditioning)
+
+
+def predict_batches(model, inputs: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """The model's float32 outputs for (N, ...) inputs, called on `batch_size` rows at a time in inference
+    mode (N > 0). The one batching loop of rendering and serving."""
+    return np.concatenate([np.asarray(model(inputs[i : i + batch_size].astype(np.float32), training=False), dtype=np.float32)
+                           for i in range(0, len(inputs), batch_size)])
+
+
+def clip_to_brain(images: np.ndarray, conditioning: np.ndarray) -> np.ndarray:
+    """[0, 1] images (N, S, S, C), zero outside the brain channel of their conditioning (N, S, S, K)."""
+    return np.clip(images * conditioning[..., BRAIN_CHANNEL : BRAIN_CHANNEL + 1], 0.0, 1.0).astype(np.float32)
 
 
 def render_labels(generator, labels: np.ndarray, brain: np.ndarray, batch_size: int = 8, sample: bool = False, seed: int = 0) -> np.ndarray:

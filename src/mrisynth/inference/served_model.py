@@ -14,6 +14,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from mrisynth.core.encoding import CONDITION_CHANNELS
 from mrisynth.core.inpaint import BRAIN_CHANNEL, REGION_CHANNEL
+from mrisynth.inference import rendering
 
 
 class InputError(MlflowException, ValueError):
@@ -105,9 +106,9 @@ class Generator:
         import keras
         import yaml
 
-        from mrisynth.io import tracking
+        from mrisynth.io import registry
 
-        local = tracking.download(model_uri)
+        local = registry.download(model_uri)
         mlmodel = local / "MLmodel"
         if not mlmodel.is_file():
             raise InputError(f"{model_uri}: no MLmodel file in {local}; expected an MLflow model logged by `train_gan`")
@@ -127,7 +128,6 @@ class Generator:
 
     def predict(self, conditioning, batch_size: int = 8) -> np.ndarray:
         batch = check_conditioning(conditioning, self.size, self.in_channels)
-        outputs = [np.asarray(self.model(batch[i : i + batch_size], training=False), dtype=np.float32)
-                   for i in range(0, len(batch), batch_size)]
-        images = np.concatenate(outputs) if outputs else np.zeros((0, self.size, self.size, self.channels), np.float32)
-        return np.clip(images * batch[..., BRAIN_CHANNEL : BRAIN_CHANNEL + 1], 0.0, 1.0).astype(np.float32)
+        if len(batch) == 0:
+            return np.zeros((0, self.size, self.size, self.channels), np.float32)
+        return rendering.clip_to_brain(rendering.predict_batches(self.model, batch, batch_size), batch)

@@ -1,7 +1,7 @@
 """Where the GAN trains: one device, several local devices, or several worker processes/machines.
 
 `train_gan.strategy` (params.yaml):
-- `default`      one device, no tf.distribute machinery (the numbers in the README come from this);
+- `default`      one device, no tf.distribute machinery (the published numbers come from this);
 - `mirrored`     `tf.distribute.MirroredStrategy` over all local GPUs; on a machine without GPUs the
                  CPU is split into `train_gan.cpu_replicas` logical devices (how it is tested here);
 - `multi_worker` `tf.distribute.MultiWorkerMirroredStrategy` over the processes named in the

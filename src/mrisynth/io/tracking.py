@@ -164,33 +164,6 @@ def launcher_tags() -> dict[str, str]:
     return {"launched_by_run": launcher} if launcher else {}
 
 
-def image_grid(rows: list[list[np.ndarray]]) -> np.ndarray:
-    """uint8 RGB grid of [0, 1] panels (H, W) or (H, W, 3); rows of equal length, 2 px white gaps."""
-    def rgb(panel):
-        panel = np.clip(panel, 0.0, 1.0)
-        return np.repeat(panel[..., None], 3, axis=-1) if panel.ndim == 2 else panel
-
-    gap = 2
-    lines = []
-    for row in rows:
-        panels = [rgb(p) for p in row]
-        h = panels[0].shape[0]
-        sep = np.ones((h, gap, 3))
-        line = np.concatenate([x for p in panels for x in (p, sep)][:-1], axis=1)
-        lines.append(line)
-        lines.append(np.ones((gap, line.shape[1], 3)))
-    return (np.concatenate(lines[:-1], axis=0) * 255).astype(np.uint8)
-
-
-def label_rgb(labels: np.ndarray) -> np.ndarray:
-    """BraTS labels (H, W) as colours: edema green, core red, enhancing yellow."""
-    out = np.zeros((*labels.shape, 3))
-    out[labels == 2] = (0.1, 0.8, 0.2)
-    out[labels == 1] = (0.9, 0.1, 0.1)
-    out[labels == 4] = (1.0, 0.9, 0.1)
-    return out
-
-
 # ---------------------------------------------------------------- runs
 def _numbers(metrics: dict[str, object]) -> dict[str, float]:
     """The metrics as floats, None skipped (NaN and infinities pass, as MLflow stores them)."""
@@ -295,112 +268,6 @@ def stage_run(name: str, tags: dict[str, object] | None = None, params: dict[str
         yield run
 
 
-def download(uri: str) -> Path:
-    """A local copy of an MLflow artifact or model URI (runs:/, models:/, file paths)."""
-    import mlflow
-
-    return Path(mlflow.artifacts.download_artifacts(uri))
-
-
-# ---------------------------------------------------------------- registry and datasets
-def segmenter_signature(size: int, channels: int, classes: int):
-    """Tensor signature of a segmenter: image (-1, S, S, C) float32 -> probabilities (-1, S, S, K)."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, size, size, channels), "image")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, size, size, classes), "probabilities")]),
-    )
-
-
-def generator_signature(size: int, channels: int, condition_channels: int = 4):
-    """Tensor signature of the generator: conditioning (-1, S, S, 4) float32 -> images (-1, S, S, C) in [0, 1]."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, size, size, condition_channels), "conditioning")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, size, size, channels), "image")]),
-    )
-
-
-def tensorflow_distribution() -> str:
-    """The installed TensorFlow package: `tensorflow-cpu` (make setup) or `tensorflow` (make setup GPU=1)."""
-    from importlib import metadata
-
-    for name in ("tensorflow-cpu", "tensorflow"):
-        try:
-            metadata.version(name)
-            return name
-        except metadata.PackageNotFoundError:
-            continue
-    return "tensorflow"
-
-
-def register_keras_model(model, name: str, registry_name: str, signature, tags: dict[str, str],
-                         alias: str | None = None, description: str | None = None) -> str:
-    """Log a Keras model (MLflow's Keras flavor: no pickled Python) in the active run, register it under
-    `registry_name` with `tags` (and `alias`, `description`); returns the version. No input example:
-    MLflow 3.17's Keras flavor fails to write one (its folder does not exist yet)."""
-    import keras
-    import mlflow.keras
-    import tensorflow
-
-    # explicit requirements: MLflow's inference of them loads the model in a subprocess (~6 s per model)
-    requirements = [f"{tensorflow_distribution()}=={tensorflow.__version__}", f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"]
-    info = mlflow.keras.log_model(model, name=name, registered_model_name=registry_name, signature=signature, pip_requirements=requirements)
-    version = str(info.registered_model_version)
-    tag_version(registry_name, version, tags)
-    if alias:
-        set_alias(registry_name, alias, version)
-    if description:
-        describe_version(registry_name, version, description)
-    return version
-
-
-def tag_version(registry_name: str, version: str | int, tags: dict[str, object]) -> None:
-    """Set tags on a registered model version (values stringified; floats with 6 significant digits)."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    for key, value in tags.items():
-        text = f"{value:.6g}" if isinstance(value, float) else str(value)
-        client.set_model_version_tag(registry_name, str(version), key, text)
-
-
-def get_version(name: str, version: str | None = None, alias: str | None = None):
-    """The registered model version `version` of `name` (or the one holding `alias`); LookupError
-    with MLflow's first message line when there is none."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient()
-    try:
-        return client.get_model_version(name, str(version)) if version else client.get_model_version_by_alias(name, alias)
-    except MlflowException as exc:
-        raise LookupError(exc.message.splitlines()[0]) from exc
-
-
-def has_signature(name: str, version: str | int) -> bool:
-    """Whether the logged model of `name` version `version` carries an input/output signature."""
-    import mlflow
-
-    return mlflow.models.get_model_info(f"models:/{name}/{version}").signature is not None
-
-
-def set_alias(name: str, alias: str, version: str | int) -> None:
-    import mlflow
-
-    mlflow.MlflowClient().set_registered_model_alias(name, alias, str(version))
-
-
-def describe_version(name: str, version: str | int, description: str) -> None:
-    import mlflow
-
-    mlflow.MlflowClient().update_model_version(name, str(version), description=description)
-
-
 def log_metrics_to_run(run_id: str, metrics: dict[str, float]) -> None:
     """Log metrics into an existing (possibly finished) run, e.g. test scores into each arm's child run."""
     import time
@@ -432,23 +299,3 @@ def run_tags(stage: str, precision: str | None = None) -> dict[str, str]:
     if precision is not None:
         tags |= device_tags(precision)
     return tags
-
-
-def titled_grid(grid: np.ndarray, titles: list[str], panel_width: int, gap: int = 2, legend: bool = True) -> np.ndarray:
-    """`grid` (from image_grid) with a title band over each column and, optionally, a label legend below."""
-    from PIL import Image, ImageDraw
-
-    band = 14
-    legend_h = 14 if legend else 0
-    out = Image.new("RGB", (grid.shape[1], grid.shape[0] + band + legend_h), (255, 255, 255))
-    out.paste(Image.fromarray(grid), (0, band))
-    draw = ImageDraw.Draw(out)
-    for k, title in enumerate(titles):
-        draw.text((k * (panel_width + gap) + 2, 1), title[: max(4, panel_width // 6)], fill=(0, 0, 0))
-    if legend:
-        x, y = 2, grid.shape[0] + band + 2
-        for name, colour in (("edema (2)", (0.1, 0.8, 0.2)), ("NCR/NET (1)", (0.9, 0.1, 0.1)), ("enhancing (4)", (1.0, 0.9, 0.1))):
-            draw.rectangle([x, y, x + 9, y + 9], fill=tuple(int(255 * c) for c in colour))
-            draw.text((x + 12, y), name, fill=(0, 0, 0))
-            x += 12 + 6 * len(name) + 10
-    return np.asarray(out)

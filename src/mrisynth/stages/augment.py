@@ -9,7 +9,6 @@ arms, when requested, use the originals plus (factor - 1) x count samples of the
 The output is validated (GX: brats_slices + augmented suites); a failure stops the pipeline."""
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from mrisynth.augment.synthesis import load_generator, synthesise, synthesise_draw, write, write_draw
+from mrisynth import paths
 from mrisynth.config import load_params
 from mrisynth.core.arms import SAMPLE_KINDS
 from mrisynth.stages import stage_main
@@ -62,8 +62,7 @@ def run(params_path: str = "params.yaml") -> int:
         "recombined": int(manifest["transforms"].str.startswith("recombine").sum()),
         **counts, "synthesis": gan.synthesis, "generator_draws": gan.draws, "gan_dropout_sampling": p.sample_dropout, "seconds": round(time.perf_counter() - started, 2),
     }
-    Path("reports").mkdir(exist_ok=True)
-    Path("reports/augment.json").write_text(json.dumps(summary, indent=2) + "\n")
+    paths.write_json(paths.AUGMENT, summary)
     print(f"augment: {len(train)} -> {summary['mix_images']} images in the classic+gan set "
           f"({summary['classic_images']} classic, {summary['gan_images']} GAN made"
           + (f", and as many for each of {gan.draws - 1} more generator draw(s)" if gan.draws > 1 else "") + f") in {out_dir}")

@@ -19,36 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from mrisynth.core.arms import BEYOND_CLASSIC, GAN_VS_NONE, arm_slug, comparisons_for
+from mrisynth import paths
 from mrisynth.config import load_params
 from mrisynth.core import encoding, segmetrics, stats, threshold
+from mrisynth.core.table1 import PAIRED, SPLITS, Table1, render
 from mrisynth.errors import DataError
 from mrisynth.stages import stage_main
 from mrisynth.io import arrays, tracking
-
-SPLITS = (("train", "Train"), ("val", "Val (selection)"), ("test", "Test"))
-PAIRED = (("dice_tumour", "tumour Dice"), ("dice_WT", "WT Dice"), ("dice_TC", "TC Dice"), ("dice_ET", "ET Dice"))
-# nnU-Net, BraTS 2020 winning entry, test-set Dice (Isensee et al., BrainLes 2020): the difficulty anchor.
-NNUNET_BRATS2020 = {"WT": 0.889, "TC": 0.851, "ET": 0.820}
-
-TABLE_ROWS = [
-    ("dice_tumour", "Dice (tumour classes)"),
-    ("mean_iou_tumour", "Mean IoU (tumour classes)"),
-    ("dice_WT", "Dice WT"),
-    ("dice_TC", "Dice TC"),
-    ("dice_ET", "Dice ET"),
-    ("hd95_WT", "HD95 WT (mm)"),
-    ("hd95_TC", "HD95 TC (mm)"),
-    ("hd95_ET", "HD95 ET (mm)"),
-    ("dice_class1", "Dice NCR/NET"),
-    ("dice_class2", "Dice edema"),
-    ("dice_class3", "Dice enhancing"),
-    ("accuracy", "Accuracy (background included)"),
-    ("mean_iou", "Mean IoU (all 4 classes, background included)"),
-    ("dice", "Dice (all 4 classes, background included; the paper's row)"),
-]
-PAPER = {"accuracy": ((0.90, 0.94), (0.92, 0.85), (0.87, 0.90)), "mean_iou": ((0.43, 0.69), (0.37, 0.58), (0.38, 0.59)),
-         "dice": ((0.27, 0.71), (0.25, 0.60), (0.25, 0.66))}
-
+from mrisynth.io import registry
+from mrisynth.core import figures
 
 def score_arms(runs: dict, splits: dict[str, arrays.SplitArrays]) -> tuple[dict, dict, dict]:
     """({arm: {split: {metric: [value per seed]}}}, {arm: {split: {key: (S, N) per-image array}}},
@@ -138,120 +117,17 @@ def comparisons(per_image: dict, arms: list[str], split: str, n_boot: int, level
     return out
 
 
-def _cell(summary: dict, arm: str, split: str, metric: str, seeds: int) -> str:
-    values = summary[arm][split]
-    return f"{values[metric]:.3f}" + (f" ± {values[metric + '_std']:.3f}" if seeds > 1 else "")
-
-
-def verdict_lines(tests: dict) -> list[str]:
-    lines = []
-    for question, entry in tests.items():
-        c = stats.Comparison(**entry["dice_tumour"])
-        lines.append(f"- **{stats.verdict(question, 'tumour Dice', c)}** (`{entry['augmented']}` − `{entry['baseline']}`)")
-    return lines
-
-
-def table_markdown(summary: dict, arms: list[str], seeds: list, size: int, tests: dict, vals: dict, thresholds: dict,
-                   usefulness: dict | None, p, spacing: float, modalities: list[str]) -> str:
-    n_seeds = len(seeds)
-    n_draws = max(int(entry["dice_tumour"].get("n_draws", 1)) for entry in tests.values())
-    draws_text = f" × {n_draws} generator draws (GAN arms)" if n_draws > 1 else ""
-    level = f"{p.ci_level:.0%}".replace("%", " %")
-    lines = ["# Table 1: does augmentation help the segmenter?", "",
-             f"## Verdict (test split, paired over {next(iter(tests.values()))['dice_tumour']['n_images']} test images × {n_seeds} seeds{draws_text})", ""]
-    lines += verdict_lines(tests)
-    lines += ["", f"Each line: mean paired difference of per-image tumour-class Dice (augmented − baseline), {level} CI from a bootstrap "
-              f"resampling test images and training seeds{' and generator draws (independently trained generators, each with its own augmentation draw; an arm without a generator is paired with every draw)' if n_draws > 1 else ''} "
-              f"({p.bootstrap} replicates, seed {p.seed}), Wilcoxon signed-rank p over images "
-              f"(seed-averaged differences). 'Shown' = the CI excludes 0. The p-value treats the trained seeds as fixed while the CI also "
-              f"carries seed-to-seed variation, so a small p can stand next to 'not shown': the CI decides. Seeds {list(seeds)}; units: Dice in [0, 1].", "",
-              "### All paired comparisons (test split)", "",
-              "| Question | " + " | ".join(title for _, title in PAIRED) + " |", "|---|" + "---|" * len(PAIRED)]
-    for question, entry in tests.items():
-        cells = []
-        for metric, _ in PAIRED:
-            c = entry[metric]
-            cells.append(f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] p={c['p_value']:.2g}")
-        lines.append(f"| {question} (`{entry['augmented']}` − `{entry['baseline']}`) | " + " | ".join(cells) + " |")
-    lines += ["", "On the validation split (the checkpoint-selection split, so optimistic; the promotion gate reads the "
-              "'GAN beyond classic' mean below as `val_dice_gain_beyond_classic`):", "",
-              "| Question | tumour Dice difference |", "|---|---|"]
-    for question, entry in vals.items():
-        c = entry["dice_tumour"]
-        lines.append(f"| {question} | {c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] |")
-
-    header = ["Metric"] + [f"{title} ({arm})" for _, title in SPLITS for arm in arms]
-    lines += ["", "## Scores per arm", "",
-              f"U-Net per arm, {n_seeds} seed{'s' if n_seeds > 1 else ''} {list(seeds)}{' (mean ± std over seeds)' if n_seeds > 1 else ''}"
-              f"{f'; the GAN arms once per generator draw ({n_draws} draws: mean ± std over seeds × draws)' if n_draws > 1 else ''}; "
-              f"evaluated at {size}×{size} ({spacing:.2g} mm pixels) on the real slices of each split. Tumour-class metrics lead; "
-              "rows marked 'background included' are dominated by background pixels (an all-background prediction scores high accuracy).", "",
-              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for metric, title in TABLE_ROWS:
-        lines.append("| " + " | ".join([title] + [_cell(summary, arm, split, metric, n_seeds) for split, _ in SPLITS for arm in arms]) + " |")
-
-    lines += ["", "## Non-learned reference: one global intensity threshold", "",
-              "One threshold on one modality per region, fitted on the training split only (best pooled Dice over in-brain intensity quantiles); "
-              "mean per-image Dice.", "", "| Region | Modality | Threshold | Train | Val | Test |", "|---|---|---|---|---|---|"]
-    for region, t in thresholds.items():
-        lines.append(f"| {region} | {modalities[t['channel']] if t['channel'] < len(modalities) else t['channel']} | {t['threshold']:.3f} | "
-                     f"{t['train']:.3f} | {t['val']:.3f} | {t['test']:.3f} |")
-
-    if "none" in summary:
-        lines += ["", "## Difficulty anchor", "",
-                  "The `none` arm (30 real slices) against nnU-Net's winning BraTS 2020 test result (3-D, all 369 training cases; "
-                  "Isensee et al. 2021). A 2-D model on 30 slices scoring above it would mean the data is easier than real BraTS.", "",
-                  "| Region | `none` arm, test (mean over seeds) | nnU-Net BraTS 2020 | below the anchor? |", "|---|---|---|---|"]
-        for region, anchor in NNUNET_BRATS2020.items():
-            value = summary["none"]["test"][f"dice_{region}"]
-            lines.append(f"| {region} | {value:.3f} | {anchor:.3f} | {'yes' if value < anchor else 'NO'} |")
-
-    lines += ["", "## GAN usefulness (Shmelkov et al. 2018)", ""]
-    if usefulness:
-        u = usefulness
-        lines += ["| Score | Val | Test |", "|---|---|---|"]
-        for key, title in (("dice_tumour", "tumour Dice"), ("dice_WT", "WT Dice"), ("dice_TC", "TC Dice"), ("dice_ET", "ET Dice")):
-            lines.append(f"| GAN-train {title} (trained on {u['gan_train_images']} synthetic pairs only, seed {u['seed']}) | "
-                         f"{u[f'val_gan_train_{key}']:.3f} | {u[f'test_gan_train_{key}']:.3f} |")
-            lines.append(f"| real-train {title} (`none` arm, mean over seeds) | {u[f'val_real_train_{key}']:.3f} | {u[f'test_real_train_{key}']:.3f} |")
-            lines.append(f"| GAN-test {title} (`none` arm on rendered images) | {u[f'val_gan_test_{key}']:.3f} | {u[f'test_gan_test_{key}']:.3f} |")
-        lines += ["", f"Diversity: mean per-pixel std across {u['diversity_samples']} dropout-active renders of each validation mask, "
-                  f"inside the brain: **{u['diversity_val']:.4f}** (intensities in [0, 1])."]
-    else:
-        lines.append("(not computed: run the `gan_usefulness` stage)")
-
-    base, aug = p.baseline, p.augmented
-    lines += ["", f"## Paper layout (without `{base}` → with `{aug}`; background-inclusive metrics as in the paper)", "",
-              "| Metric | Train | Val (selection) | Test |", "|---|---|---|---|"]
-    for metric, title in (("accuracy", "Accuracy"), ("mean_iou", "Mean IoU"), ("dice", "Dice")):
-        cells = [f"{summary[base][s][metric]:.2f} → {summary[aug][s][metric]:.2f}" for s, _ in SPLITS]
-        lines.append(f"| {title} | " + " | ".join(cells) + " |")
-    lines += ["", "Paper's Table 1 for reference (its data, 256 px, real BraTS):", "", "| Metric | Train | Val | Test |", "|---|---|---|---|"]
-    for metric, title in (("accuracy", "Accuracy"), ("mean_iou", "Mean IoU"), ("dice", "Dice")):
-        lines.append(f"| {title} | " + " | ".join(f"{a:.2f} → {b:.2f}" for a, b in PAPER[metric]) + " |")
-    lines += ["", "## Conventions", "",
-              "- Classes 0 background, 1 NCR/NET, 2 edema, 3 enhancing (BraTS labels 0, 1, 2, 4); regions WT = {1,2,3}, TC = {1,3}, ET = {3}.",
-              "- Accuracy, mean IoU and class Dice pool pixel counts over all images of a split (mean IoU leaves out a class absent from truth "
-              "and prediction; class Dice uses smoothing 1). 'tumour classes' leaves background out.",
-              "- WT/TC/ET Dice and HD95 are per image, then averaged. Both masks empty: Dice 1, HD95 0; exactly one empty: Dice 0, "
-              f"HD95 {segmetrics.EMPTY_HD95_MM} mm (the BraTS challenges' value, the 240×240×155 mm diagonal).",
-              "- HD95 is in millimetres: pixel spacing recorded by the importer (1 mm BraTS voxels × the pad/resize factor) × the preprocess resize factor.",
-              "- The paired statistics use per-image tumour-class Dice (mean over the three tumour classes with the empty convention above).",
-              "- Val is the split each checkpoint was chosen on: its numbers are optimistic. Test is read only here, after all choices.", ""]
-    return "\n".join(lines)
-
-
 def examples_png(path: Path, data: arrays.SplitArrays, predictions: dict[str, np.ndarray], count: int) -> None:
     """Rows: test image (FLAIR) | truth | prediction per arm, with column titles and a label legend."""
     from PIL import Image
 
     rows = []
     for i in range(min(count, len(data))):
-        row = [data.images[i, ..., 0], tracking.label_rgb(data.labels[i])]
-        row += [tracking.label_rgb(encoding.classes_to_labels(pred[i])) for pred in predictions.values()]
+        row = [data.images[i, ..., 0], figures.label_rgb(data.labels[i])]
+        row += [figures.label_rgb(encoding.classes_to_labels(pred[i])) for pred in predictions.values()]
         rows.append(row)
-    grid = tracking.image_grid(rows)
-    titled = tracking.titled_grid(grid, ["FLAIR (test)", "truth"] + [f"pred: {arm}" for arm in predictions], data.images.shape[2])
+    grid = figures.image_grid(rows)
+    titled = figures.titled_grid(grid, ["FLAIR (test)", "truth"] + [f"pred: {arm}" for arm in predictions], data.images.shape[2])
     Image.fromarray(titled).save(path)
 
 
@@ -295,15 +171,14 @@ def run(params_path: str = "params.yaml") -> int:
     tests = comparisons(per_image, arms, "test", p.bootstrap, p.ci_level, p.seed, runs)
     vals = comparisons(per_image, arms, "val", p.bootstrap, p.ci_level, p.seed, runs)
     thresholds = threshold_reference(splits)
-    usefulness_path = Path("reports/gan_usefulness.json")
-    usefulness = json.loads(usefulness_path.read_text()) if usefulness_path.is_file() else None
+    usefulness = paths.read_json(paths.GAN_USEFULNESS)
     seeds = list(next(iter(runs["arms"].values())))
     spacing = float(np.median(splits["test"].spacing)) if len(splits["test"]) else 1.0
     modalities = list(params.data.modalities)
-    Path("reports").mkdir(exist_ok=True)
-    table = table_markdown(summary, arms, seeds, pre.image_size, tests, vals, thresholds, usefulness, p, spacing, modalities)
-    Path("reports/table1.md").write_text(table)
-    write_per_image(Path("reports/per_image.csv"), per_image, runs, splits)
+    table = render(Table1(summary, arms, seeds, pre.image_size, tests, vals, thresholds, usefulness, spacing, modalities,
+                          p.baseline, p.augmented, p.ci_level, p.bootstrap, p.seed))
+    paths.write_text(paths.TABLE1, table)
+    write_per_image(paths.PER_IMAGE, per_image, runs, splits)
 
     def gain(split: str, base: str, aug: str) -> float | None:
         """Mean paired difference of per-image tumour Dice (aug - base) over images, seeds and draws: the
@@ -319,10 +194,10 @@ def run(params_path: str = "params.yaml") -> int:
     metrics = {"seeds": seeds, "arms": summary, "comparisons_test": tests, "comparisons_val": vals,
                "threshold_reference": thresholds, "gan_usefulness": usefulness,
                **{k: v for k, v in (gate | info).items() if v is not None}}
-    Path("reports/metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
-    examples_png(Path("reports/test_examples.png"), splits["test"], predictions, p.examples)
+    paths.write_json(paths.METRICS, _json_safe(metrics))
+    examples_png(paths.TEST_EXAMPLES, splits["test"], predictions, p.examples)
 
-    gan_report = Path("reports/train_gan.json")
+    gan_report = paths.TRAIN_GAN
     generator_version = json.loads(gan_report.read_text()).get("model_version") if gan_report.is_file() else None
     tracking.configure(seg.experiment)
     # each arm/seed child run gets its own scores under the same names: the UI's compare view lines them up.
@@ -345,13 +220,13 @@ def run(params_path: str = "params.yaml") -> int:
         flat |= {f"threshold_{split}_dice_{region}": t[split] for region, t in thresholds.items() for split in ("train", "val", "test")}
         flat |= {k: v for k, v in (gate | info).items() if v is not None}
         run.log_metrics({k: v for k, v in flat.items() if v is not None and np.isfinite(v)})
-        for artifact in ("reports/table1.md", "reports/metrics.json", "reports/test_examples.png", "reports/per_image.csv"):
+        for artifact in (paths.TABLE1, paths.METRICS, paths.TEST_EXAMPLES, paths.PER_IMAGE):
             run.log_artifact(artifact)
         evaluate_run = run.run_id
     if generator_version is not None:
         # the promotion gate reads only the val_* tags; test results are tagged for information
         tags = {k: v for k, v in (gate | info).items() if v is not None} | {"evaluate_run_id": evaluate_run}
-        tracking.tag_version(params.train_gan.registry_name, generator_version, tags)
+        registry.tag_version(params.train_gan.registry_name, generator_version, tags)
     print(table.split("## Scores per arm")[0])
     return 0
 

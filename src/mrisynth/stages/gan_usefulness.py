@@ -22,11 +22,14 @@ from mrisynth.inference import rendering
 from mrisynth.training import usefulness
 from mrisynth.augment.arm_data import synthetic_only
 from mrisynth.augment.synthesis import load_generator
+from mrisynth import paths
 from mrisynth.config import load_params
 from mrisynth.core import encoding
 from mrisynth.errors import DataError
 from mrisynth.stages import stage_main
 from mrisynth.io import arrays, tracking
+from mrisynth.io import registry
+from mrisynth.core import figures
 
 
 def realism_panel(generator, val, gan, sample: bool, seed: int, modalities: list[str]) -> dict:
@@ -35,21 +38,19 @@ def realism_panel(generator, val, gan, sample: bool, seed: int, modalities: list
     from PIL import Image
 
     from mrisynth.core import realism
-    from mrisynth.io import tracking
 
     rendered = rendering.render_split(generator, val, gan.synthesis, gan.inpaint_margin, sample=sample, seed=seed)
     where = rendering.drawn(val, gan.synthesis, gan.inpaint_margin)
     panel = realism.panel(val.images, rendered, val.labels, where, modalities)
     meta = {"split": "val", "images": len(val), "synthesis": gan.synthesis, "generator": gan.generator, "dropout_sampling": sample,
             "seed": seed, "where": "inpainted regions" if gan.synthesis == "inpaint" else "brain", "tolerance": realism.TOLERANCE}
-    Path("reports").mkdir(exist_ok=True)
-    Path("reports/realism.json").write_text(json.dumps(meta | panel, indent=2, default=float) + "\n")
+    paths.write_json(paths.REALISM, meta | panel, default=float)
     count = min(4, len(val))
-    rows = [[tracking.label_rgb(val.labels[i])] + [val.images[i, ..., c] for c in range(len(modalities))]
+    rows = [[figures.label_rgb(val.labels[i])] + [val.images[i, ..., c] for c in range(len(modalities))]
             + [rendered[i, ..., c] for c in range(len(modalities))] for i in range(count)]
     titles = ["mask"] + [f"{m} real" for m in modalities] + [f"{m} generated" for m in modalities]
-    grid = tracking.titled_grid(tracking.image_grid(rows), titles, val.images.shape[1])
-    Image.fromarray(grid).save("reports/realism.png")
+    grid = figures.titled_grid(figures.image_grid(rows), titles, val.images.shape[1])
+    Image.fromarray(grid).save(paths.REALISM_PNG)
     return panel
 
 
@@ -92,9 +93,8 @@ def run(params_path: str = "params.yaml") -> int:
     report["realism_within_tolerance"] = panel["within_tolerance"]
     report["seconds"] = round(time.perf_counter() - started, 1)
 
-    Path("reports").mkdir(exist_ok=True)
-    Path("reports/gan_usefulness.json").write_text(json.dumps(report, indent=2) + "\n")
-    gan_report = Path("reports/train_gan.json")
+    paths.write_json(paths.GAN_USEFULNESS, report)
+    gan_report = paths.TRAIN_GAN
     info = json.loads(gan_report.read_text()) if gan_report.is_file() else {}
     numbers = {k: float(v) for k, v in report.items() if isinstance(v, (int, float)) and k not in ("seed", "seconds")}
     numbers |= {f"realism_{m}_{stat}_ratio": v["ratio"] for m in params.data.modalities for stat, v in panel[m].items()
@@ -104,7 +104,7 @@ def run(params_path: str = "params.yaml") -> int:
         tracking.log_metrics_to_run(info["run_id"], numbers)
     if info.get("model_version") is not None:
         tracking.configure(params.train_gan.experiment)
-        tracking.tag_version(params.train_gan.registry_name, info["model_version"],
+        registry.tag_version(params.train_gan.registry_name, info["model_version"],
                              {k: v for k, v in numbers.items() if k.startswith(("val_gan", "test_gan", "diversity"))})
     print(f"gan_usefulness: GAN-train val tumour Dice {report['val_gan_train_dice_tumour']:.3f} (real-trained {report['val_real_train_dice_tumour']:.3f}); "
           f"GAN-test val {report['val_gan_test_dice_tumour']:.3f}; diversity {report['diversity_val']:.4f} (std of [0,1] intensities); "

@@ -6,12 +6,12 @@ Writes work/preprocessed/{train,val,test}.npz, reports/preprocess.json (metrics)
        with card.md/card.json), reports/gx_docs (Data Docs). Stops with exit 1 and the GX summary if validation fails."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from mrisynth import paths
 from mrisynth.config import load_params
 from mrisynth.core import encoding, slicing
 from mrisynth.io.manifest import SPLITS, read_manifest
@@ -52,7 +52,7 @@ def build_split(data_dir: Path, manifest, split: str, size: int) -> arrays.Split
 def run(params_path: str = "params.yaml") -> int:
     params = load_params(params_path).preprocess
     data_dir = Path(params.data_dir)
-    report = gx.validate_dataset(data_dir, docs_root=Path("reports/gx_docs"))
+    report = gx.validate_dataset(data_dir, docs_root=paths.GX_DOCS)
     print(report.summary())
     if not report.success:
         print(f"preprocess: {data_dir} failed validation; fix the data (or re-run `mrisynth data import`) before training", file=sys.stderr)
@@ -67,8 +67,7 @@ def run(params_path: str = "params.yaml") -> int:
         metrics[f"{split}_images"] = len(split_arrays)
         metrics[f"{split}_tumor_fraction"] = float((split_arrays.labels > 0).mean()) if len(split_arrays) else 0.0
         metrics[f"{split}_spacing_mm"] = float(np.median(split_arrays.spacing)) if len(split_arrays) else 0.0
-    Path("reports").mkdir(exist_ok=True)
-    Path("reports/preprocess.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    paths.write_json(paths.PREPROCESS, metrics)
     log_card(data_dir, params.experiment)
     counts = ", ".join(f"{split} {metrics[split + '_images']}" for split in SPLITS)
     print(f"preprocess: wrote {counts} at {params.image_size}px to {out_dir}")
@@ -83,7 +82,7 @@ def log_card(data_dir: Path, experiment: str) -> dict:
 
     built = card.load_or_build(data_dir)
     flat = datacard.flat_metrics(built)
-    Path("reports/data_card.json").write_text(json.dumps(flat, indent=2) + "\n")
+    paths.write_json(paths.DATA_CARD, flat)
     tracking.configure(experiment)
     with tracking.stage_run("preprocess", tracking.run_tags("preprocess") | {"data_source": built["source"]}, system_metrics=False) as run:
         run.log_metrics(flat)

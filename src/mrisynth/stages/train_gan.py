@@ -21,11 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from mrisynth import paths
 from mrisynth.config import as_flat_dict, load_params
 from mrisynth.core import encoding
 from mrisynth.stages import skip_resource_record, stage_main
 from mrisynth.errors import DataError, MrisynthError
 from mrisynth.io import arrays, distribute, gx, tracking
+from mrisynth.io import registry
+from mrisynth.core import figures
 
 ALIAS = "challenger"
 
@@ -60,17 +63,16 @@ def grid_panels(images: np.ndarray, labels: np.ndarray, generated: np.ndarray) -
     """Rows of mask | real | generated, for FLAIR (channel 0) and, with 3+ channels, T1ce (channel 2)."""
     channels = [0, 2] if images.shape[-1] >= 3 else [0]
     return [
-        [tracking.label_rgb(labels[i])] + [panel for c in channels for panel in (images[i, ..., c], generated[i, ..., c])]
+        [figures.label_rgb(labels[i])] + [panel for c in channels for panel in (images[i, ..., c], generated[i, ..., c])]
         for i in range(len(images))
     ]
 
 
 def write_reports(state, metrics: dict) -> None:
-    Path("reports").mkdir(exist_ok=True)
-    Path("reports/train_gan.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    paths.write_json(paths.TRAIN_GAN, metrics, default=float)
     keys = ["epoch", "g_loss", "g_gan", "g_l1", "d_loss", "val_g_loss", "val_g_l1", "val_mae", "val_psnr", "val_ssim"]
     lines = [",".join(keys)] + [",".join(f"{row.get(k, float('nan')):.6g}" for k in keys) for row in state.history]
-    Path("reports/train_gan_history.csv").write_text("\n".join(lines) + "\n")
+    paths.write_text(paths.TRAIN_GAN_HISTORY, "\n".join(lines) + "\n")
 
 
 def register(params, best: Path, size: int, channels: int, run_id: str, tags: dict, example: np.ndarray | None = None,
@@ -83,8 +85,8 @@ def register(params, best: Path, size: int, channels: int, run_id: str, tags: di
     from mrisynth.inference.served_model import export_model
 
     served = export_model(keras.models.load_model(best, compile=False))
-    return tracking.register_keras_model(
-        served, "generator", params.registry_name, tracking.generator_signature(size, channels, in_channels), tags,
+    return registry.register_keras_model(
+        served, "generator", params.registry_name, registry.generator_signature(size, channels, in_channels), tags,
         alias=ALIAS,
         description=f"Best generator of run {run_id} (val_g_loss {tags.get('val_g_loss')}, epoch {tags.get('best_epoch')}); "
                     f"input (N, {size}, {size}, {in_channels}) conditioning"
@@ -94,7 +96,7 @@ def register(params, best: Path, size: int, channels: int, run_id: str, tags: di
 
 
 def run(params_path: str = "params.yaml", restart: bool = False) -> int:
-    from mrisynth.training.gan import GanSettings, GanTrainer
+    from mrisynth.training.gan import GanTrainer
 
     params = load_params(params_path)
     p, pre = params.train_gan, params.preprocess
@@ -112,7 +114,7 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
     channels = train.images.shape[-1]
     restart = restart or os.environ.get("MRISYNTH_RESTART", "") not in ("", "0")
     if not dist.is_chief:  # a helper worker: trains in step with the chief, writes and tracks nothing
-        settings = GanSettings.from_params(p, alpha)
+        settings = dataclasses.replace(p, alpha=alpha)
         trainer = GanTrainer(settings, pre.image_size, settings.in_channels(channels), channels, dist)
         skip_resource_record()
         trainer.fit(train, val, Path(p.out_dir))
@@ -124,7 +126,7 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
     # the extra draws first, the registered generator (draw 1) last: a failure never leaves a registered
     # challenger whose siblings are missing
     for draw in [*range(1, p.draws), 0]:
-        settings = GanSettings.from_params(p, alpha) if draw == 0 else dataclasses.replace(GanSettings.from_params(p, alpha), seed=p.draw_seed(draw))
+        settings = dataclasses.replace(p, alpha=alpha, seed=p.draw_seed(draw))
         draws.append(train_draw(p, pre, settings, dist, train, val, draw, restart, alpha, alpha_source))
     summary = draws[-1]
     summary["draws"] = [{k: d[k] for k in ("draw", "seed", "model_path", "best_epoch", "run_id", "val_mae", "val_ssim")}
@@ -139,7 +141,7 @@ def run(params_path: str = "params.yaml", restart: bool = False) -> int:
 def _reusable(settings, trainer, train, val, out_dir: Path, model_path: Path):
     """The finished state of an extra draw trained earlier with the same parameters and data (its model
     file in place), so a rerun after a later failure does not train it again; else None."""
-    from mrisynth.training.gan import load_state
+    from mrisynth.training.checkpoints import load_state
 
     state = load_state(out_dir)
     if state is None or not state.completed or not model_path.is_file() or not (out_dir / "best_generator.keras").is_file():
@@ -147,9 +149,32 @@ def _reusable(settings, trainer, train, val, out_dir: Path, model_path: Path):
     return state if state.fingerprint == trainer.fingerprint(train, val) else None
 
 
+def _epoch_logger(run, p, size: int, n_train: int, val, label: str, checkpoint_seconds: list[float]):
+    """The trainer's on_epoch callback: metrics to the MLflow run, one progress line, an image grid every
+    grid_every epochs; appends each epoch's checkpoint seconds to `checkpoint_seconds`."""
+    grid_rows = min(p.grid_images, len(val))
+    channels = val.images.shape[-1]
+
+    def on_epoch(result, trainer_, state_):
+        checkpoint_seconds.append(result.checkpoint_seconds)
+        run.log_metrics(result.metrics | {"epoch_seconds": result.seconds, "checkpoint_seconds": result.checkpoint_seconds,
+                                          "train_images_per_s": n_train / result.seconds}, step=result.epoch)
+        print(f"{label}epoch {result.epoch}/{p.epochs}: g_loss {result.metrics['g_loss']:.4f} d_loss {result.metrics['d_loss']:.4f} "
+              f"val_g_loss {result.metrics['val_g_loss']:.4f} val_ssim {result.metrics['val_ssim']:.3f} ({result.seconds:.1f} s){' *best*' if result.improved else ''}")
+        if result.epoch % p.grid_every == 0 or result.epoch == p.epochs:
+            generated = trainer_.render(val, grid_rows)
+            titles = ["mask"] + [f"{name} {kind}" for name in (("FLAIR", "T1ce") if channels >= 3 else ("ch0",)) for kind in ("real", "generated")]
+            grid = figures.titled_grid(figures.image_grid(grid_panels(val.images[:grid_rows], val.labels[:grid_rows], generated)),
+                                       titles, size)
+            run.log_image(grid, f"grids/epoch_{result.epoch:03d}.png")
+
+    return on_epoch
+
+
 def train_draw(p, pre, settings, dist, train, val, draw: int, restart: bool, alpha: float, alpha_source: str) -> dict:
     """Train (or resume) generator draw `draw` (0 = the registered one) with its own MLflow run; returns its summary."""
-    from mrisynth.training.gan import GanTrainer, load_state
+    from mrisynth.training.checkpoints import load_state
+    from mrisynth.training.gan import GanTrainer
 
     channels = train.images.shape[-1]
     trainer = GanTrainer(settings, pre.image_size, settings.in_channels(channels), channels, dist)
@@ -166,7 +191,6 @@ def train_draw(p, pre, settings, dist, train, val, draw: int, restart: bool, alp
 
     tracking.configure(p.experiment)
     tags = tracking.run_tags("train_gan", p.precision) | (dist.tags() if dist.distributed else {}) | {"draw": str(draw + 1)}
-    grid_rows = min(p.grid_images, len(val))
     started = time.perf_counter()
     run_params = as_flat_dict(p) | {"alpha_used": alpha, "alpha_source": alpha_source, "size": pre.image_size, "draw": draw + 1,
                                     "seed_used": settings.seed, "data_hash": tags["data_hash"], "git_commit": tags["git_commit"],
@@ -176,20 +200,7 @@ def train_draw(p, pre, settings, dist, train, val, draw: int, restart: bool, alp
         state.run_id = run.run_id
 
         checkpoint_seconds: list[float] = []
-
-        def on_epoch(result, trainer_, state_):
-            checkpoint_seconds.append(result.checkpoint_seconds)
-            run.log_metrics(result.metrics | {"epoch_seconds": result.seconds, "checkpoint_seconds": result.checkpoint_seconds,
-                                              "train_images_per_s": len(train) / result.seconds}, step=result.epoch)
-            print(f"{label}epoch {result.epoch}/{p.epochs}: g_loss {result.metrics['g_loss']:.4f} d_loss {result.metrics['d_loss']:.4f} "
-                  f"val_g_loss {result.metrics['val_g_loss']:.4f} val_ssim {result.metrics['val_ssim']:.3f} ({result.seconds:.1f} s){' *best*' if result.improved else ''}")
-            if result.epoch % p.grid_every == 0 or result.epoch == p.epochs:
-                generated = trainer_.render(val, grid_rows)
-                titles = ["mask"] + [f"{name} {kind}" for name in (("FLAIR", "T1ce") if channels >= 3 else ("ch0",)) for kind in ("real", "generated")]
-                grid = tracking.titled_grid(tracking.image_grid(grid_panels(val.images[:grid_rows], val.labels[:grid_rows], generated)),
-                                            titles, pre.image_size)
-                run.log_image(grid, f"grids/epoch_{result.epoch:03d}.png")
-
+        on_epoch = _epoch_logger(run, p, pre.image_size, len(train), val, label, checkpoint_seconds)
         try:
             state = trainer.fit(train, val, out_dir, on_epoch=on_epoch, state=state)
         except MrisynthError:
@@ -215,7 +226,7 @@ def train_draw(p, pre, settings, dist, train, val, draw: int, restart: bool, alp
             **{k: best_row[k] for k in ("val_g_l1", "val_mae", "val_psnr", "val_ssim")},
             "train_seconds": train_seconds,
             # checkpoint I/O (best generator and resume state every checkpoint_every epochs; best weights copied in memory on improvement)
-            # of the epochs trained in this process, as a share of train_seconds; issue budget: <= 5 %
+            # of the epochs trained in this process, as a share of train_seconds (budget: <= 5 %)
             "checkpoint_seconds": round(sum(checkpoint_seconds), 2),
             "checkpoint_share": round(sum(checkpoint_seconds) / max(train_seconds, 1e-9), 4),
         }

@@ -19,10 +19,12 @@ import numpy as np
 
 from mrisynth.augment.arm_data import arm_data, arm_real
 from mrisynth.core.arms import arm_slug, uses_generator
+from mrisynth import paths
 from mrisynth.config import as_flat_dict, load_params
 from mrisynth.core import encoding
 from mrisynth.stages import stage_main
 from mrisynth.io import arrays, tracking
+from mrisynth.io import registry
 
 
 def run(params_path: str = "params.yaml") -> int:
@@ -35,7 +37,7 @@ def run(params_path: str = "params.yaml") -> int:
     out_root = Path(p.out_dir)
     tracking.configure(p.experiment)
     tags = tracking.run_tags("train_segmenter", p.precision)
-    registry = {"parent_run_id": None, "arms": {}}
+    trained = {"parent_run_id": None, "arms": {}}
     summary: dict[str, dict] = {}
     augmented = Path(params.augment.out_dir)
     draws = {arm: list(range(params.train_gan.draws)) if uses_generator(arm) else [0] for arm in p.arms}
@@ -48,10 +50,10 @@ def run(params_path: str = "params.yaml") -> int:
                                     "augment_sample_dropout": params.augment.sample_dropout,
                                     "steps_per_epoch": steps or "one pass per arm"}
     with tracking.stage_run("train_segmenter", tags, run_params, system_metrics=True) as parent:
-        registry["parent_run_id"] = parent.run_id
+        trained["parent_run_id"] = parent.run_id
         tracking.log_split_inputs({"train": train, "val": val}, tags["data_hash"])
         for arm in p.arms:
-            registry["arms"][arm] = {}
+            trained["arms"][arm] = {}
             for draw in draws[arm]:
                 images, classes = data[arm, draw]
                 # draw 1 keeps the plain layout (seed keys "1", "2", folders seed<k>); other generator draws add "-g<k>"
@@ -75,25 +77,24 @@ def run(params_path: str = "params.yaml") -> int:
                         seconds = time.perf_counter() - started
                         child.log_metrics({"best_val_dice_tumour": result["best_val_dice_tumour"], "best_epoch": result["best_epoch"],
                                             "epochs_run": result["epochs_run"], "train_seconds": seconds})
-                        version = tracking.register_keras_model(
+                        version = registry.register_keras_model(
                             segmenter.load(path), "segmenter", p.registry_name,
-                            tracking.segmenter_signature(images.shape[1], images.shape[-1], encoding.NUM_CLASSES),
+                            registry.segmenter_signature(images.shape[1], images.shape[-1], encoding.NUM_CLASSES),
                             {"augmentation": arm, "seed": seed, "best_val_dice_tumour": result["best_val_dice_tumour"]})
-                    registry["arms"][arm][f"{seed}{suffix}"] = {"run_id": child.run_id, "model_version": version, "path": str(path),
+                    trained["arms"][arm][f"{seed}{suffix}"] = {"run_id": child.run_id, "model_version": version, "path": str(path),
                                                         "seed": seed, "draw": draw + 1,
                                                         "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"],
                                                         "stopped_early": result["stopped_early"],
                                                         "best_val_dice_tumour": result["best_val_dice_tumour"],
                                                         "train_images": len(images), "seconds": round(seconds, 1)}
-            values = [r["best_val_dice_tumour"] for r in registry["arms"][arm].values()]
+            values = [r["best_val_dice_tumour"] for r in trained["arms"][arm].values()]
             summary[arm] = {"best_val_dice_tumour_mean": float(np.mean(values)), "best_val_dice_tumour_std": float(np.std(values)),
                             "train_images": len(images),
-                            "best_epoch_mean": float(np.mean([r["best_epoch"] for r in registry["arms"][arm].values()]))}
+                            "best_epoch_mean": float(np.mean([r["best_epoch"] for r in trained["arms"][arm].values()]))}
             parent.log_metrics({f"best_val_dice_tumour_{arm_slug(arm)}": float(np.mean(values))})
     out_root.mkdir(parents=True, exist_ok=True)
-    (out_root / "runs.json").write_text(json.dumps(registry, indent=2) + "\n")
-    Path("reports").mkdir(exist_ok=True)
-    Path("reports/train_segmenter.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out_root / "runs.json").write_text(json.dumps(trained, indent=2) + "\n")
+    paths.write_json(paths.TRAIN_SEGMENTER, summary)
     print("train_segmenter (selection split val): " + "; ".join(
         f"{a}: val Dice (tumour) {s['best_val_dice_tumour_mean']:.4f} ± {s['best_val_dice_tumour_std']:.4f} on {s['train_images']} images"
         for a, s in summary.items()))

@@ -161,9 +161,9 @@ def report_epoch(trial, value: float, epoch: int) -> None:
 
 
 def _gan(params, alpha: float, train, epochs: int):
-    from mrisynth.training.gan import GanSettings, GanTrainer
+    from mrisynth.training.gan import GanTrainer
 
-    settings = GanSettings.from_params(params.train_gan, alpha, epochs)
+    settings = dataclasses.replace(params.train_gan, alpha=alpha, epochs=epochs or params.train_gan.epochs)
     channels = train.images.shape[-1]
     return GanTrainer(settings, params.preprocess.image_size, settings.in_channels(channels), channels)
 

@@ -134,7 +134,7 @@ def _fresh_model(params: TrainSegmenterParams, seed: int, size: int, channels: i
     so a compiled model is kept per architecture and reset for each run: every variable (weights,
     BatchNorm statistics, the dropout seed state) from a newly built model with this seed, the
     optimizer's moments and step count to zero. The result equals a newly built and compiled model
-    (tests/test_segmenter.py)."""
+    (tests/training/test_segmenter.py)."""
     keras.utils.set_random_seed(seed)
     fresh = models.build_segmenter(size, channels, NUM_CLASSES, params.depth, params.base_filters, params.dropout)
     key = (size, channels, params.depth, params.base_filters, params.dropout, params.learning_rate, params.dice_weight, params.precision)

@@ -7,12 +7,12 @@ import numpy as np
 from scipy import ndimage
 import pytest
 
+from conftest import _tiny_split
 from mrisynth.core import diffaugment, generators, inpaint
 from mrisynth.errors import ConfigError
-from mrisynth.training.gan import GanSettings, GanTrainer
-from test_gan_training import _tiny_split
+from mrisynth.training.gan import GanTrainer, fingerprint, paper_settings
 
-TINY = GanSettings(alpha=100.0, epochs=2, batch_size=2, width=0.25, precision="float32", seed=3, checkpoint_every=1)
+TINY = paper_settings(alpha=100.0, epochs=2, batch_size=2, width=0.25, precision="float32", seed=3, checkpoint_every=1)
 
 
 def _blob_case(size=32):
@@ -168,15 +168,17 @@ def test_real_share_sets_the_real_fraction_of_batches():
     assert abs(np.mean(natural) - 0.25) < 0.04                  # null: every image alike (10 of 40 real)
 
 
-def test_settings_copy_every_field_and_reject_unknown_levers(tmp_path):
+def test_fingerprint_keys_and_unknown_levers(tmp_path):
     from mrisynth.config import TrainGanParams, load_params
 
-    params = TrainGanParams(synthesis="inpaint", diffaugment="cutout", disc_blocks=2, select="last", generator="spade")
-    settings = GanSettings.from_params(params, alpha=7.0)
-    assert (settings.synthesis, settings.diffaugment, settings.disc_blocks, settings.select, settings.generator, settings.alpha) == \
-        ("inpaint", "cutout", 2, "last", "spade", 7.0)
-    # a paper-default run's fingerprint has the same keys as before the levers existed (old resume states match)
-    assert "synthesis" not in GanSettings().fingerprint("x") and "synthesis" in settings.fingerprint("x")
+    settings = TrainGanParams(synthesis="inpaint", diffaugment="cutout", disc_blocks=2, select="last", generator="spade")
+    # a paper-method run's fingerprint has exactly the keys of resume states written before the levers existed
+    assert set(fingerprint(paper_settings(), "x")) == {"alpha", "batch_size", "learning_rate", "beta_1", "dropout", "width",
+                                                       "precision", "seed", "data"}
+    assert {"synthesis", "diffaugment", "disc_blocks", "select", "generator"} <= set(fingerprint(settings, "x"))
+    # run bookkeeping does not block a resume; anything that changes the training does
+    assert fingerprint(dataclasses.replace(settings, epochs=7, out_dir="elsewhere", draws=3), "x") == fingerprint(settings, "x")
+    assert fingerprint(dataclasses.replace(settings, inpaint_blobs=0.1), "x") != fingerprint(settings, "x")
     for key, value, message in (("synthesis", "paste", "train_gan.synthesis"), ("diffaugment", "zoom", "unknown DiffAugment"),
                                 ("generator", "stylegan", "train_gan.generator"), ("select", "best", "train_gan.select")):
         (tmp_path / "params.yaml").write_text(f"train_gan:\n  {key}: {value}\n")

@@ -1,4 +1,4 @@
-"""The benchmark plumbing (not the timings): stage resource records, bench.json -> README table."""
+"""The benchmark plumbing (not the timings): stage resource records, bench.json -> the table in docs/benchmarks.md."""
 import json
 import sys
 from pathlib import Path
@@ -7,7 +7,7 @@ import pytest
 
 from mrisynth.stages import record_resources
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import run_all  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def test_readme_table_replaced_between_markers_only(tmp_path):
 
 @pytest.mark.parametrize("stage", run_all.STAGES)
 def test_every_pipeline_stage_is_benchmarked(stage):
-    dvc = (Path(__file__).resolve().parents[1] / "dvc.yaml").read_text()
+    dvc = (Path(__file__).resolve().parents[2] / "dvc.yaml").read_text()
     assert f"\n  {stage}:\n" in dvc
 
 

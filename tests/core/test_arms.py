@@ -9,7 +9,7 @@ from mrisynth.cli import build_parser
 from mrisynth.config import Params
 from mrisynth.core import arms
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 MANIFEST = pd.DataFrame({"kind": ["real", "real", "classic", "classic", "gan", "gan"],
                          "in_mix": [True, True, True, False, True, False]})

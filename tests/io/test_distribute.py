@@ -64,9 +64,9 @@ def test_strategy_param_is_checked():
 @pytest.mark.parametrize("count, ok", [(8, True), (7, True), (6, False), (5, False)])
 def test_batches_too_small_for_the_replicas_are_refused(count, ok):
     """Global batch 4 over 3 replicas: a tail of 0 or 3 rows is fine, 2 or 1 rows leave a replica empty."""
-    from mrisynth.training.gan import GanSettings, GanTrainer
+    from mrisynth.training.gan import GanTrainer, paper_settings
 
-    trainer = GanTrainer(GanSettings(batch_size=4, width=0.125, precision="float32"), 32, 4, 2)
+    trainer = GanTrainer(paper_settings(batch_size=4, width=0.125, precision="float32"), 32, 4, 2)
     trainer.dist = distribute.Distribution("mirrored", trainer.dist.strategy, replicas=3)
     if ok:
         trainer.check_batches(count)

@@ -17,7 +17,7 @@ import yaml
 
 from mrisynth.ops import dvcgraph
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COPIED = ("src", "pipelines", "expectations", "dvc.yaml", "params.yaml", "data.dvc")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mrisynth"
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "mrisynth"
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
@@ -37,7 +37,7 @@ def _modules(folder: str) -> list[Path]:
 
 def test_every_subpackage_is_under_a_layer_rule():
     folders = sorted(p.parent.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("__init__.py") if p.parent != PACKAGE)
-    assert set(folders) <= set(LAYERS), f"add {sorted(set(folders) - set(LAYERS))} to LAYERS in tests/test_layers.py with its rule"
+    assert set(folders) <= set(LAYERS), f"add {sorted(set(folders) - set(LAYERS))} to LAYERS in tests/pipeline/test_layers.py with its rule"
 
 
 def _allowed(name: str, prefixes: tuple[str, ...]) -> bool:
@@ -90,15 +90,19 @@ def _mlflow_imports(path: Path) -> list[tuple[int, str]]:
 MLFLOW_TYPES_ONLY = {"inference/served_model.py": ("mlflow.exceptions", "mlflow.protos.databricks_pb2")}
 
 
-def test_all_mlflow_calls_live_behind_io_tracking():
+MLFLOW_MODULES = ("io/tracking.py", "io/registry.py")  # runs and the model registry
+
+
+def test_all_mlflow_calls_live_behind_io_tracking_and_registry():
     bad = []
     for path in sorted(PACKAGE.rglob("*.py")):
         rel = path.relative_to(PACKAGE).as_posix()
-        if rel == "io/tracking.py":
+        if rel in MLFLOW_MODULES:
             continue
         for line, module in _mlflow_imports(path):
             if module not in MLFLOW_TYPES_ONLY.get(rel, ()):
-                bad.append(f"{rel}:{line} imports {module}; use mrisynth.io.tracking (stage_run, register_keras_model, ...)")
+                bad.append(f"{rel}:{line} imports {module}; use mrisynth.io.tracking (stage_run, ...) or mrisynth.io.registry "
+                           "(register_keras_model, ...)")
     assert not bad, bad
 
 
@@ -106,3 +110,15 @@ def test_the_mlflow_rule_sees_a_violation(tmp_path):
     sample = tmp_path / "stage.py"
     sample.write_text("def run():\n    import mlflow\n    from mlflow.tracking import MlflowClient\n")
     assert _mlflow_imports(sample) == [(2, "mlflow"), (3, "mlflow.tracking")]
+
+
+def test_every_report_path_is_declared_in_dvc_yaml():
+    """mrisynth.paths is the one place report paths are written; dvc.yaml must declare each as an output."""
+    from mrisynth import paths
+
+    dvc = (PACKAGE.parents[1] / "dvc.yaml").read_text()
+    missing = [str(p) for p in paths.WRITTEN if f"- {p.as_posix()}" not in dvc]
+    assert not missing, f"reports written by the stages but not declared in dvc.yaml: {missing}"
+    stray = [path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py") if path.name != "paths.py"
+             and any(f'"{p.as_posix()}"' in path.read_text() for p in paths.WRITTEN)]
+    assert not stray, f"report paths written as literals outside mrisynth/paths.py: {stray}"

@@ -10,25 +10,11 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import REPO, write_tiny_case
+from conftest import REPO, TINY_PARAMS, _tracked_files, write_tiny_case
 from mrisynth.data.ingest import ImportOptions, import_brats
 
-TINY_PARAMS = {
-    "preprocess": {"image_size": 64},
-    "tune": {"n_trials": 2, "epochs": 1, "storage": "sqlite:///optuna.db"},
-    "train_gan": {"epochs": 1, "batch_size": 2, "width": 0.25, "grid_every": 1, "grid_images": 2, "precision": "float32", "draws": 2},
-    "augment": {"factor": 3},
-    "train_segmenter": {"seeds": [1, 2], "epochs": 2, "min_epochs": 1, "patience": 1, "batch_size": 4, "depth": 2, "base_filters": 4, "precision": "float32"},
-    "gan_usefulness": {"diversity_samples": 2},
-    "evaluate": {"examples": 2, "bootstrap": 200},
-}
 STAGES = ("preprocess", "tune", "train_gan", "augment", "train_segmenter", "gan_usefulness", "evaluate")
 QUESTIONS = ("Classic augmentation vs none", "GAN augmentation vs none", "Classic+GAN vs none", "GAN beyond classic")
-
-
-def _tracked_files() -> list[str]:
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True)
-    return [f for f in out.stdout.splitlines() if f and not f.startswith(("tests/", "reports/", "dvc.lock"))]
 
 
 @pytest.mark.slow

@@ -71,3 +71,18 @@ def test_conditioning_encoding_roundtrip():
     np.testing.assert_array_equal(encoding.classes_to_labels(np.array([0, 1, 2, 3])), [0, 1, 2, 4])
     with pytest.raises(ValueError, match=r"labels \[3\]"):
         encoding.conditioning(np.array([[3]], np.uint8), brain[:1, :1])
+
+
+def test_random_tumor_slice_is_seeded_and_eligible():
+    seg = np.zeros((4, 4, 10), np.uint8)
+    seg[:2, :2, 2] = 1          # area 4
+    seg[:, :, 5] = 2            # area 16 (largest)
+    seg[:2, :, 7] = 4           # area 8
+    seg[0, 0, 8] = 2            # area 1: under 25 % of the largest, never chosen
+    brain = np.ones_like(seg, bool)
+    picks = {slicing.choose_slice(seg, brain, "random-tumor", np.random.default_rng(s)) for s in range(40)}
+    assert picks == {2, 5, 7}
+    assert slicing.choose_slice(seg, brain, "random-tumor", np.random.default_rng(1)) == \
+        slicing.choose_slice(seg, brain, "random-tumor", np.random.default_rng(1))
+    with pytest.raises(ValueError, match="seeded rng"):
+        slicing.choose_slice(seg, brain, "random-tumor")

@@ -1,6 +1,6 @@
 """Our BraTS region Dice and HD95 against MedPy (`medpy.metric.binary.dc` / `hd95`), an independent
 implementation the BraTS community uses. Agreement: Dice within 1e-6, HD95 within 1e-6 mm whenever both
-masks are non-empty. Convention differences (README: Metric conventions): both masks empty -> our
+masks are non-empty. Convention differences (docs/verdict.md: Metric conventions): both masks empty -> our
 Dice 1 (BraTS) vs MedPy NaN (0/0); exactly one empty -> our HD95 373.13 mm (BraTS) where MedPy raises."""
 import numpy as np
 import pytest

@@ -1,7 +1,7 @@
 """Helper process for test_distribute.py: trains the tiny GAN under a tf.distribute strategy in a fresh
 TensorFlow process (splitting the CPU into logical devices needs one) and writes what the test compares.
 
-    python tests/gan_distributed.py --strategy mirrored --out result.json --out-dir gan/ [--epochs 3] ...
+    python tests/io/gan_distributed.py --strategy mirrored --out result.json --out-dir gan/ [--epochs 3] ...
 
 Multi-worker: set TF_CONFIG per process. Writes (chief only) result.json: the history and the
 generator weights file; a non-chief writes nothing."""
@@ -12,20 +12,20 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: conftest
 
 SIZE, TRAIN, VAL, BATCH = 32, 6, 2, 4  # 6 images at batch 4: a full batch and a 2-row tail, split over 2 replicas
 
 
 def settings(epochs: int, alpha: float = 100.0):
-    from mrisynth.training.gan import GanSettings
+    from mrisynth.training.gan import paper_settings
 
     # dropout 0: replicas draw their own dropout masks, so only a dropout-free run can match one device step by step
-    return GanSettings(alpha=alpha, epochs=epochs, batch_size=BATCH, width=0.25, precision="float32", seed=3, checkpoint_every=1, dropout=0.0)
+    return paper_settings(alpha=alpha, epochs=epochs, batch_size=BATCH, width=0.25, precision="float32", seed=3, checkpoint_every=1, dropout=0.0)
 
 
 def data():
-    from test_gan_training import _tiny_split
+    from conftest import _tiny_split
 
     return _tiny_split(TRAIN, SIZE, 0), _tiny_split(VAL, SIZE, 10)
 
@@ -39,10 +39,10 @@ def probe(dist) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from mrisynth.training.gan import GanSettings, GanTrainer
+    from mrisynth.training.gan import GanTrainer, paper_settings
 
     train, _ = data()
-    trainer = GanTrainer(GanSettings(batch_size=BATCH, width=0.25, precision="mixed_float16", seed=1, dropout=0.3), SIZE, 4, 4, dist)
+    trainer = GanTrainer(paper_settings(batch_size=BATCH, width=0.25, precision="mixed_float16", seed=1, dropout=0.3), SIZE, 4, 4, dist)
     cond, real = (np.array(t) for t in next(iter(trainer.dataset(train, None))))
     cond[2:] *= 20.0
     real[2:] *= 20.0
@@ -52,7 +52,7 @@ def probe(dist) -> dict:
     out = {"scale_before": before, "scale_after": float(trainer.d_opt.dynamic_scale.numpy()),
            "finite": bool(all(np.isfinite(w).all() for w in trainer.discriminator.get_weights() + trainer.generator.get_weights()))}
     if dist.distributed:
-        from mrisynth.training.gan import _agree_finite
+        from mrisynth.training.sync import agree_finite as _agree_finite
 
         def one_replica_overflows():  # replica 1's gradient is inf, replica 0's finite
             replica = tf.distribute.get_replica_context().replica_id_in_sync_group

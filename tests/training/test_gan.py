@@ -1,33 +1,20 @@
 """GAN training: overfitting a tiny batch, checkpoint + resume, refusal on changed params, NaN stop,
 the train_gan stage's MLflow run and the registered pyfunc generator."""
+import dataclasses
 import json
 
 import mlflow
 import numpy as np
 import pytest
 
+from conftest import _tiny_split
 from mrisynth.errors import ConfigError
-from mrisynth.training.gan import GanSettings, GanTrainer, TrainingError, load_state
+from mrisynth.training.checkpoints import TrainingError, load_state
+from mrisynth.training.gan import GanTrainer, paper_settings
 from mrisynth.io import arrays
 from mrisynth.inference.served_model import InputError
 
-TINY = GanSettings(alpha=100.0, epochs=2, batch_size=2, width=0.25, precision="float32", seed=3, checkpoint_every=1)
-
-
-def _tiny_split(n=4, size=64, seed=0) -> arrays.SplitArrays:
-    from conftest import tiny_volumes
-    from mrisynth.core import encoding, slicing
-
-    images, labels = [], []
-    for i in range(n):
-        vols, seg, k = tiny_volumes(seed + i, shape=(48, 48, 12))
-        brain = np.any(np.stack(list(vols.values())) > 0, axis=0)
-        image = np.stack([slicing.normalise_volume(v, brain)[:, :, k] for v in vols.values()], -1)
-        images.append(slicing.fit(image, size, "pad", is_mask=False))
-        labels.append(slicing.fit(seg[:, :, k], size, "pad", is_mask=True))
-    images, labels = np.stack(images).astype(np.float32), np.stack(labels)
-    brain = images.any(-1)
-    return arrays.SplitArrays(images, labels, brain, encoding.conditioning(labels, brain), np.array([f"c{i}" for i in range(n)]))
+TINY = paper_settings(alpha=100.0, epochs=2, batch_size=2, width=0.25, precision="float32", seed=3, checkpoint_every=1)
 
 
 class Interrupt(Exception):
@@ -36,7 +23,7 @@ class Interrupt(Exception):
 
 def test_tiny_batch_overfits():
     train = _tiny_split(2)
-    trainer = GanTrainer(GanSettings(alpha=100.0, batch_size=2, width=0.25, precision="float32", seed=1), 64, 4, 4)
+    trainer = GanTrainer(paper_settings(alpha=100.0, batch_size=2, width=0.25, precision="float32", seed=1), 64, 4, 4)
     cond, real = next(iter(trainer.dataset(train, 0)))
     l1 = [float(trainer._train_step(cond, real)["g_l1"]) for _ in range(40)]
     assert np.isfinite(l1).all()
@@ -70,7 +57,7 @@ def test_checkpoint_resume_and_refusal(tmp_path):
     # interrupted again, then a resume with other parameters is refused unless restart
     with pytest.raises(Interrupt):
         GanTrainer(TINY, 64, 4, 4).fit(train, val, out, on_epoch=stop_after_first)
-    changed = GanSettings(**{**TINY.__dict__, "alpha": 5.0})
+    changed = dataclasses.replace(TINY, alpha=5.0)
     with pytest.raises(ConfigError, match=r"alpha: 100.0 -> 5.0.*restart"):
         GanTrainer(changed, 64, 4, 4).fit(train, val, out)
     fresh = GanTrainer(changed, 64, 4, 4).fit(train, val, out, restart=True)
@@ -80,7 +67,7 @@ def test_checkpoint_resume_and_refusal(tmp_path):
 def test_resume_state_is_written_every_n_epochs_and_best_survives(tmp_path):
     train, val = _tiny_split(4), _tiny_split(2, seed=10)
     out = tmp_path / "gan"
-    sparse = GanSettings(**{**TINY.__dict__, "epochs": 4, "checkpoint_every": 2})
+    sparse = dataclasses.replace(TINY, epochs=4, checkpoint_every=2)
     saved_at = []
 
     class Interrupt(Exception):
@@ -116,7 +103,7 @@ def test_best_generator_is_written_with_the_resume_state_and_on_an_exception(tmp
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        GanTrainer(GanSettings(**{**TINY.__dict__, "epochs": 6, "checkpoint_every": 2}), 64, 4, 4).fit(train, val, out, on_epoch=watch)
+        GanTrainer(dataclasses.replace(TINY, epochs=6, checkpoint_every=2), 64, 4, 4).fit(train, val, out, on_epoch=watch)
     assert seen[0] is None and seen[1] is not None and seen[1] <= 2 and seen[2] == seen[1]  # on disk at epoch 2 only
     assert json.loads((out / "best.json").read_text())["epoch"] == best_epoch[0]  # flushed by the exception
     assert (out / "best_generator.keras").is_file()
@@ -124,7 +111,7 @@ def test_best_generator_is_written_with_the_resume_state_and_on_an_exception(tmp
 
 def test_nan_loss_stops_and_keeps_best(tmp_path):
     train, val = _tiny_split(4), _tiny_split(2, seed=10)
-    trainer = GanTrainer(GanSettings(**{**TINY.__dict__, "epochs": 3, "checkpoint_every": 10}), 64, 4, 4)  # no checkpoint before the NaN
+    trainer = GanTrainer(dataclasses.replace(TINY, epochs=3, checkpoint_every=10), 64, 4, 4)  # no checkpoint before the NaN
     real_step = trainer._train_step
     calls = {"n": 0}
 
@@ -192,7 +179,7 @@ def test_registered_generator_predicts_images(trained):
 
 
 def test_registered_generator_loads_where_mrisynth_cannot_be_imported(trained):
-    """The served artifact needs TensorFlow, Keras and MLflow only (issue 10: servable from a clean environment)."""
+    """The served artifact needs TensorFlow, Keras and MLflow only (servable from a clean environment)."""
     import os
     import subprocess
     import sys

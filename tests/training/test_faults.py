@@ -12,11 +12,11 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO
-from mrisynth.training.gan import RESUME_DIR, GanSettings, GanTrainer, latest_resume, load_state
-from test_gan_training import _tiny_split
+from conftest import REPO, _tiny_split
+from mrisynth.training.checkpoints import RESUME_DIR, latest_resume, load_state
+from mrisynth.training.gan import GanTrainer, paper_settings
 
-SETTINGS = GanSettings(alpha=100.0, epochs=3, batch_size=2, width=0.25, precision="float32", seed=5, checkpoint_every=1)
+SETTINGS = paper_settings(alpha=100.0, epochs=3, batch_size=2, width=0.25, precision="float32", seed=5, checkpoint_every=1)
 
 
 class Interrupt(Exception):
@@ -81,7 +81,7 @@ def test_corrupted_newest_state_falls_back_to_the_older_one(splits, reference, t
 
 _CHILD = textwrap.dedent("""
     import sys, numpy as np
-    sys.path.insert(0, {tests!r})
+    sys.path[:0] = [{here!r}, {tests!r}]
     from test_faults import SETTINGS, _tiny_split
     from mrisynth.training.gan import GanTrainer
     import mrisynth.training.gan as gan
@@ -110,7 +110,7 @@ _CHILD = textwrap.dedent("""
 
 
 def _child(out, mode):
-    return subprocess.Popen([sys.executable, "-c", _CHILD.format(tests=str(REPO / "tests")), str(out), mode],
+    return subprocess.Popen([sys.executable, "-c", _CHILD.format(here=str(REPO / "tests" / "training"), tests=str(REPO / "tests")), str(out), mode],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -1,16 +1,13 @@
-"""The `mrisynth` CLI end to end (as a user runs it), preprocess, and the versioned default data."""
+"""The `mrisynth` CLI end to end (as a user runs it) and the versioned default data."""
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
 from conftest import REPO
-from mrisynth.io import arrays
-from mrisynth.stages import preprocess
 
 CLI = [sys.executable, "-m", "mrisynth.cli"]
 
@@ -31,30 +28,6 @@ def test_phantom_import_validate_end_to_end(tmp_path):
     # a second import into the same folder is refused, with one readable line and no traceback
     r = _run("data", "import", raw, "--out", out, "--train", 1, "--val", 1, "--test", 1, "--size", 64, "--workers", 1)
     assert r.returncode == 2 and "already holds data" in r.stderr and "Traceback" not in r.stderr
-
-
-def _write_params(tmp_path: Path, data_dir: Path, size: int) -> Path:
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"preprocess": {"data_dir": str(data_dir), "out_dir": str(tmp_path / "pre"), "image_size": size}}))
-    return params
-
-
-def test_preprocess_writes_arrays_and_stops_on_bad_data(tiny_brats, tmp_path, monkeypatch):
-    from mrisynth.data.ingest import ImportOptions, import_brats
-
-    data = tmp_path / "data"
-    import_brats(tiny_brats, data, {"train": 4, "val": 2, "test": 2}, 1, ImportOptions(size=64))
-    monkeypatch.chdir(tmp_path)
-    assert preprocess.run(str(_write_params(tmp_path, data, 32))) == 0
-    train = arrays.load_split(tmp_path / "pre", "train")
-    assert train.images.shape == (4, 32, 32, 4) and train.conditioning.shape == (4, 32, 32, 4)
-    assert set(np.unique(train.labels)) <= {0, 1, 2, 4}
-    assert (tmp_path / "reports" / "preprocess.json").is_file()
-
-    shutil.rmtree(tmp_path / "pre")
-    (data / "val" / "masks").joinpath(sorted((data / "val" / "masks").iterdir())[0].name).unlink()
-    assert preprocess.run(str(_write_params(tmp_path, data, 32))) == 1
-    assert not (tmp_path / "pre").exists()
 
 
 @pytest.mark.slow

@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, tf_configs, write_tiny_case
+from conftest import REPO, TINY_PARAMS, _tracked_files, tf_configs, write_tiny_case
 from mrisynth.data.ingest import ImportOptions, import_brats
-from test_pipeline_e2e import TINY_PARAMS, _tracked_files
 
 PG_BIN = Path(os.environ.get("MRISYNTH_PG_BIN", "/usr/lib/postgresql/15/bin"))
 BIN = Path(sys.executable).parent
@@ -31,7 +30,7 @@ pytestmark = pytest.mark.skipif(not (PG_BIN / "postgres").exists(),
 
 
 def _copy_repo(dest: Path) -> Path:
-    """The repository's tracked files (as test_pipeline_e2e copies them), without data.dvc and dvc.lock."""
+    """The repository's tracked files (as pipeline/test_dvc_repro.py copies them), without data.dvc and dvc.lock."""
     for name in _tracked_files():
         if (REPO / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +74,7 @@ def _digests(root: Path, parts: tuple[str, ...]) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_team_stack_end_to_end(tmp_path, monkeypatch):
-    from mrisynth.ops import team
+    from mrisynth.ops import processes, team
 
     started = time.monotonic()
     # PostgreSQL runs as an unprivileged user when we are root: the team folder must be enterable by it,
@@ -187,7 +186,7 @@ def test_team_stack_end_to_end(tmp_path, monkeypatch):
         assert {registry, params["train_segmenter"]["registry_name"]} <= {m["name"] for m in models}
 
         # the UI shows the runs, checked in a headless browser where one is installed (apt-get install chromium): the
-        # rendered runs table names every stage run; MRISYNTH_TEAM_SCREENSHOT=path keeps a screenshot (the README's picture)
+        # rendered runs table names every stage run; MRISYNTH_TEAM_SCREENSHOT=path keeps a screenshot (docs/team-mlflow-ui.png)
         browser = shutil.which("chromium") or shutil.which("chromium-browser")
         if browser:
             page = f"{tracking}/#/experiments/{experiment['experiment_id']}/runs"
@@ -254,7 +253,7 @@ def test_team_stack_end_to_end(tmp_path, monkeypatch):
         t0 = time.monotonic()
         _run([BIN / "mrisynth", "team", "down"], tmp_path, base, timeout=120)
         down_s = time.monotonic() - t0
-        left = team.stack_processes(team_dir) + [p for g in groups for p in team._group_members(g)]
+        left = team.stack_processes(team_dir) + [p for g in groups for p in processes._group_members(g)]
     assert not list((team_dir / "pids").glob("*.pid"))
     assert left == [], [(p, Path(f"/proc/{p}/cmdline").read_bytes()[:200]) for p in left]
     print(f"\nteam stack timings: up {up_s:.1f} s, preprocess + 2 tune workers + tiny dvc repro {pipeline_s:.1f} s, "

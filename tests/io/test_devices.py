@@ -1,7 +1,7 @@
 """Precision `auto` and the device tags (mrisynth.io.devices): the rule, and this machine's answer."""
 import pytest
 
-from mrisynth.io import devices, tracking
+from mrisynth.io import devices, registry, tracking
 
 
 @pytest.mark.parametrize("requested, gpus, flags, expected", [
@@ -39,7 +39,7 @@ def test_this_machine_records_cpu_and_its_precision():
 
 
 def test_registered_requirements_name_the_installed_tensorflow():
-    assert tracking.tensorflow_distribution() in ("tensorflow-cpu", "tensorflow")
+    assert registry.tensorflow_distribution() in ("tensorflow-cpu", "tensorflow")
 
 
 def test_gan_under_mixed_float16_scales_its_losses():
@@ -48,11 +48,11 @@ def test_gan_under_mixed_float16_scales_its_losses():
     import keras
     import numpy as np
 
-    from mrisynth.training.gan import GanSettings, GanTrainer
+    from mrisynth.training.gan import GanTrainer, paper_settings
 
     before = keras.mixed_precision.global_policy().name
     try:
-        trainer = GanTrainer(GanSettings(batch_size=2, width=0.125, precision="mixed_float16"), 32, 4, 2)
+        trainer = GanTrainer(paper_settings(batch_size=2, width=0.125, precision="mixed_float16"), 32, 4, 2)
         assert isinstance(trainer.g_opt, keras.optimizers.LossScaleOptimizer)
         assert isinstance(trainer.d_opt, keras.optimizers.LossScaleOptimizer)
         rng = np.random.default_rng(0)
@@ -63,7 +63,7 @@ def test_gan_under_mixed_float16_scales_its_losses():
         assert all(np.isfinite(v) for v in losses.values()), losses
         moved = [not np.array_equal(w, v.numpy()) for w, v in zip(weights, trainer.generator.trainable_variables[:2])]
         assert any(moved)  # the scaled gradients were unscaled and applied
-        plain = GanTrainer(GanSettings(batch_size=2, width=0.125, precision="float32"), 32, 4, 2)
+        plain = GanTrainer(paper_settings(batch_size=2, width=0.125, precision="float32"), 32, 4, 2)
         assert not isinstance(plain.g_opt, keras.optimizers.LossScaleOptimizer)
     finally:
         keras.mixed_precision.set_global_policy(before)

@@ -1,0 +1,123 @@
+"""The served champion (`mrisynth serve`): answers, input checks with short messages, oversized requests
+refused at once while the server stays up."""
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, payload) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def _start_server(trained, *extra) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mrisynth.cli", "serve", "--model", "models:/promo-generator@champion",
+                               "--port", str(port), *map(str, extra)], cwd=trained, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                return server, f"http://127.0.0.1:{port}"
+        except OSError:
+            if server.poll() is not None:
+                pytest.fail(server.stdout.read())
+            time.sleep(1)
+    server.kill()
+    pytest.fail("server did not start")
+
+
+def _rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def test_served_champion_answers_and_rejects(champion, trained):
+    from mrisynth.io import arrays
+
+    server, base = _start_server(trained, "--max-batch", 4)
+    try:
+        val = arrays.load_split(trained / "work" / "preprocessed", "val")
+        url = f"{base}/invocations"
+        status, body = _post(url, {"inputs": val.conditioning[:1].tolist()})
+        assert status == 200, body
+        images = np.asarray(body["predictions"])
+        assert images.shape == (1, 64, 64, 4) and 0 <= images.min() and images.max() <= 1
+        assert np.all(images[0][val.conditioning[0, ..., 3] == 0] == 0)  # nothing outside the brain
+        status, body = _post(url, {"inputs": val.conditioning[0].tolist()})  # one (S, S, 4) image: one image, not S
+        assert status == 200 and np.asarray(body["predictions"]).shape == (1, 64, 64, 4), body
+
+        bad_values = val.conditioning[:1].copy()
+        bad_values[0, 0, 0, 0] = 0.5
+        for payload, expected in (
+            ({"inputs": bad_values.tolist()}, "expected only 0 and 1"),
+            ({"inputs": np.zeros((1, 32, 32, 4)).tolist()}, "shape"),
+            ({"inputs": [["a", "b"]]}, "expected numbers"),
+            ({"wrong": 1}, "key 'inputs'"),
+        ):
+            status, body = _post(url, payload)
+            assert status == 400, (status, body)
+            assert expected in body.get("message", "") and len(body["message"]) < 300  # short, no input dump
+            assert "Traceback" not in json.dumps(body)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_oversized_requests_are_refused_at_once_and_the_server_stays_up(champion, trained):
+    from mrisynth.io import arrays
+
+    server, base = _start_server(trained, "--max-batch", 2)
+    try:
+        url = f"{base}/invocations"
+        val = arrays.load_split(trained / "work" / "preprocessed", "val")
+        one = {"inputs": val.conditioning[:1].tolist()}
+        assert _post(url, one)[0] == 200
+        before = _rss_mb(server.pid)
+        # a 25 MB body is over the byte limit: 413 before the body is read, with or without Expect: 100-continue
+        port = int(base.rsplit(":", 1)[1])
+        for expect in ("Expect: 100-continue\r\n", ""):
+            started = time.time()
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+                conn.sendall((f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                              f"Content-Length: 25000000\r\n{expect}\r\n").encode())  # headers only: the body never comes
+                chunks = []
+                while chunk := conn.recv(65536):  # the server closes the connection after its answer
+                    chunks.append(chunk)
+                reply = b"".join(chunks).decode()
+            assert reply.startswith("HTTP/1.1 413") and "exceeds the limit" in reply, reply
+            assert time.time() - started < 10
+        # the client sends the whole 25 MB anyway: the server never reads it, its memory does not grow
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            try:
+                conn.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 25000000\r\n\r\n" + b"[" * 25_000_000)
+            except OSError:  # the server answered 413 and closed: the rest of the body is refused
+                pass
+        assert _rss_mb(server.pid) - before < 20
+        # three images fit the byte limit but not the batch limit
+        status, body = _post(url, {"inputs": np.zeros((3, 64, 64, 4)).tolist()})
+        assert status == 413 and "limit is 2" in body["message"]
+        assert _rss_mb(server.pid) - before < 50  # the refused work never happened
+        assert _post(url, one)[0] == 200  # and the next normal request is served
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
