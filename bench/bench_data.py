@@ -1,7 +1,7 @@
 """Benchmark of the data path (not a test): phantom seconds per full-size case (version 2, the default,
 next to version 1), and a 65-case import.
 
-Budgets (issues 2, 9): phantom <= 3 s per 240x240x155 case on one core; importing 65 cases <= 120 s.
+Budgets: phantom <= 3 s per 240x240x155 case on one core; importing 65 cases <= 120 s.
 Usage: python bench/bench_data.py [--cases 65] [--workers 2]"""
 from __future__ import annotations
 
