@@ -162,8 +162,36 @@ def test_output_folder_with_data_needs_force(tiny_brats, tmp_path):
     with pytest.raises(DataError, match="already holds data.*--force"):
         _import(tiny_brats, out)
     assert (out / "keep.txt").read_text() == "precious"
-    _import(tiny_brats, out, force=True)
-    assert not (out / "keep.txt").exists() and (out / "manifest.csv").exists()
+    with pytest.raises(DataError, match="replaces only a dataset this tool imported.*nothing was deleted"):
+        _import(tiny_brats, out, force=True)  # a folder of the user's: never deleted, even with --force
+    assert (out / "keep.txt").read_text() == "precious"
+    (out / "keep.txt").unlink()
+    _import(tiny_brats, out)
+    first = (out / "manifest.csv").read_text()
+    _import(tiny_brats, out, force=True)  # an earlier import is replaced
+    assert (out / "manifest.csv").read_text() == first
+
+
+def test_manifest_paths_and_case_ids_must_stay_inside_the_dataset(tiny_brats, tmp_path):
+    from mrisynth.data.export import export
+    from mrisynth.io import gx
+    from mrisynth.io.manifest import read_manifest
+
+    data = tmp_path / "data"
+    _import(tiny_brats, data)
+    manifest = pd.read_csv(data / "manifest.csv")
+    outside = tmp_path / "outside.tif"
+    outside.write_bytes((data / manifest.loc[1, "image"]).read_bytes())
+    manifest.loc[0, "case_id"] = "../../../escaped_case"
+    manifest.loc[1, "image"] = str(outside)  # an absolute path outside data/
+    manifest.to_csv(data / "manifest.csv", index=False)
+    with pytest.raises(DataError, match="2 unsafe entries refused.*not a plain name.*leaves the dataset folder"):
+        read_manifest(data)
+    with pytest.raises(DataError, match="unsafe entr"):
+        export(data, tmp_path / "export", "nifti")
+    assert not (tmp_path / "escaped_case").exists() and not (tmp_path / "export").exists()
+    report = gx.validate_dataset(data)  # Great Expectations names the rows too
+    assert not report.success and any("paths_inside" in f for f in report.failures)
 
 
 def test_parallel_import_matches_serial(tiny_brats, tmp_path):

@@ -190,8 +190,12 @@ def _remove_stale_tmp(out: Path) -> None:
 def _check_output(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is a file, not a folder; choose a folder path (--force only replaces a dataset folder)")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise DataError(f"{out}: output folder already holds data; choose an empty folder or pass --force to replace it")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise DataError(f"{out}: output folder already holds data; choose an empty folder or pass --force to replace it")
+        if not ((out / "manifest.csv").is_file() and (out / "dataset.json").is_file()):
+            raise DataError(f"{out}: --force replaces only a dataset this tool imported (manifest.csv and dataset.json); this folder "
+                            "holds other files, so nothing was deleted: choose another --out or empty it yourself")
 
 
 def import_brats(

@@ -173,7 +173,7 @@ def _epoch_logger(run, p, size: int, n_train: int, val, label: str, checkpoint_s
 
 def train_draw(p, pre, settings, dist, train, val, draw: int, restart: bool, alpha: float, alpha_source: str) -> dict:
     """Train (or resume) generator draw `draw` (0 = the registered one) with its own MLflow run; returns its summary."""
-    from mrisynth.training.checkpoints import load_state
+    from mrisynth.training.checkpoints import load_state, save_state
     from mrisynth.training.gan import GanTrainer
 
     channels = train.images.shape[-1]
@@ -186,8 +186,8 @@ def train_draw(p, pre, settings, dist, train, val, draw: int, restart: bool, alp
             print(f"train_gan: {label}already trained with these parameters ({model_path}); kept")
             return {"draw": draw + 1, "seed": settings.seed, "model_path": str(model_path), "best_epoch": finished.best_epoch + 1,
                     "run_id": finished.run_id, **{k: finished.history[finished.best_epoch].get(k) for k in ("val_mae", "val_ssim")}}
-    state = trainer.prepare(train, val, out_dir, restart=restart)
-    resuming = state.epoch > 0
+    state = trainer.prepare(train, val, out_dir, restart=restart, keep_finished=True)
+    resuming, finishing = state.epoch > 0, state.completed  # finishing: trained, stopped before registration
 
     tracking.configure(p.experiment)
     tags = tracking.run_tags("train_gan", p.precision) | (dist.tags() if dist.distributed else {}) | {"draw": str(draw + 1)}
@@ -202,7 +202,8 @@ def train_draw(p, pre, settings, dist, train, val, draw: int, restart: bool, alp
         checkpoint_seconds: list[float] = []
         on_epoch = _epoch_logger(run, p, pre.image_size, len(train), val, label, checkpoint_seconds)
         try:
-            state = trainer.fit(train, val, out_dir, on_epoch=on_epoch, state=state)
+            if not finishing:
+                state = trainer.fit(train, val, out_dir, on_epoch=on_epoch, state=state)
         except MrisynthError:
             run.set_tags({"failure": "training stopped; see stage output"})
             raise
@@ -239,6 +240,8 @@ def train_draw(p, pre, settings, dist, train, val, draw: int, restart: bool, alp
                                 "generator": p.generator, "synthesis": p.synthesis, "select": p.select},
                                val.conditioning[:1], in_channels=settings.in_channels(channels))
             summary["model_version"] = int(version)
+        state.finalised = True  # a rerun now trains afresh (as DVC asks), instead of finishing this run again
+        save_state(out_dir, state)
     return summary
 
 

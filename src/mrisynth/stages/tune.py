@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mrisynth.config import as_flat_dict, load_params
+from mrisynth.config import as_flat_dict, load_params, mask_url
 from mrisynth.core import arms
 from mrisynth.stages import stage_main
 from mrisynth.errors import ConfigError, MrisynthError, ServiceError
@@ -97,7 +97,8 @@ def storage(url: str, heartbeat_s: int = 0):
             raise ServiceError(f"tune storage {url.split('://')[0]}://...@{url.split('@')[-1]} did not answer within 3 x {connect['connect_timeout']} s "
                                f"({(str(exc.orig or exc).strip().splitlines() or [type(exc).__name__])[0]}); start it (`make team-up`) or set "
                                "tune.storage / MRISYNTH_TUNE_STORAGE to sqlite:///optuna.db") from exc
-    raise ConfigError(f"tune.storage={url!r}: expected sqlite:///file.db, postgresql+psycopg2://user:pw@host/db or journal:<file>")
+    raise ConfigError(f"tune.storage={mask_url(url)!r}: expected sqlite:///file.db, postgresql+psycopg2://user@host/db "
+                      "(password in PGPASSWORD or ~/.pgpass) or journal:<file>")
 
 
 def study_scope(params, train, val) -> str:

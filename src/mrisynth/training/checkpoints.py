@@ -47,6 +47,7 @@ class TrainState:
     run_id: str | None = None
     history: list[dict] = field(default_factory=list)
     resume_from: str | None = None  # the verified resume folder this state was loaded from
+    finalised: bool = False  # the stage's work after training is done (model copied and registered, run ended)
 
 
 RESUME_DIR = "resume"
@@ -108,13 +109,20 @@ def write_resume(out_dir: Path, state: TrainState, generator: keras.Model, discr
     root = Path(out_dir) / RESUME_DIR
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-epoch-{state.epoch:04d}-", dir=root))
-    generator.save_weights(tmp / "generator.weights.h5")
-    discriminator.save_weights(tmp / "discriminator.weights.h5")
-    arrays = {f"{prefix}{i}": np.asarray(v) for prefix, values in variables.items() for i, v in enumerate(values)}
-    np.savez(tmp / "variables.npz", **arrays)
-    (tmp / "state.json").write_text(json.dumps({**state.__dict__, "resume_from": None}, indent=2, default=float))
-    files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
-    (tmp / MANIFEST).write_text(json.dumps({"epoch": state.epoch, "files": files}, indent=2))
+    try:
+        generator.save_weights(tmp / "generator.weights.h5")
+        discriminator.save_weights(tmp / "discriminator.weights.h5")
+        arrays = {f"{prefix}{i}": np.asarray(v) for prefix, values in variables.items() for i, v in enumerate(values)}
+        np.savez(tmp / "variables.npz", **arrays)
+        (tmp / "state.json").write_text(json.dumps({**state.__dict__, "resume_from": None}, indent=2, default=float))
+        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        (tmp / MANIFEST).write_text(json.dumps({"epoch": state.epoch, "files": files}, indent=2))
+    except OSError as exc:  # a full disk, a quota: one line, no half-written state left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = latest_resume(out_dir)
+        raise TrainingError(f"{root}: cannot write the resume state of epoch {state.epoch} ({exc.strerror or exc}); "
+                            f"{_free_mib(root)} MiB free there. " + (f"The state of epoch {kept[1].epoch} is kept; " if kept else "")
+                            + "free some space and rerun to resume") from None
     final = root / f"epoch-{state.epoch:04d}"
     if final.exists():
         shutil.rmtree(final)
@@ -125,6 +133,13 @@ def write_resume(out_dir: Path, state: TrainState, generator: keras.Model, discr
     for leftover in root.glob(".tmp-epoch-*"):  # cut-short writes of earlier processes
         shutil.rmtree(leftover, ignore_errors=True)
     return final
+
+
+def _free_mib(path: Path) -> int:
+    try:
+        return int(shutil.disk_usage(path).free / 2**20)
+    except OSError:
+        return -1
 
 
 def read_resume(out_dir: Path, folder: Path | None, generator: keras.Model, discriminator: keras.Model,
@@ -202,13 +217,20 @@ def load_state(out_dir: Path) -> TrainState | None:
         return None
 
 
-def prepare_state(out_dir: Path, fingerprint: dict, restart: bool) -> TrainState:
+def prepare_state(out_dir: Path, fingerprint: dict, restart: bool, finish_epochs: int | None = None) -> TrainState:
     """Resume an interrupted run with the same parameters; refuse one with other parameters unless restart.
-    A missing or unreadable top-level state.json falls back to the newest verified resume state."""
+    A missing or unreadable top-level state.json falls back to the newest verified resume state.
+    finish_epochs: a run that completed these epochs with the same parameters but was not finalised (a stop
+    between training and registration) is returned as it is, to be finalised without retraining."""
     previous = load_state(out_dir)
     if previous is None and not restart:
         found = latest_resume(out_dir)
         previous = found[1] if found is not None else None
+    if (finish_epochs is not None and previous is not None and not restart and previous.completed and not previous.finalised
+            and previous.epoch == finish_epochs and previous.fingerprint == fingerprint and (out_dir / "best_generator.keras").is_file()):
+        print(f"{out_dir}: training finished (epoch {previous.epoch}) but the run was never finalised; finishing it without retraining",
+              file=sys.stderr)
+        return previous
     if previous is not None and not restart and not previous.completed:
         if previous.fingerprint != fingerprint:
             changed = sorted(k for k in set(fingerprint) | set(previous.fingerprint) if fingerprint.get(k) != previous.fingerprint.get(k))

@@ -277,12 +277,14 @@ class GanTrainer:
         values = fingerprint(self.settings, arrays_key(train, val))
         return values | self.dist.tags() if self.dist.distributed else values
 
-    def prepare(self, train: SplitArrays, val: SplitArrays, out_dir: Path, restart: bool = False) -> TrainState:
-        """The state to start from: a resumable interrupted run (same parameters and data) or a fresh one.
+    def prepare(self, train: SplitArrays, val: SplitArrays, out_dir: Path, restart: bool = False,
+                keep_finished: bool = False) -> TrainState:
+        """The state to start from: a resumable interrupted run (same parameters and data) or a fresh one;
+        keep_finished: also a run that finished training but was not finalised (`TrainState.finalised`).
         Non-chief workers touch no files: they start fresh and take the chief's state in `fit`."""
         if not self.is_chief:
             return TrainState(fingerprint=self.fingerprint(train, val))
-        return prepare_state(Path(out_dir), self.fingerprint(train, val), restart)
+        return prepare_state(Path(out_dir), self.fingerprint(train, val), restart, self.settings.epochs if keep_finished else None)
 
     def fit(
         self,
@@ -356,9 +358,10 @@ class GanTrainer:
             values = {k: float(v) for k, v in result.items()}
             bad = [k for k, v in values.items() if not math.isfinite(v)]
             if bad:  # state.json stays as the last resume checkpoint wrote it (its epoch matches those weights)
+                kept = (f"the generator of epoch {state.best_epoch + 1} is kept in {out_dir / 'best_generator.keras'}"
+                        if state.best_epoch >= 0 else "no epoch finished, so no generator was written")
                 raise TrainingError(
-                    f"epoch {epoch + 1}, step {step + 1}: {', '.join(bad)} is {values[bad[0]]}; training stopped. "
-                    f"The best checkpoint (epoch {state.best_epoch + 1}) is kept in {out_dir / 'best_generator.keras'}; "
+                    f"epoch {epoch + 1}, step {step + 1}: {', '.join(bad)} is {values[bad[0]]}; training stopped ({kept}); "
                     "lower the learning rate or alpha, or use precision float32, and rerun with --restart"
                 )
             for k, v in values.items():
