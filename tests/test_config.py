@@ -137,6 +137,14 @@ def test_storage_passwords_are_refused_in_params_and_masked_everywhere(tmp_path)
     assert mask_url("postgresql+psycopg2://a:p@w0rd@h/db") == "postgresql+psycopg2://a:***@h/db"
     assert mask_url("sqlite:///optuna.db") == "sqlite:///optuna.db"
     assert as_flat_dict(TuneParams(storage="postgresql://u:secret@h/db"))["storage"] == "postgresql://u:***@h/db"
+    for url, masked in (("postgresql+psycopg2://u:p/w@h/db", "postgresql+psycopg2://u:***@h/db"),  # '/' unencoded
+                        ("postgresql://u@h/db?sslmode=require&password=s3", "postgresql://u@h/db?sslmode=require&password=***"),
+                        ("postgresql://u:p@h:5432/db?sslmode=require", "postgresql://u:***@h:5432/db?sslmode=require")):
+        assert mask_url(url) == masked
+        with pytest.raises(ConfigError, match="holds a password"):
+            load_params(_write(tmp_path, {"tune": {"storage": url}}))
+    for clean in ("postgresql+psycopg2://user@host/db", "sqlite:///optuna.db", "journal:optuna.log"):
+        assert mask_url(clean) == clean
 
 
 def test_an_unknown_storage_scheme_error_masks_the_password():
@@ -145,3 +153,11 @@ def test_an_unknown_storage_scheme_error_masks_the_password():
     with pytest.raises(ConfigError) as err:
         tune.storage("redis://bob:topsecret@db/0")
     assert "topsecret" not in str(err.value) and "bob:***@db" in str(err.value)
+
+
+def test_an_empty_section_counts_as_missing(tmp_path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train_gan"] = {}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match="section\\(s\\) train_gan missing or empty"):
+        load_params(tmp_path / "params.yaml")

@@ -117,8 +117,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     if args.max_batch < 1:
         raise MrisynthError(f"--max-batch {args.max_batch}: expected at least 1")
-    if args.body_timeout <= 0:
-        raise MrisynthError(f"--body-timeout {args.body_timeout}: expected seconds > 0")
+    if not 0 < args.body_timeout < float("inf"):  # also refuses nan
+        raise MrisynthError(f"--body-timeout {args.body_timeout}: expected a finite number of seconds > 0")
     serve(args.model, args.host, args.port, args.max_batch, args.max_bytes, args.body_timeout)
     return 0
 

@@ -438,13 +438,16 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         hints_text = [f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, known, n=1)) else k for k in unknown]
         raise ConfigError(f"{path}: unknown section(s) {', '.join(hints_text)}; expected some of {sorted(known)}")
     sections = {k: section_from_dict(hints[k], raw.get(k), f"{path}:{k}") for k in known}
-    missing = [k for k in known if not isinstance(raw.get(k), dict)]
+    missing = [k for k in known if not isinstance(raw.get(k), dict) or not raw[k]]
     if missing:
         raise ConfigError(f"{path}: section(s) {', '.join(missing)} missing or empty; write every section out (DVC tracks parameters "
                           "by key, so defaults hidden in the code are invisible to `dvc params diff`): copy them from the "
                           "shipped params.yaml (`git show HEAD:params.yaml`)")
     params = Params(**sections)
-    params.check()
+    try:
+        params.check()
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     return params
 
 
@@ -459,15 +462,25 @@ def as_flat_dict(section) -> dict[str, object]:
     return {k: mask_url(v) if isinstance(v, str) else v for k, v in flat.items()}
 
 
-_URL_PASSWORD = re.compile(r"^(?P<head>[a-zA-Z][\w+.-]*://[^/:@]*:)(?P<password>[^/]*)(?P<tail>@[^@/]*(?:/.*)?)$")
+_URL_PASSWORD = re.compile(r"^(?P<head>[a-zA-Z][\w+.-]*://[^/:@]*:)(?P<password>.*)(?P<tail>@[^@]*)$")
+_QUERY_PASSWORD = re.compile(r"(?i)([?&](?:password|passwd|pwd)=)[^&]*")
 
 
 def url_password(url: str) -> str | None:
-    """The password of a scheme://user:password@host URL, None when it has none."""
-    match = _URL_PASSWORD.match(url) if isinstance(url, str) else None
+    """The password of a scheme://user:password@host URL, or of a ?password= query, None when it has none
+    (parsed as SQLAlchemy does for database URLs, so an unencoded '/' in a password is found too)."""
+    if not isinstance(url, str) or "://" not in url:
+        return None
+    query = _QUERY_PASSWORD.search(url)
+    if query:
+        return url[query.end(1):query.end()] or None
+    match = _URL_PASSWORD.match(url)
     return match["password"] if match and match["password"] else None
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password (if any) replaced by ***, for logs, params, tags and errors."""
-    return _URL_PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", url) if url_password(url) else url
+    """The URL with any password (user:password@ or ?password=) replaced by ***, for logs, params, tags, errors."""
+    if not url_password(url):
+        return url
+    url = _QUERY_PASSWORD.sub(lambda m: f"{m[1]}***", url)
+    return _URL_PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}" if m["password"] else m[0], url)

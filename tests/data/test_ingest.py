@@ -215,3 +215,28 @@ def test_force_onto_a_file_is_one_line_and_killed_import_leftovers_are_cleaned(t
     import_brats(tiny_brats, target, {"train": 2}, 1, ImportOptions(size=64))
     assert not dead.exists() and live.exists()
     assert (target / "manifest.csv").is_file() and (target / "card.json").is_file()
+
+
+def test_split_and_modalities_cannot_name_paths_and_symlinked_files_are_the_datasets_own(tiny_brats, tmp_path):
+    from mrisynth.io.manifest import is_inside, read_manifest
+
+    data = tmp_path / "data"
+    _import(tiny_brats, data)
+    original = pd.read_csv(data / "manifest.csv")
+    for column, value in (("split", "../../esc"), ("modalities", "flair,t1,t1ce,../../../esc2/x")):
+        bad = original.copy()
+        bad[column] = bad[column].astype(object)
+        bad.loc[0, column] = value
+        bad.to_csv(data / "manifest.csv", index=False)
+        with pytest.raises(DataError, match="unsafe entr"):
+            read_manifest(data)
+    original.to_csv(data / "manifest.csv", index=False)
+    # a file that is a symlink (DVC's symlink cache) into a store outside the folder is the dataset's own
+    store = tmp_path / "cache"
+    store.mkdir()
+    image = data / original.loc[0, "image"]
+    (store / "blob").write_bytes(image.read_bytes())
+    image.unlink()
+    image.symlink_to(store / "blob")
+    assert is_inside(data, original.loc[0, "image"]) and len(read_manifest(data)) == len(original)
+    assert not is_inside(data, "train/../../x.tif") and not is_inside(data, "/etc/passwd") and is_inside(data, "train/./a.tif")

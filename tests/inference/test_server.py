@@ -162,3 +162,15 @@ def test_slow_senders_cannot_stall_the_server_and_bad_json_is_400(champion, trai
         server.terminate()
         output = server.communicate(timeout=30)[0]
     assert "Traceback" not in output and "RecursionError" not in output
+
+
+def test_request_bodies_share_a_memory_budget():
+    from types import SimpleNamespace
+
+    from mrisynth.inference.server import BODY_BUDGET, Service
+
+    service = Service(SimpleNamespace(size=64, in_channels=4), max_batch=2, max_bytes=1000)
+    assert all(service.reserve(1000) for _ in range(BODY_BUDGET))
+    assert not service.reserve(1)  # a further body would overflow: 503 at once
+    service.release(1000)
+    assert service.reserve(1000) and not service.reserve(1)

@@ -294,3 +294,11 @@ def test_an_unreadable_team_state_stops_instead_of_inventing_new_passwords(tmp_p
     paths.state.write_text('{"pg_password": "ol')  # cut short
     with pytest.raises(TeamError, match="state.json is unreadable.*restore it"):
         team.load_state(paths)
+
+
+def test_team_down_works_with_an_unreadable_state(tmp_path, monkeypatch):
+    from mrisynth.ops import team
+
+    monkeypatch.setenv("MRISYNTH_TEAM_DIR", str(tmp_path))
+    (tmp_path / "state.json").write_text("{not json")
+    assert team.down(quiet=True) == []  # nothing ran; stopping needs no credentials

@@ -243,3 +243,48 @@ def test_bad_data_stops_the_stage(trained, capsys):
         assert "labels_ok" in capsys.readouterr().err
     finally:
         mask_path.write_bytes(original)
+
+
+def test_only_an_unfinalised_run_of_the_same_code_is_finished_without_retraining(tmp_path):
+    from mrisynth.training.checkpoints import TrainState, prepare_state, save_state
+
+    out = tmp_path / "gan"
+    out.mkdir()
+    (out / "best_generator.keras").write_bytes(b"kept")
+    finished = TrainState(epoch=2, completed=True, fingerprint={"a": 1}, code="c1", run_id="r")
+    save_state(out, finished)
+    assert prepare_state(out, {"a": 1}, False, finish_epochs=2, code="c1").run_id == "r"  # finished as it is
+    assert (out / "best_generator.keras").is_file()
+    for epochs, code in ((3, "c1"), (2, "c2"), (2, None)):  # other epochs, other code, or no finishing asked
+        save_state(out, finished)
+        (out / "best_generator.keras").write_bytes(b"kept")
+        fresh = prepare_state(out, {"a": 1}, False, finish_epochs=epochs if code else None, code=code)
+        assert fresh.epoch == 0 and not (out / "best_generator.keras").exists()
+    # a state.json written before `finalised` existed was finalised by its stage: never finished again
+    save_state(out, finished)
+    legacy = {k: v for k, v in json.loads((out / "state.json").read_text()).items() if k not in ("finalised", "code")}
+    (out / "state.json").write_text(json.dumps(legacy))
+    (out / "best_generator.keras").write_bytes(b"kept")
+    assert prepare_state(out, {"a": 1}, False, finish_epochs=2, code=None).epoch == 0
+
+
+def test_a_failed_write_of_the_kept_generator_leaves_the_previous_one(tmp_path, monkeypatch):
+    import errno
+
+    import keras
+
+    from mrisynth.training.checkpoints import BestGenerator
+
+    build = lambda: keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])  # noqa: E731
+    best = BestGenerator(build)
+    model = build()
+    best.keep(0, 1.0, model.get_weights())
+    best.flush(tmp_path)
+    before = (tmp_path / "best_generator.keras").read_bytes()
+    best.keep(1, 0.5, [w + 1 for w in model.get_weights()])
+    monkeypatch.setattr(keras.Model, "save", lambda self, path, *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(TrainingError) as err:
+        best.flush(tmp_path)
+    assert "cannot write the generator of epoch 2 (No space left on device)" in str(err.value) and "\n" not in str(err.value)
+    assert "kept before it is unchanged" in str(err.value)
+    assert (tmp_path / "best_generator.keras").read_bytes() == before and not list(tmp_path.glob(".best_generator*"))

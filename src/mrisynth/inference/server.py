@@ -7,7 +7,8 @@ Bounds (configurable): a request body over `max_bytes` is refused with 413 befor
 than `max_batch` images -> 413; a body without Content-Length -> 411. The body is read first, under one
 deadline for the whole body (`body_timeout_s`, 408 after it: a client that trickles bytes cannot hold
 the server), and only then does the request take one of `MAX_ACTIVE` slots to be parsed and predicted
-(one prediction runs at a time), so slow senders never delay the others. JSON must be numbers in
+(one prediction runs at a time), so slow senders never delay the others. Bodies being read or waiting
+hold at most `BODY_BUDGET` x max_bytes of memory together; past that a request gets 503 at once. JSON must be numbers in
 nested lists (strings, booleans, nulls and absurd nesting are 400, not converted). Errors are short
 JSON ({"error_code", "message"}) and never echo the input. The model is loaded with
 `served_model.Generator.load` (Keras flavor, safe_mode): no code from the artifact store runs."""
@@ -27,6 +28,7 @@ BYTES_PER_VALUE = 8  # generous JSON size of one conditioning value ("1.0, ")
 MAX_ACTIVE = 2       # requests being parsed/predicted at once (bodies are read before, under their own deadline)
 TIMEOUT_S = 60       # socket timeout while waiting for a request's headers
 BODY_TIMEOUT_S = 30.0  # the whole body of a request must arrive within this many seconds
+BODY_BUDGET = 4        # request bodies (of max_bytes) held in memory at once, read or waiting for a slot
 
 
 def default_max_bytes(size: int, max_batch: int, channels: int = 4) -> int:
@@ -99,11 +101,17 @@ class _Handler(BaseHTTPRequestHandler):
         if length > self.service.max_bytes:
             self._too_large(length)  # answered before the body is read; the connection is closed
             return
-        body = self._read_body(length)
-        if body is None:
+        if not self.service.reserve(length):
+            self._error(HTTPStatus.SERVICE_UNAVAILABLE, "the server holds as many request bodies as it may; retry shortly", close=True)
             return
-        with self.service.active:
-            self._invoke(body)
+        try:
+            body = self._read_body(length)
+            if body is None:
+                return
+            with self.service.active:
+                self._invoke(body)
+        finally:
+            self.service.release(length)
 
     def _read_body(self, length: int) -> bytes | None:
         """The request body, read under one deadline for the whole of it (a 408 after it); None when the
@@ -127,11 +135,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.REQUEST_TIMEOUT, f"the request body did not arrive within {deadline_s:g} s; send it at once",
                         close=True)
             return None
+        except OSError:  # the client reset the connection: nobody to answer
+            self.close_connection = True
+            return None
         finally:
             self.connection.settimeout(self.timeout)
         return b"".join(chunks)
 
     def _invoke(self, body: bytes) -> None:
+        if b"true" in body or b"false" in body or b"null" in body:  # no key holds these letters: a literal is not a number
+            self._error(HTTPStatus.BAD_REQUEST, "conditioning: expected numbers (no strings, booleans or nulls) in nested lists "
+                                                "of shape (N, S, S, 4)")
+            return
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly nested brackets
@@ -169,9 +184,22 @@ class Service:
         self.generator = generator
         self.max_batch = max_batch
         self.body_timeout_s = body_timeout_s
+        self._held, self._held_lock = 0, threading.Lock()
         self.max_bytes = max_bytes or default_max_bytes(generator.size, max_batch, generator.in_channels)
         self.lock = threading.Lock()
         self.active = threading.BoundedSemaphore(MAX_ACTIVE)
+
+    def reserve(self, length: int) -> bool:
+        """Take `length` bytes of the body budget (BODY_BUDGET x max_bytes); False when it would overflow."""
+        with self._held_lock:
+            if self._held + length > BODY_BUDGET * self.max_bytes:
+                return False
+            self._held += length
+            return True
+
+    def release(self, length: int) -> None:
+        with self._held_lock:
+            self._held -= length
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
         """The request handler class bound to this service."""

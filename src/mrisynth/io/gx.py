@@ -15,14 +15,15 @@ import pandas as pd
 from mrisynth import BRATS_LABELS
 from mrisynth.errors import DataError
 from mrisynth.io import tiff
-from mrisynth.io.manifest import is_inside, is_plain_name, read_manifest
+from mrisynth.io.manifest import SPLITS, is_inside, is_plain_name, read_manifest
 
 SUITE_DIR = Path(__file__).resolve().parents[3] / "expectations"
 
 
 def _metadata_row(directory: Path, row: pd.Series) -> dict:
     meta = {"case_id": str(row["case_id"]), "split": str(row["split"]), "image": row["image"], "mask": row["mask"]}
-    meta["paths_inside"] = is_plain_name(meta["case_id"]) and all(is_inside(directory, row[c]) for c in ("image", "mask"))
+    meta["paths_inside"] = (is_plain_name(meta["case_id"]) and all(is_inside(directory, row[c]) for c in ("image", "mask"))
+                            and meta["split"] in SPLITS)
     if not meta["paths_inside"]:  # never open a file outside the dataset folder
         return meta | {"has_mask": False, "readable": False}
     image_path, mask_path = directory / str(row["image"]), directory / str(row["mask"])

@@ -6,6 +6,7 @@ refused at read time (`read_manifest`, `inside`) and flagged by the `paths_insid
 Great Expectations suite."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -18,15 +19,17 @@ PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")  # a case id usa
 
 
 def is_plain_name(name) -> bool:
-    return isinstance(name, str) and bool(PLAIN_NAME.match(name)) and ".." not in name
+    return isinstance(name, str) and PLAIN_NAME.fullmatch(name) is not None and ".." not in name
 
 
 def is_inside(directory: Path, relative) -> bool:
-    """True when `relative` is a relative path that resolves (symlinks followed) inside `directory`."""
-    if not isinstance(relative, str) or not relative or Path(relative).is_absolute():
+    """True when `relative` is a relative path that stays inside `directory` as written (no absolute path, no
+    '..' climbing out). Checked on the text, not the resolved file: a file that is a symlink (DVC's symlink
+    cache) is the folder's own file."""
+    if not isinstance(relative, str) or not relative or "\x00" in relative or os.path.isabs(relative):
         return False
-    root = Path(directory).resolve()
-    return (root / relative).resolve().is_relative_to(root)
+    normal = os.path.normpath(relative)
+    return normal != ".." and not normal.startswith(".." + os.sep) and not os.path.isabs(normal)
 
 
 def inside(directory: Path, relative: str, where: str = "manifest") -> Path:
@@ -43,6 +46,10 @@ def unsafe_rows(directory: Path, manifest: pd.DataFrame) -> list[str]:
     for _, row in manifest.iterrows():
         if not is_plain_name(str(row["case_id"])):
             problems.append(f"case_id {row['case_id']!r} is not a plain name (letters, digits, . _ + -)")
+        if "split" in row and row["split"] not in SPLITS:
+            problems.append(f"{row['case_id']}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
+        if "modalities" in row and not all(is_plain_name(m) for m in str(row["modalities"]).split(",")):
+            problems.append(f"{row['case_id']}: modalities {row['modalities']!r} are not plain names")
         for column in ("image", "mask"):
             if column in row and not is_inside(directory, row[column]):
                 problems.append(f"{row['case_id']}: {column} {row[column]!r} leaves the dataset folder")

@@ -82,8 +82,14 @@ def _write_private_atomic(path: Path, text: str) -> None:
     """Write a credentials file (mode 0600 from the start) next to `path`, then rename it into place: a crash
     leaves the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _write_private(tmp, text)
-    os.replace(tmp, path)
+    try:
+        _write_private(tmp, text)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _plan(paths: Paths, state: dict) -> dict:
@@ -370,7 +376,11 @@ def down(quiet: bool = False) -> list[str]:
             stopped.append(component)
             if not quiet:
                 print(f"team: stopped {component} (pid {pid})")
-    grpc = [v for k, v in load_state(paths).get("ports", {}).items() if k.endswith("grpc")]
+    try:
+        ports = load_state(paths).get("ports", {})
+    except TeamError:  # stopping needs no credentials: the pid files and the folder name the processes
+        ports = {}
+    grpc = [v for k, v in ports.items() if k.endswith("grpc")]
     for port in grpc:  # weed puts its gRPC unix sockets in /tmp whatever TMPDIR says
         for sock in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
             sock.unlink(missing_ok=True)

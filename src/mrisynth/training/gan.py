@@ -278,13 +278,17 @@ class GanTrainer:
         return values | self.dist.tags() if self.dist.distributed else values
 
     def prepare(self, train: SplitArrays, val: SplitArrays, out_dir: Path, restart: bool = False,
-                keep_finished: bool = False) -> TrainState:
-        """The state to start from: a resumable interrupted run (same parameters and data) or a fresh one;
-        keep_finished: also a run that finished training but was not finalised (`TrainState.finalised`).
-        Non-chief workers touch no files: they start fresh and take the chief's state in `fit`."""
+                finish_code: str | None = None) -> TrainState:
+        """The state to start from: a resumable interrupted run (same parameters and data) or a fresh one.
+        finish_code (a digest of the training code): also a run of that code that finished training but was
+        not finalised (`TrainState.finalised`); the state returned records it. Non-chief workers touch no
+        files: they start fresh and take the chief's state in `fit`."""
         if not self.is_chief:
             return TrainState(fingerprint=self.fingerprint(train, val))
-        return prepare_state(Path(out_dir), self.fingerprint(train, val), restart, self.settings.epochs if keep_finished else None)
+        state = prepare_state(Path(out_dir), self.fingerprint(train, val), restart,
+                              self.settings.epochs if finish_code else None, finish_code)
+        state.code = finish_code
+        return state
 
     def fit(
         self,
@@ -329,7 +333,8 @@ class GanTrainer:
                     on_epoch(EpochResult(epoch + 1, metrics, improved, time.perf_counter() - start, saved_s), self, state)
         except BaseException:  # NaN stop, interrupt, lost worker, a failing callback: keep the best generator
             if self.is_chief:
-                self._best.flush(out_dir)
+                with contextlib.suppress(TrainingError):  # a full disk must not hide the first error
+                    self._best.flush(out_dir)
             raise
         state.completed = True
         if self.is_chief:
