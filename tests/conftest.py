@@ -116,14 +116,15 @@ def make_tiny_project(root: Path, brats_root: Path, extra_params: dict | None = 
     from mrisynth.data.ingest import ImportOptions, import_brats
 
     import_brats(brats_root, root / "data", {"train": 4, "val": 2, "test": 2}, 1, ImportOptions(size=64))
-    params = {
+    params = yaml.safe_load((REPO / "params.yaml").read_text())  # every section written out, as the stages require
+    tiny = {
         "preprocess": {"data_dir": "data", "out_dir": "work/preprocessed", "image_size": 64},
         # the paper's full synthesis: these fixtures serve 4-channel conditioning (inpainting: tests/training/test_synthesis_levers.py, the e2e run)
         "train_gan": {"epochs": 2, "batch_size": 2, "width": 0.25, "grid_every": 1, "grid_images": 2, "alpha_file": None,
                       "precision": "float32", "experiment": "tiny", "registry_name": "tiny-generator", "synthesis": "full",
                       "select": "val_loss", "diffaugment": "", "draws": 1},
     }
-    for section, values in (extra_params or {}).items():
+    for section, values in [*tiny.items(), *(extra_params or {}).items()]:
         params.setdefault(section, {}).update(values)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root

@@ -91,3 +91,73 @@ def test_configuration_reference_is_generated_from_the_schema():
     page = (REPO / "docs" / "configuration.md").read_text()
     assert page == configdoc.reference(), "docs/configuration.md is stale: python -m mrisynth.ops.configdoc > docs/configuration.md"
     assert "| `inpaint_margin` | a number | `0.03` |" in page and "|  |\n" not in page  # every key described
+
+
+def test_a_missing_section_stops_with_one_line(tmp_path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    del params["train_gan"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError) as err:
+        load_params(tmp_path / "params.yaml")
+    assert "section(s) train_gan missing or empty" in str(err.value) and "dvc params diff" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("train_gan", "learning_rate", ".nan"), ("train_gan", "alpha", ".inf"), ("augment", "scale", "[0.9, .inf]"),
+    ("tune", "alpha_high", "-.inf"),
+])
+def test_non_finite_numbers_are_refused(tmp_path, section, key, value):
+    text = (REPO / "params.yaml").read_text()
+    params = yaml.safe_load(text)
+    params[section][key] = yaml.safe_load(value)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}: expected a finite number"):
+        load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize("stage", ["preprocess", "augment", "train_segmenter", "gan_usefulness", "evaluate"])
+def test_every_stage_entry_point_honours_params_and_refuses_unknown_options(tmp_path, stage):
+    bad = _write(tmp_path, {"train_gan": {"epochs": -3}})
+    r = subprocess.run([sys.executable, str(REPO / "pipelines" / f"{stage}.py"), "--params", str(bad)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and f"{bad}:train_gan.epochs" in r.stderr, r.stderr[-1500:]
+    r = subprocess.run([sys.executable, str(REPO / "pipelines" / f"{stage}.py"), "--bogus"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
+
+
+def test_storage_passwords_are_refused_in_params_and_masked_everywhere(tmp_path):
+    from mrisynth.config import TuneParams, as_flat_dict, mask_url
+
+    with pytest.raises(ConfigError) as err:
+        load_params(_write(tmp_path, {"tune": {"storage": "postgresql+psycopg2://alice:hunter2@db:5432/optuna"}}))
+    assert "hunter2" not in str(err.value) and "alice:***@db:5432" in str(err.value) and "PGPASSWORD" in str(err.value)
+    assert load_params(_write(tmp_path, {"tune": {"storage": "postgresql+psycopg2://alice@db:5432/optuna"}})).tune.storage.endswith("/optuna")
+    assert mask_url("postgresql+psycopg2://a:p@w0rd@h/db") == "postgresql+psycopg2://a:***@h/db"
+    assert mask_url("sqlite:///optuna.db") == "sqlite:///optuna.db"
+    assert as_flat_dict(TuneParams(storage="postgresql://u:secret@h/db"))["storage"] == "postgresql://u:***@h/db"
+    for url, masked in (("postgresql+psycopg2://u:p/w@h/db", "postgresql+psycopg2://u:***@h/db"),  # '/' unencoded
+                        ("postgresql://u@h/db?sslmode=require&password=s3", "postgresql://u@h/db?sslmode=require&password=***"),
+                        ("postgresql://u:p@h:5432/db?sslmode=require", "postgresql://u:***@h:5432/db?sslmode=require")):
+        assert mask_url(url) == masked
+        with pytest.raises(ConfigError, match="holds a password"):
+            load_params(_write(tmp_path, {"tune": {"storage": url}}))
+    for clean in ("postgresql+psycopg2://user@host/db", "sqlite:///optuna.db", "journal:optuna.log"):
+        assert mask_url(clean) == clean
+
+
+def test_an_unknown_storage_scheme_error_masks_the_password():
+    from mrisynth.stages import tune
+
+    with pytest.raises(ConfigError) as err:
+        tune.storage("redis://bob:topsecret@db/0")
+    assert "topsecret" not in str(err.value) and "bob:***@db" in str(err.value)
+
+
+def test_an_empty_section_counts_as_missing(tmp_path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train_gan"] = {}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match="section\\(s\\) train_gan missing or empty"):
+        load_params(tmp_path / "params.yaml")

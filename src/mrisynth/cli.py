@@ -117,7 +117,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     if args.max_batch < 1:
         raise MrisynthError(f"--max-batch {args.max_batch}: expected at least 1")
-    serve(args.model, args.host, args.port, args.max_batch, args.max_bytes)
+    if not 0 < args.body_timeout < float("inf"):  # also refuses nan
+        raise MrisynthError(f"--body-timeout {args.body_timeout}: expected a finite number of seconds > 0")
+    serve(args.model, args.host, args.port, args.max_batch, args.max_bytes, args.body_timeout)
     return 0
 
 
@@ -245,6 +247,8 @@ def _model_commands(sub) -> None:
     se.add_argument("--max-batch", type=int, default=16, help="most images per request; more -> HTTP 413 (default 16)")
     se.add_argument("--max-bytes", type=int, default=None,
                     help="largest request body; larger -> HTTP 413 before reading it (default: max-batch images of JSON)")
+    se.add_argument("--body-timeout", type=float, default=30.0,
+                    help="seconds for a request's whole body to arrive; slower -> HTTP 408 (default 30)")
     se.set_defaults(func=_cmd_serve)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import typing
 from dataclasses import field
 from pathlib import Path
@@ -186,7 +188,7 @@ class TuneParams:
     objective: str = "image"        # image: min validation L1 in the brain; downstream: max validation Dice
     epochs: int = 2                 # GAN epochs per trial
     segmenter_epochs: int = 5       # downstream objective: segmenter epochs per trial
-    storage: str = "sqlite:///optuna.db"  # or postgresql+psycopg2://user:pw@host/db, or journal:<file>
+    storage: str = "sqlite:///optuna.db"  # or postgresql+psycopg2://user@host/db (password: PGPASSWORD or ~/.pgpass, never here), or journal:<file>
     study_name: str = "mrisynth-alpha"  # Optuna study name in `storage`
     prune_startup_trials: int = 2  # trials run to the end before the median pruner starts
     prune_warmup_epochs: int = 1  # epochs of a trial before it can be pruned
@@ -195,6 +197,10 @@ class TuneParams:
     out: str = "work/tune/best_alpha.json"  # the tuned alpha (JSON), read by train_gan through alpha_file
 
     def check(self) -> None:
+        if url_password(self.storage):
+            raise ConfigError(f"tune.storage={mask_url(self.storage)!r}: holds a password, which DVC would record in dvc.lock and "
+                              "MLflow in the run's params; write the URL without it (postgresql+psycopg2://user@host/db) and give "
+                              "the password as PGPASSWORD or in ~/.pgpass (mode 0600), or set the whole URL in MRISYNTH_TUNE_STORAGE")
         if self.heartbeat_s < 0:
             raise ConfigError(f"tune.heartbeat_s={self.heartbeat_s}: expected seconds >= 0 (0 = no heartbeat)")
         if self.n_trials < 0 or self.epochs < 1 or self.segmenter_epochs < 1:
@@ -401,12 +407,21 @@ def section_from_dict(cls, raw: dict | None, where: str):
         key = str(error["loc"][0]) if error["loc"] else "?"
         raise ConfigError(f"{where}.{key}: expected {_expected(typing.get_type_hints(cls).get(key))}, "
                           f"found {_describe(raw.get(key))}") from None
-    section.check()
+    for f in dataclasses.fields(cls):  # strict types accept .nan and .inf as numbers: refuse them
+        values = getattr(section, f.name)
+        for value in values if isinstance(values, tuple) else (values,):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{where}.{f.name}: expected a finite number, found {values!r}")
+    try:
+        section.check()
+    except ConfigError as exc:  # the rules between values name the key; say which file too
+        source = where.rsplit(":", 1)[0] if ":" in where else ""
+        raise ConfigError(f"{source}:{exc}" if source and not str(exc).startswith(source) else str(exc)) from None
     return section
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:
-    """Read and validate params.yaml; every section is optional and falls back to its defaults."""
+    """Read and validate params.yaml. Every section must be present (a missing key inside one takes its default)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: parameter file not found; run from the repository root or pass --params")
@@ -423,17 +438,49 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         hints_text = [f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, known, n=1)) else k for k in unknown]
         raise ConfigError(f"{path}: unknown section(s) {', '.join(hints_text)}; expected some of {sorted(known)}")
     sections = {k: section_from_dict(hints[k], raw.get(k), f"{path}:{k}") for k in known}
+    missing = [k for k in known if not isinstance(raw.get(k), dict) or not raw[k]]
+    if missing:
+        raise ConfigError(f"{path}: section(s) {', '.join(missing)} missing or empty; write every section out (DVC tracks parameters "
+                          "by key, so defaults hidden in the code are invisible to `dvc params diff`): copy them from the "
+                          "shipped params.yaml (`git show HEAD:params.yaml`)")
     params = Params(**sections)
-    params.check()
+    try:
+        params.check()
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     return params
 
 
 def as_flat_dict(section) -> dict[str, object]:
-    """A params dataclass as a flat {dotted.name: value} dict, for MLflow."""
+    """A params dataclass as a flat {dotted.name: value} dict, for MLflow (any password in a URL masked)."""
     flat = {}
     for key, value in dataclasses.asdict(section).items():
         if isinstance(value, dict):
             flat.update({f"{key}.{k}": v for k, v in value.items()})
         else:
             flat[key] = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
-    return flat
+    return {k: mask_url(v) if isinstance(v, str) else v for k, v in flat.items()}
+
+
+_URL_PASSWORD = re.compile(r"^(?P<head>[a-zA-Z][\w+.-]*://[^/:@]*:)(?P<password>.*)(?P<tail>@[^@]*)$")
+_QUERY_PASSWORD = re.compile(r"(?i)([?&](?:password|passwd|pwd)=)[^&]*")
+
+
+def url_password(url: str) -> str | None:
+    """The password of a scheme://user:password@host URL, or of a ?password= query, None when it has none
+    (parsed as SQLAlchemy does for database URLs, so an unencoded '/' in a password is found too)."""
+    if not isinstance(url, str) or "://" not in url:
+        return None
+    query = _QUERY_PASSWORD.search(url)
+    if query:
+        return url[query.end(1):query.end()] or None
+    match = _URL_PASSWORD.match(url)
+    return match["password"] if match and match["password"] else None
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password (user:password@ or ?password=) replaced by ***, for logs, params, tags, errors."""
+    if not url_password(url):
+        return url
+    url = _QUERY_PASSWORD.sub(lambda m: f"{m[1]}***", url)
+    return _URL_PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}" if m["password"] else m[0], url)

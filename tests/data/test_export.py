@@ -102,3 +102,24 @@ def test_nifti_export_cli_and_errors(dataset, tmp_path):
     assert r.returncode == 2 and "already holds files" in r.stderr and "Traceback" not in r.stderr
     with pytest.raises(DataError, match="needs the augmented set"):
         export(dataset, tmp_path / "x", "monai", arm="gan", augmented_dir=tmp_path / "missing")
+
+
+def test_force_replaces_only_an_export_of_this_tool(dataset, tmp_path):
+    mine = tmp_path / "mine"
+    export(dataset, mine, "nifti")
+    first = sorted(p.relative_to(mine) for p in mine.rglob("*"))
+    assert export(dataset, mine, "nifti", force=True) == mine  # its own earlier export: replaced
+    assert sorted(p.relative_to(mine) for p in mine.rglob("*")) == first
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "thesis.txt").write_text("four years of work")
+    with pytest.raises(DataError, match="replaces only a folder this tool exported.*nothing was deleted"):
+        export(dataset, thesis, "monai", force=True)
+    assert (thesis / "thesis.txt").read_text() == "four years of work"
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    r = subprocess.run([sys.executable, "-m", "mrisynth.cli", "export", str(dataset), "--format", "nifti", "--out", str(a_file)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "is a file, not a folder" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(DataError, match="plain name"):
+        export(dataset, tmp_path / "nn", "nnunet", name="../../x")

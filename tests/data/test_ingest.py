@@ -162,8 +162,36 @@ def test_output_folder_with_data_needs_force(tiny_brats, tmp_path):
     with pytest.raises(DataError, match="already holds data.*--force"):
         _import(tiny_brats, out)
     assert (out / "keep.txt").read_text() == "precious"
-    _import(tiny_brats, out, force=True)
-    assert not (out / "keep.txt").exists() and (out / "manifest.csv").exists()
+    with pytest.raises(DataError, match="replaces only a dataset this tool imported.*nothing was deleted"):
+        _import(tiny_brats, out, force=True)  # a folder of the user's: never deleted, even with --force
+    assert (out / "keep.txt").read_text() == "precious"
+    (out / "keep.txt").unlink()
+    _import(tiny_brats, out)
+    first = (out / "manifest.csv").read_text()
+    _import(tiny_brats, out, force=True)  # an earlier import is replaced
+    assert (out / "manifest.csv").read_text() == first
+
+
+def test_manifest_paths_and_case_ids_must_stay_inside_the_dataset(tiny_brats, tmp_path):
+    from mrisynth.data.export import export
+    from mrisynth.io import gx
+    from mrisynth.io.manifest import read_manifest
+
+    data = tmp_path / "data"
+    _import(tiny_brats, data)
+    manifest = pd.read_csv(data / "manifest.csv")
+    outside = tmp_path / "outside.tif"
+    outside.write_bytes((data / manifest.loc[1, "image"]).read_bytes())
+    manifest.loc[0, "case_id"] = "../../../escaped_case"
+    manifest.loc[1, "image"] = str(outside)  # an absolute path outside data/
+    manifest.to_csv(data / "manifest.csv", index=False)
+    with pytest.raises(DataError, match="2 unsafe entries refused.*not a plain name.*leaves the dataset folder"):
+        read_manifest(data)
+    with pytest.raises(DataError, match="unsafe entr"):
+        export(data, tmp_path / "export", "nifti")
+    assert not (tmp_path / "escaped_case").exists() and not (tmp_path / "export").exists()
+    report = gx.validate_dataset(data)  # Great Expectations names the rows too
+    assert not report.success and any("paths_inside" in f for f in report.failures)
 
 
 def test_parallel_import_matches_serial(tiny_brats, tmp_path):
@@ -187,3 +215,28 @@ def test_force_onto_a_file_is_one_line_and_killed_import_leftovers_are_cleaned(t
     import_brats(tiny_brats, target, {"train": 2}, 1, ImportOptions(size=64))
     assert not dead.exists() and live.exists()
     assert (target / "manifest.csv").is_file() and (target / "card.json").is_file()
+
+
+def test_split_and_modalities_cannot_name_paths_and_symlinked_files_are_the_datasets_own(tiny_brats, tmp_path):
+    from mrisynth.io.manifest import is_inside, read_manifest
+
+    data = tmp_path / "data"
+    _import(tiny_brats, data)
+    original = pd.read_csv(data / "manifest.csv")
+    for column, value in (("split", "../../esc"), ("modalities", "flair,t1,t1ce,../../../esc2/x")):
+        bad = original.copy()
+        bad[column] = bad[column].astype(object)
+        bad.loc[0, column] = value
+        bad.to_csv(data / "manifest.csv", index=False)
+        with pytest.raises(DataError, match="unsafe entr"):
+            read_manifest(data)
+    original.to_csv(data / "manifest.csv", index=False)
+    # a file that is a symlink (DVC's symlink cache) into a store outside the folder is the dataset's own
+    store = tmp_path / "cache"
+    store.mkdir()
+    image = data / original.loc[0, "image"]
+    (store / "blob").write_bytes(image.read_bytes())
+    image.unlink()
+    image.symlink_to(store / "blob")
+    assert is_inside(data, original.loc[0, "image"]) and len(read_manifest(data)) == len(original)
+    assert not is_inside(data, "train/../../x.tif") and not is_inside(data, "/etc/passwd") and is_inside(data, "train/./a.tif")

@@ -1,6 +1,8 @@
 """Loading a registered generator (mrisynth.inference.served_model): nothing from the artifact store runs
 as code (no pickle, Keras safe_mode, only the `keras` flavor)."""
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -13,7 +15,7 @@ def test_loading_a_registered_generator_runs_no_code_from_the_artifact_store(cha
     Plant one (and a malicious MLmodel loader entry) and show that nothing runs."""
     import pickle
 
-    from mrisynth.inference.served_model import Generator, InputError
+    from mrisynth.inference.served_model import Generator, ModelRefused
 
     marker = tmp_path / "pwned"
 
@@ -41,11 +43,16 @@ def test_loading_a_registered_generator_runs_no_code_from_the_artifact_store(cha
     keras_file = next(store_dir.rglob("model.keras"))
     evil.save(keras_file)
     marker.unlink(missing_ok=True)  # building the model ran the lambda once; loading must not
-    with pytest.raises(InputError, match="refused to load model.keras"):
+    with pytest.raises(ModelRefused, match="refused to load model.keras"):
         Generator.load(str(store_dir))
     assert not marker.exists()
+    served = subprocess.run([sys.executable, "-m", "mrisynth.cli", "serve", "--model", str(store_dir), "--port", "0"],
+                            capture_output=True, text=True, timeout=300)  # the command: one line, no traceback
+    errors = [line for line in served.stderr.splitlines() if line.startswith("error:")]
+    assert served.returncode == 2 and len(errors) == 1 and "refused to load model.keras" in errors[0], served.stderr[-1500:]
+    assert "Traceback" not in served.stderr and not marker.exists()
     # a model that only offers the pickled pyfunc is refused, not loaded
     (store_dir / "MLmodel").write_text("flavors:\n  python_function:\n    python_model: python_model.pkl\n    loader_module: mlflow.pyfunc.model\n")
-    with pytest.raises(InputError, match="expected the `keras` flavor"):
+    with pytest.raises(ModelRefused, match="expected the `keras` flavor"):
         Generator.load(str(store_dir))
     assert not marker.exists()

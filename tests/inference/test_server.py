@@ -121,3 +121,56 @@ def test_oversized_requests_are_refused_at_once_and_the_server_stays_up(champion
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_slow_senders_cannot_stall_the_server_and_bad_json_is_400(champion, trained):
+    from mrisynth.io import arrays
+
+    server, base = _start_server(trained, "--body-timeout", 6)
+    port = int(base.rsplit(":", 1)[1])
+    slow = []
+    try:
+        url = f"{base}/invocations"
+        one = {"inputs": arrays.load_split(trained / "work" / "preprocessed", "val").conditioning[:1].tolist()}
+        assert _post(url, one)[0] == 200
+        for _ in range(3):  # more slow senders than prediction slots: each announces 100 kB and sends a byte now and then
+            conn = socket.create_connection(("127.0.0.1", port), timeout=30)
+            conn.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n[")
+            slow.append(conn)
+        time.sleep(1)
+        for conn in slow:
+            conn.sendall(b"[")
+        started = time.time()
+        assert _post(url, one)[0] == 200
+        assert time.time() - started < 5  # served while the slow bodies are still arriving
+        for conn in slow:  # within the body deadline (6 s) each slow sender gets 408 and is closed
+            reply = b""
+            while chunk := conn.recv(65536):
+                reply += chunk
+            assert reply.startswith(b"HTTP/1.1 408") and b"did not arrive within 6 s" in reply, reply[:300]
+        # not numbers, or absurd nesting: 400 with a short message, the server stays up
+        for body in (json.dumps({"inputs": [[[["0"] * 4] * 64] * 64]}), json.dumps({"inputs": [[[[True] * 4] * 64] * 64]}),
+                     '{"inputs": ' + "[" * 100_000 + "]" * 100_000 + "}"):
+            request = urllib.request.Request(url, data=body.encode(), headers={"Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(request, timeout=60)
+            assert err.value.code == 400 and len(err.value.read()) < 300
+        assert _post(url, one)[0] == 200
+    finally:
+        for conn in slow:
+            conn.close()
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert "Traceback" not in output and "RecursionError" not in output
+
+
+def test_request_bodies_share_a_memory_budget():
+    from types import SimpleNamespace
+
+    from mrisynth.inference.server import BODY_BUDGET, Service
+
+    service = Service(SimpleNamespace(size=64, in_channels=4), max_batch=2, max_bytes=1000)
+    assert all(service.reserve(1000) for _ in range(BODY_BUDGET))
+    assert not service.reserve(1)  # a further body would overflow: 503 at once
+    service.release(1000)
+    assert service.reserve(1000) and not service.reserve(1)

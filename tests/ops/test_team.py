@@ -259,3 +259,46 @@ def test_team_stack_end_to_end(tmp_path, monkeypatch):
     print(f"\nteam stack timings: up {up_s:.1f} s, preprocess + 2 tune workers + tiny dvc repro {pipeline_s:.1f} s, "
           f"dvc push/pull {dvc_s:.1f} s, object-store fault {store_fault_s:.1f} s, tracking fault {fault_s:.1f} s, down {down_s:.1f} s, total {time.monotonic() - started:.1f} s")
     shutil.rmtree(team_dir, ignore_errors=True)
+
+
+def test_dvc_remote_credentials_never_touch_a_command_line(tmp_path, monkeypatch):
+    import stat
+
+    from mrisynth.ops import team
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=repo, check=True)
+    (repo / ".dvc" / "config.local").write_text("[core]\n    autostage = true\n")
+    state = {"ports": {"s3": 8333, "mlflow": 5000, "postgres": 5432}, "s3_access_key": "mrisynth", "s3_secret_key": "s3cr3t"}
+    with monkeypatch.context() as patched:
+        patched.setattr(team.subprocess, "run", lambda *a, **k: pytest.fail(f"a command ran: {a}"))
+        patched.setattr(team.subprocess, "Popen", lambda *a, **k: pytest.fail(f"a command ran: {a}"))
+        assert team.configure_dvc_remote(state, repo)
+    path = repo / ".dvc" / "config.local"
+    text = path.read_text()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "autostage = true" in text and "secret_access_key = s3cr3t" in text
+    listed = subprocess.run([str(BIN / "dvc"), "remote", "list", "--local"], cwd=repo, capture_output=True, text=True, check=True)
+    assert listed.stdout.split() == ["team", "s3://dvc"]  # DVC reads the file it would have written
+
+
+def test_an_unreadable_team_state_stops_instead_of_inventing_new_passwords(tmp_path):
+    from mrisynth.ops import team
+    from mrisynth.ops.processes import Paths, TeamError
+
+    paths = Paths(tmp_path)
+    assert team.load_state(paths) == {}  # before the first `up`
+    team._save_state(paths, {"pg_password": "old"})
+    assert team.load_state(paths) == {"pg_password": "old"} and not list(tmp_path.glob(".state.json.tmp-*"))
+    paths.state.write_text('{"pg_password": "ol')  # cut short
+    with pytest.raises(TeamError, match="state.json is unreadable.*restore it"):
+        team.load_state(paths)
+
+
+def test_team_down_works_with_an_unreadable_state(tmp_path, monkeypatch):
+    from mrisynth.ops import team
+
+    monkeypatch.setenv("MRISYNTH_TEAM_DIR", str(tmp_path))
+    (tmp_path / "state.json").write_text("{not json")
+    assert team.down(quiet=True) == []  # nothing ran; stopping needs no credentials

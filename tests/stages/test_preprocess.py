@@ -5,14 +5,18 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from conftest import REPO
+
 from mrisynth.io import arrays
 from mrisynth.stages import preprocess
 
 
 def _write_params(tmp_path: Path, data_dir: Path, size: int) -> Path:
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"preprocess": {"data_dir": str(data_dir), "out_dir": str(tmp_path / "pre"), "image_size": size}}))
-    return params
+    params = yaml.safe_load((REPO / "params.yaml").read_text())  # every section written out, as the stages require
+    params["preprocess"] |= {"data_dir": str(data_dir), "out_dir": str(tmp_path / "pre"), "image_size": size}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
 
 
 def test_preprocess_writes_arrays_and_stops_on_bad_data(tiny_brats, tmp_path, monkeypatch):

@@ -173,6 +173,51 @@ def test_sigterm_to_the_stage_ends_the_run_killed_and_resumable(trained_copy):
     assert json.loads((trained_copy / "work" / "gan_sigterm" / "state.json").read_text())["epoch"] == state.epoch
 
 
+_KILL_AT_REGISTRATION = textwrap.dedent("""
+    import os, signal
+    from mrisynth.io import registry
+
+    def dying_register(*args, **kwargs):  # the slow upload on a team stack: a kill lands here
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    registry.register_keras_model = dying_register
+    from mrisynth.stages.train_gan import main
+    main()
+""")
+
+
+def test_a_kill_at_registration_keeps_the_trained_generator(trained_copy):
+    """Killed after training, before the model is registered: the rerun registers the kept generator
+    without retraining and ends the old MLflow run instead of leaving it RUNNING."""
+    import mlflow
+    import yaml
+
+    params = yaml.safe_load((trained_copy / "params.yaml").read_text())
+    params["train_gan"] |= {"out_dir": "work/gan_kill", "model_path": "models/killed.keras", "experiment": "kill-at-registration"}
+    (trained_copy / "params.yaml").write_text(yaml.safe_dump(params))
+    env = os.environ | {"MRISYNTH_WATCH_LAUNCHER": "0"}
+    killed = subprocess.run([sys.executable, "-c", _KILL_AT_REGISTRATION], cwd=trained_copy, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    out = trained_copy / "work" / "gan_kill"
+    state = load_state(out)
+    assert state.completed and not state.finalised
+    trained_bytes = (out / "best_generator.keras").read_bytes()
+    assert mlflow.MlflowClient().get_run(state.run_id).info.status == "RUNNING"
+
+    rerun = subprocess.run([sys.executable, str(REPO / "pipelines" / "train_gan.py")], cwd=trained_copy, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "never finalised; finishing it without retraining" in rerun.stderr and "epoch 1/" not in rerun.stdout
+    after = load_state(out)
+    assert after.finalised and after.run_id == state.run_id and len(after.history) == len(state.history)
+    assert (out / "best_generator.keras").read_bytes() == trained_bytes  # the same generator, not a retrained one
+    assert (trained_copy / "models" / "killed.keras").is_file()
+    assert mlflow.MlflowClient().get_run(state.run_id).info.status == "FINISHED"
+    report = json.loads((trained_copy / "reports" / "train_gan.json").read_text())
+    assert report["run_id"] == state.run_id and int(report["model_version"]) >= 1
+
+
 _SLOW_STAGE = textwrap.dedent("""
     import os, pathlib, time
     from mrisynth.stages import stage_main

@@ -121,9 +121,43 @@ def test_nan_loss_stops_and_keeps_best(tmp_path):
         return out | {"g_loss": np.float32("nan")} if calls["n"] > 2 else out  # 2 steps = epoch 1
 
     trainer._train_step = poisoned
-    with pytest.raises(TrainingError, match=r"epoch 2, step 1: g_loss is nan.*best checkpoint \(epoch 1\)"):
+    with pytest.raises(TrainingError, match=r"epoch 2, step 1: g_loss is nan.*the generator of epoch 1 is kept in"):
         trainer.fit(train, val, tmp_path / "gan")
     assert (tmp_path / "gan" / "best_generator.keras").is_file()
+
+
+def test_nan_in_the_first_epoch_says_nothing_was_kept(tmp_path):
+    trainer = GanTrainer(dataclasses.replace(TINY, epochs=2), 64, 4, 4)
+    real_step = trainer._train_step
+    trainer._train_step = lambda cond, real: real_step(cond, real) | {"d_loss": np.float32("inf")}
+    with pytest.raises(TrainingError, match="epoch 1, step 1: d_loss is inf.*no epoch finished, so no generator was written"):
+        trainer.fit(_tiny_split(4), _tiny_split(2, seed=10), tmp_path / "gan")
+    assert not (tmp_path / "gan" / "best_generator.keras").exists()
+
+
+def test_a_full_disk_at_the_resume_state_is_one_line_and_leaves_no_partial_folder(tmp_path, monkeypatch):
+    import errno
+
+    trainer = GanTrainer(dataclasses.replace(TINY, epochs=2, checkpoint_every=1), 64, 4, 4)
+    real_savez, calls = np.savez, {"n": 0}
+
+    def full_disk(path, **arrays):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second resume state: epoch 1's is complete
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_savez(path, **arrays)
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    out = tmp_path / "gan"
+    with pytest.raises(TrainingError) as err:
+        trainer.fit(_tiny_split(4), _tiny_split(2, seed=10), out)
+    message = str(err.value)
+    assert "\n" not in message and "cannot write the resume state of epoch 2 (No space left on device)" in message
+    assert "MiB free there" in message and "The state of epoch 1 is kept" in message
+    assert not list((out / "resume").glob(".tmp-epoch-*")) and (out / "resume" / "epoch-0001").is_dir()
+    monkeypatch.setattr(np, "savez", real_savez)
+    state = GanTrainer(dataclasses.replace(TINY, epochs=2, checkpoint_every=1), 64, 4, 4).fit(_tiny_split(4), _tiny_split(2, seed=10), out)
+    assert state.completed and state.epoch == 2  # resumed from epoch 1 once there is space
 
 
 def test_stage_outputs_and_mlflow_run(trained):
@@ -209,3 +243,48 @@ def test_bad_data_stops_the_stage(trained, capsys):
         assert "labels_ok" in capsys.readouterr().err
     finally:
         mask_path.write_bytes(original)
+
+
+def test_only_an_unfinalised_run_of_the_same_code_is_finished_without_retraining(tmp_path):
+    from mrisynth.training.checkpoints import TrainState, prepare_state, save_state
+
+    out = tmp_path / "gan"
+    out.mkdir()
+    (out / "best_generator.keras").write_bytes(b"kept")
+    finished = TrainState(epoch=2, completed=True, fingerprint={"a": 1}, code="c1", run_id="r")
+    save_state(out, finished)
+    assert prepare_state(out, {"a": 1}, False, finish_epochs=2, code="c1").run_id == "r"  # finished as it is
+    assert (out / "best_generator.keras").is_file()
+    for epochs, code in ((3, "c1"), (2, "c2"), (2, None)):  # other epochs, other code, or no finishing asked
+        save_state(out, finished)
+        (out / "best_generator.keras").write_bytes(b"kept")
+        fresh = prepare_state(out, {"a": 1}, False, finish_epochs=epochs if code else None, code=code)
+        assert fresh.epoch == 0 and not (out / "best_generator.keras").exists()
+    # a state.json written before `finalised` existed was finalised by its stage: never finished again
+    save_state(out, finished)
+    legacy = {k: v for k, v in json.loads((out / "state.json").read_text()).items() if k not in ("finalised", "code")}
+    (out / "state.json").write_text(json.dumps(legacy))
+    (out / "best_generator.keras").write_bytes(b"kept")
+    assert prepare_state(out, {"a": 1}, False, finish_epochs=2, code=None).epoch == 0
+
+
+def test_a_failed_write_of_the_kept_generator_leaves_the_previous_one(tmp_path, monkeypatch):
+    import errno
+
+    import keras
+
+    from mrisynth.training.checkpoints import BestGenerator
+
+    build = lambda: keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])  # noqa: E731
+    best = BestGenerator(build)
+    model = build()
+    best.keep(0, 1.0, model.get_weights())
+    best.flush(tmp_path)
+    before = (tmp_path / "best_generator.keras").read_bytes()
+    best.keep(1, 0.5, [w + 1 for w in model.get_weights()])
+    monkeypatch.setattr(keras.Model, "save", lambda self, path, *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(TrainingError) as err:
+        best.flush(tmp_path)
+    assert "cannot write the generator of epoch 2 (No space left on device)" in str(err.value) and "\n" not in str(err.value)
+    assert "kept before it is unchanged" in str(err.value)
+    assert (tmp_path / "best_generator.keras").read_bytes() == before and not list(tmp_path.glob(".best_generator*"))

@@ -9,6 +9,7 @@ import numpy as np
 from mrisynth.core import arms, encoding
 from mrisynth.errors import DataError
 from mrisynth.io import arrays, tiff
+from mrisynth.io.manifest import inside
 
 
 def _manifest(augmented_dir: Path, draw: int = 0):
@@ -21,8 +22,8 @@ def _manifest(augmented_dir: Path, draw: int = 0):
 
 
 def _read(augmented_dir: Path, rows) -> tuple[np.ndarray, np.ndarray]:
-    images = np.stack([tiff.read_image(Path(augmented_dir) / r) for r in rows["image"]]).astype(np.float32)
-    labels = np.stack([tiff.read_mask(Path(augmented_dir) / r) for r in rows["mask"]])
+    images = np.stack([tiff.read_image(inside(Path(augmented_dir), r)) for r in rows["image"]]).astype(np.float32)
+    labels = np.stack([tiff.read_mask(inside(Path(augmented_dir), r)) for r in rows["mask"]])
     return images, labels
 
 

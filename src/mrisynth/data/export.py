@@ -33,7 +33,7 @@ from mrisynth import paths
 from mrisynth.core import arms
 from mrisynth.errors import DataError
 from mrisynth.io import tiff
-from mrisynth.io.manifest import read_manifest
+from mrisynth.io.manifest import inside, is_plain_name, read_manifest
 
 FORMATS = ("nnunet", "monai", "nifti")
 # nnU-Net's BraTS conversion (Dataset137_BraTS21.py): BraTS label -> nnU-Net label
@@ -80,6 +80,8 @@ def _rows(data_dir: Path, arm: str, augmented_dir: Path | None, generator_versio
     return [r | {"modalities": modalities} for r in rows]
 
 
+MARKER = ".mrisynth-export"  # written into every export: --force replaces only folders that hold it
+
 def _generator_version() -> str:
     report = paths.TRAIN_GAN
     if report.is_file():
@@ -95,21 +97,32 @@ def export(data_dir: Path, out: Path, fmt: str, arm: str = "none", augmented_dir
         raise DataError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     if not 1 <= dataset_id <= 999:
         raise DataError(f"--dataset-id {dataset_id}: expected 1..999 (nnU-Net dataset ids have three digits)")
+    if not is_plain_name(name):
+        raise DataError(f"--name {name!r}: expected a plain name (letters, digits, . _ + -), it becomes a folder name")
     data_dir, out = Path(data_dir), Path(out)
     target = out / f"Dataset{dataset_id:03d}_{name}" if fmt == "nnunet" else out
+    for folder in {out, target}:
+        if folder.exists() and not folder.is_dir():
+            raise DataError(f"{folder}: exists and is a file, not a folder; choose a folder path for --out")
+    rows = _rows(data_dir, arm, augmented_dir, _generator_version())
+    unsafe = [r["case"] for r in rows if not is_plain_name(r["case"])]
+    if unsafe:
+        raise DataError(f"case id(s) {unsafe[:3]} are not plain names; refusing to write files named after them under {target}")
     if target.exists() and any(target.iterdir()):
         if not force:
             raise DataError(f"{target}: already holds files; choose another --out or pass --force to replace it")
+        if not (target / MARKER).is_file():
+            raise DataError(f"{target}: --force replaces only a folder this tool exported (it holds {MARKER}); this one does not, "
+                            "so nothing was deleted: choose another --out or empty it yourself")
         shutil.rmtree(target)
-    rows = _rows(data_dir, arm, augmented_dir, _generator_version())
     modalities = rows[0]["modalities"] if rows else list(CHANNEL_NAMES)
     # nnU-Net plans 2-D only when the singleton axis has the largest spacing (its planner puts the
     # largest-spacing axis first); give it the largest in-plane spacing of the export (ties are fine)
     thickness = max([1.0] + [r["spacing"] for r in rows]) if fmt == "nnunet" else 1.0
     entries = {"train": [], "val": [], "test": []}
     for row in rows:
-        image = tiff.read_image(row["root"] / row["image"]).astype(np.float32)
-        labels = tiff.read_mask(row["root"] / row["mask"]).astype(np.uint8)
+        image = tiff.read_image(inside(row["root"], row["image"])).astype(np.float32)
+        labels = tiff.read_mask(inside(row["root"], row["mask"])).astype(np.uint8)
         case, split = row["case"], row["split"]
         if fmt == "nnunet":
             images_dir, labels_dir = ("imagesTs", "labelsTs") if split == "test" else ("imagesTr", "labelsTr")
@@ -147,4 +160,5 @@ def export(data_dir: Path, out: Path, fmt: str, arm: str = "none", augmented_dir
         (target / "datalist.json").write_text(json.dumps({"training": entries["train"], "validation": entries["val"], "test": entries["test"]}, indent=2) + "\n")
     pd.DataFrame([{k: r[k] for k in ("case", "split", "provenance", "generator_version", "source_cases")} | {"spacing_mm": r["spacing"]}
                   for r in rows]).to_csv(target / "provenance.csv", index=False, lineterminator="\n")
+    (target / MARKER).write_text(json.dumps({"format": fmt, "source": str(data_dir), "arm": arm}) + "\n")
     return target

@@ -27,7 +27,7 @@ from mrisynth import MODALITIES
 from mrisynth.core import phantom, slicing
 from mrisynth.errors import DataError
 from mrisynth.io import brats, tiff
-from mrisynth.io.manifest import SPLITS, read_manifest  # noqa: F401  (re-exported: part of this module's API)
+from mrisynth.io.manifest import SPLITS, is_plain_name, read_manifest  # noqa: F401  (read_manifest: re-exported)
 
 
 def _pool(workers: int) -> cf.Executor:
@@ -144,6 +144,9 @@ def _process_case(args: tuple[brats.CaseFiles, ImportOptions]) -> SliceResult:
     """Load, check and slice one case; an invalid case comes back with `error` set, never raises DataError."""
     case, options = args
     result = SliceResult(case.case_id, str(case.directory))
+    if not is_plain_name(case.case_id):  # it names the written files and is checked by every later reader
+        result.error = f"{case.directory}: case id {case.case_id!r} is not a plain name (letters, digits, . _ + -); rename the folder"
+        return result
     try:
         volumes, seg = brats.load_case(case, options.modalities)
     except DataError as exc:
@@ -190,8 +193,12 @@ def _remove_stale_tmp(out: Path) -> None:
 def _check_output(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is a file, not a folder; choose a folder path (--force only replaces a dataset folder)")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise DataError(f"{out}: output folder already holds data; choose an empty folder or pass --force to replace it")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise DataError(f"{out}: output folder already holds data; choose an empty folder or pass --force to replace it")
+        if not ((out / "manifest.csv").is_file() and (out / "dataset.json").is_file()):
+            raise DataError(f"{out}: --force replaces only a dataset this tool imported (manifest.csv and dataset.json); this folder "
+                            "holds other files, so nothing was deleted: choose another --out or empty it yourself")
 
 
 def import_brats(

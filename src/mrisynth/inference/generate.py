@@ -19,6 +19,7 @@ from mrisynth.config import TrainGanParams
 from mrisynth.core import encoding, inpaint, slicing
 from mrisynth.errors import DataError
 from mrisynth.io import tiff
+from mrisynth.io.manifest import is_plain_name
 
 
 def _brain_for(mask_path: Path, brain_dir: Path | None) -> np.ndarray:
@@ -59,6 +60,9 @@ def _dataset_facts(masks_dir: Path) -> tuple[list[str] | None, dict[str, float]]
     modalities, spacing = None, {}
     if (root / "dataset.json").is_file():
         modalities = json.loads((root / "dataset.json").read_text()).get("modalities")
+        if modalities is not None and not (isinstance(modalities, list) and all(is_plain_name(m) for m in modalities)):
+            raise DataError(f"{root / 'dataset.json'}: modalities {modalities!r} are not plain names (they become file names); "
+                            "fix the file or re-import the dataset")
     if (root / "manifest.csv").is_file():
         manifest = pd.read_csv(root / "manifest.csv")
         if "spacing_mm" in manifest:

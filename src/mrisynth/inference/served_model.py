@@ -12,9 +12,16 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+from mrisynth.errors import MrisynthError
+
 from mrisynth.core.encoding import CONDITION_CHANNELS
 from mrisynth.core.inpaint import BRAIN_CHANNEL, REGION_CHANNEL
 from mrisynth.inference import rendering
+
+
+class ModelRefused(MrisynthError):
+    """A model artifact that is not loaded (wrong flavor, missing file, code that safe_mode will not run):
+    one line for the user, no traceback."""
 
 
 class InputError(MlflowException, ValueError):
@@ -111,19 +118,21 @@ class Generator:
         local = registry.download(model_uri)
         mlmodel = local / "MLmodel"
         if not mlmodel.is_file():
-            raise InputError(f"{model_uri}: no MLmodel file in {local}; expected an MLflow model logged by `train_gan`")
+            raise ModelRefused(f"{model_uri}: no MLmodel file in {local}; expected an MLflow model logged by `train_gan`")
         flavors = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {})
         if "keras" not in flavors:
-            raise InputError(f"{model_uri}: expected the `keras` flavor (safe to load), found flavors {sorted(flavors)}; "
+            raise ModelRefused(f"{model_uri}: expected the `keras` flavor (safe to load), found flavors {sorted(flavors)}; "
                              "models registered before this version carry a pickled pyfunc - re-run `dvc repro train_gan`")
         data = flavors["keras"].get("data", "data")
         path = local / data / "model.keras"
         if not path.is_file():
-            raise InputError(f"{model_uri}: expected the Keras file {path}, found none")
+            raise ModelRefused(f"{model_uri}: expected the Keras file {path}, found none")
         try:
             model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
-        except ValueError as exc:  # e.g. a Lambda layer: code that safe_mode refuses to run
-            raise InputError(f"{model_uri}: refused to load {path.name}: {str(exc).splitlines()[0][:200]} (safe_mode)") from exc
+        except Exception as exc:  # e.g. a Lambda layer (code safe_mode will not run), an unknown or unsafe layer config
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ModelRefused(f"{model_uri}: refused to load {path.name}: {first} (Keras safe_mode: no code from the "
+                               "artifact store runs; serve a generator registered by `train_gan`)") from None
         return cls(model, model_uri)
 
     def predict(self, conditioning, batch_size: int = 8) -> np.ndarray:

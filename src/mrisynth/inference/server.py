@@ -4,15 +4,19 @@
     GET  /ping          200 when the model is loaded
 
 Bounds (configurable): a request body over `max_bytes` is refused with 413 before it is read; more
-than `max_batch` images -> 413; a body without Content-Length -> 411; at most `MAX_ACTIVE` requests
-are read, parsed or predicted at once (others wait) and one prediction runs at a time, so memory is
-bounded by about MAX_ACTIVE request bodies; a client that stalls for `TIMEOUT_S` is dropped. Errors are short JSON
-({"error_code", "message"}) and never echo the input. The model is loaded with
-`serving.Generator.load` (Keras flavor, safe_mode): no code from the artifact store runs."""
+than `max_batch` images -> 413; a body without Content-Length -> 411. The body is read first, under one
+deadline for the whole body (`body_timeout_s`, 408 after it: a client that trickles bytes cannot hold
+the server), and only then does the request take one of `MAX_ACTIVE` slots to be parsed and predicted
+(one prediction runs at a time), so slow senders never delay the others. Bodies being read or waiting
+hold at most `BODY_BUDGET` x max_bytes of memory together; past that a request gets 503 at once. JSON must be numbers in
+nested lists (strings, booleans, nulls and absurd nesting are 400, not converted). Errors are short
+JSON ({"error_code", "message"}) and never echo the input. The model is loaded with
+`served_model.Generator.load` (Keras flavor, safe_mode): no code from the artifact store runs."""
 from __future__ import annotations
 
 import json
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -21,8 +25,10 @@ import numpy as np
 from mrisynth.inference.served_model import DEFAULT_MAX_BATCH, Generator, InputError
 
 BYTES_PER_VALUE = 8  # generous JSON size of one conditioning value ("1.0, ")
-MAX_ACTIVE = 2       # requests being read/parsed/predicted at once
-TIMEOUT_S = 60       # socket timeout per request
+MAX_ACTIVE = 2       # requests being parsed/predicted at once (bodies are read before, under their own deadline)
+TIMEOUT_S = 60       # socket timeout while waiting for a request's headers
+BODY_TIMEOUT_S = 30.0  # the whole body of a request must arrive within this many seconds
+BODY_BUDGET = 4        # request bodies (of max_bytes) held in memory at once, read or waiting for a slot
 
 
 def default_max_bytes(size: int, max_batch: int, channels: int = 4) -> int:
@@ -95,13 +101,55 @@ class _Handler(BaseHTTPRequestHandler):
         if length > self.service.max_bytes:
             self._too_large(length)  # answered before the body is read; the connection is closed
             return
-        with self.service.active:
-            self._invoke(length)
-
-    def _invoke(self, length: int) -> None:
+        if not self.service.reserve(length):
+            self._error(HTTPStatus.SERVICE_UNAVAILABLE, "the server holds as many request bodies as it may; retry shortly", close=True)
+            return
         try:
-            payload = json.loads(self.rfile.read(length))
-        except (ValueError, UnicodeDecodeError):
+            body = self._read_body(length)
+            if body is None:
+                return
+            with self.service.active:
+                self._invoke(body)
+        finally:
+            self.service.release(length)
+
+    def _read_body(self, length: int) -> bytes | None:
+        """The request body, read under one deadline for the whole of it (a 408 after it); None when the
+        client timed out or went away (the connection is then closed)."""
+        deadline_s = self.service.body_timeout_s
+        deadline = time.monotonic() + deadline_s
+        chunks, remaining = [], length
+        try:
+            while remaining > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self.connection.settimeout(left)
+                chunk = self.rfile.read1(min(remaining, 1 << 16))
+                if not chunk:  # the client closed its side
+                    self.close_connection = True
+                    return None
+                chunks.append(chunk)
+                remaining -= len(chunk)
+        except TimeoutError:
+            self._error(HTTPStatus.REQUEST_TIMEOUT, f"the request body did not arrive within {deadline_s:g} s; send it at once",
+                        close=True)
+            return None
+        except OSError:  # the client reset the connection: nobody to answer
+            self.close_connection = True
+            return None
+        finally:
+            self.connection.settimeout(self.timeout)
+        return b"".join(chunks)
+
+    def _invoke(self, body: bytes) -> None:
+        if b"true" in body or b"false" in body or b"null" in body:  # no key holds these letters: a literal is not a number
+            self._error(HTTPStatus.BAD_REQUEST, "conditioning: expected numbers (no strings, booleans or nulls) in nested lists "
+                                                "of shape (N, S, S, 4)")
+            return
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly nested brackets
             self._error(HTTPStatus.BAD_REQUEST, "body is not JSON; send {\"inputs\": (N, S, S, 4) nested lists}")
             return
         if not isinstance(payload, dict) or not ({"inputs", "instances", "conditioning"} & set(payload)):
@@ -109,10 +157,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         inputs = next(payload[k] for k in ("inputs", "instances", "conditioning") if k in payload)
         try:
-            array = np.asarray(inputs, dtype=np.float32)
-        except (ValueError, TypeError):
-            self._error(HTTPStatus.BAD_REQUEST, "conditioning: expected numbers in nested lists of shape (N, S, S, 4)")
+            raw = np.asarray(inputs)  # no dtype: strings stay strings ("0" is not 0), booleans stay booleans
+        except (ValueError, TypeError, RecursionError):
+            raw = None
+        if raw is None or raw.dtype.kind not in "iuf":
+            self._error(HTTPStatus.BAD_REQUEST, "conditioning: expected numbers (no strings, booleans or nulls) in nested lists "
+                                                "of shape (N, S, S, 4)")
             return
+        array = raw.astype(np.float32)
         count = 1 if array.ndim == 3 else (int(array.shape[0]) if array.ndim else 0)  # (S, S, 4) is one image
         if count > self.service.max_batch:
             self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{count} images in one request; the limit is {self.service.max_batch}")
@@ -127,12 +179,27 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class Service:
-    def __init__(self, generator: Generator, max_batch: int = DEFAULT_MAX_BATCH, max_bytes: int | None = None):
+    def __init__(self, generator: Generator, max_batch: int = DEFAULT_MAX_BATCH, max_bytes: int | None = None,
+                 body_timeout_s: float = BODY_TIMEOUT_S):
         self.generator = generator
         self.max_batch = max_batch
+        self.body_timeout_s = body_timeout_s
+        self._held, self._held_lock = 0, threading.Lock()
         self.max_bytes = max_bytes or default_max_bytes(generator.size, max_batch, generator.in_channels)
         self.lock = threading.Lock()
         self.active = threading.BoundedSemaphore(MAX_ACTIVE)
+
+    def reserve(self, length: int) -> bool:
+        """Take `length` bytes of the body budget (BODY_BUDGET x max_bytes); False when it would overflow."""
+        with self._held_lock:
+            if self._held + length > BODY_BUDGET * self.max_bytes:
+                return False
+            self._held += length
+            return True
+
+    def release(self, length: int) -> None:
+        with self._held_lock:
+            self._held -= length
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
         """The request handler class bound to this service."""
@@ -140,8 +207,8 @@ class Service:
 
 
 def serve(model_uri: str, host: str = "127.0.0.1", port: int = 5001, max_batch: int = DEFAULT_MAX_BATCH,
-          max_bytes: int | None = None) -> None:
-    service = Service(Generator.load(model_uri), max_batch, max_bytes)
+          max_bytes: int | None = None, body_timeout_s: float = BODY_TIMEOUT_S) -> None:
+    service = Service(Generator.load(model_uri), max_batch, max_bytes, body_timeout_s)
     httpd = ThreadingHTTPServer((host, port), service.handler())
     print(f"serving {model_uri} on http://{host}:{port} (max {service.max_batch} images, {service.max_bytes} bytes per request)", flush=True)
     try:

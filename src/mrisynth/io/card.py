@@ -9,14 +9,14 @@ import pandas as pd
 
 from mrisynth.core import datacard
 from mrisynth.io import tiff
-from mrisynth.io.manifest import read_manifest
+from mrisynth.io.manifest import inside, read_manifest
 
 SPLIT_ORDER = ("train", "val", "test")
 
 
 def _load(directory: Path, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    images = np.stack([tiff.read_image(directory / p) for p in rows["image"]]).astype(np.float32)
-    labels = np.stack([tiff.read_mask(directory / p) for p in rows["mask"]]).astype(np.uint8)
+    images = np.stack([tiff.read_image(inside(directory, p)) for p in rows["image"]]).astype(np.float32)
+    labels = np.stack([tiff.read_mask(inside(directory, p)) for p in rows["mask"]]).astype(np.uint8)
     return images, labels, images.any(axis=-1)
 
 

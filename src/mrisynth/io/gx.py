@@ -15,13 +15,17 @@ import pandas as pd
 from mrisynth import BRATS_LABELS
 from mrisynth.errors import DataError
 from mrisynth.io import tiff
-from mrisynth.io.manifest import read_manifest
+from mrisynth.io.manifest import SPLITS, is_inside, is_plain_name, read_manifest
 
 SUITE_DIR = Path(__file__).resolve().parents[3] / "expectations"
 
 
 def _metadata_row(directory: Path, row: pd.Series) -> dict:
     meta = {"case_id": str(row["case_id"]), "split": str(row["split"]), "image": row["image"], "mask": row["mask"]}
+    meta["paths_inside"] = (is_plain_name(meta["case_id"]) and all(is_inside(directory, row[c]) for c in ("image", "mask"))
+                            and meta["split"] in SPLITS)
+    if not meta["paths_inside"]:  # never open a file outside the dataset folder
+        return meta | {"has_mask": False, "readable": False}
     image_path, mask_path = directory / str(row["image"]), directory / str(row["mask"])
     meta["has_mask"] = bool(mask_path.is_file())
     try:
@@ -213,7 +217,7 @@ def validate_dataset(
     docs_root: Path | None = None,
 ) -> ValidationReport:
     """Validate an imported dataset folder; expected values default to what DIR/dataset.json recorded."""
-    manifest = read_manifest(directory)
+    manifest = read_manifest(directory, check_paths=False)  # unsafe paths are reported by the suite (paths_inside)
     info = dataset_info(directory)
     counts = counts or info.get("counts") or manifest["split"].value_counts().to_dict()
     size = size or info.get("size") or int(manifest["height"].iloc[0])

@@ -31,7 +31,7 @@ def reference() -> str:
     """docs/configuration.md: every params.yaml section and key, with type, default and description."""
     lines = ["# Configuration reference (`params.yaml`)", "",
              "Generated from the schema in `src/mrisynth/config.py` by `python -m mrisynth.ops.configdoc > docs/configuration.md` "
-             "(a test checks that this page is up to date). Every key is optional; a missing key takes the default "
+             "(a test checks that this page is up to date). Every section must be present; a key left out of one takes the default "
              "below, which is also the shipped `params.yaml`. Unknown keys and wrong types stop every stage with one "
              "line naming the key.", ""]
     for section in dataclasses.fields(Params):

@@ -60,14 +60,36 @@ def _tool(name: str) -> str:
 
 
 def load_state(paths: Paths) -> dict:
-    try:
-        return json.loads(paths.state.read_text())
-    except (OSError, ValueError):
+    """The stack's state (ports, credentials); {} before the first `up`. An unreadable file stops with one
+    line: new credentials would no longer open the existing PostgreSQL data."""
+    if not paths.state.exists():
         return {}
+    try:
+        state = json.loads(paths.state.read_text())
+    except (OSError, ValueError) as exc:
+        raise TeamError(f"team: {paths.state} is unreadable ({exc}); it holds the credentials of the existing data - restore it, "
+                        f"or remove the whole folder {paths.root} (after `team down`) to start a new stack") from None
+    if not isinstance(state, dict):
+        raise TeamError(f"team: {paths.state}: expected a JSON object, found {type(state).__name__}; restore it or remove {paths.root}")
+    return state
 
 
 def _save_state(paths: Paths, state: dict) -> None:
-    _write_private(paths.state, json.dumps(state, indent=2) + "\n")
+    _write_private_atomic(paths.state, json.dumps(state, indent=2) + "\n")
+
+
+def _write_private_atomic(path: Path, text: str) -> None:
+    """Write a credentials file (mode 0600 from the start) next to `path`, then rename it into place: a crash
+    leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        _write_private(tmp, text)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _plan(paths: Paths, state: dict) -> dict:
@@ -270,17 +292,19 @@ def configure_dvc_remote(state: dict, repo: Path, name: str = "team") -> bool:
     """Remote `name` -> s3://dvc on the stack, in repo/.dvc/config.local (not committed). False if repo is no DVC repo."""
     if not (repo / ".dvc").is_dir():
         return False
-    dvc = _tool("dvc")
-    steps = [["remote", "add", "--local", "--force", name, "s3://dvc"],
-             ["remote", "modify", "--local", name, "endpointurl", uris(state)["weed"]],
-             ["remote", "modify", "--local", name, "access_key_id", state["s3_access_key"]],
-             ["remote", "modify", "--local", name, "secret_access_key", state["s3_secret_key"]],
-             ["remote", "modify", "--local", name, "region", REGION]]
-    for args in steps:
-        done = subprocess.run([dvc, *args], cwd=repo, capture_output=True, text=True, timeout=60)
-        if done.returncode != 0:
-            raise TeamError(f"team up: dvc remote {name}: `dvc {' '.join(args[:3])}` failed in {repo}: {done.stderr.strip().splitlines()[-1:]}")
-    (repo / ".dvc" / "config.local").chmod(0o600)  # it holds the S3 secret
+    from configobj import ConfigObj, ConfigObjError  # DVC's own config format (a DVC dependency)
+
+    path = repo / ".dvc" / "config.local"
+    try:
+        config = ConfigObj(str(path) if path.is_file() else None)
+    except ConfigObjError as exc:
+        raise TeamError(f"team up: {path}: not a readable DVC config ({str(exc).splitlines()[0]}); fix or remove it and rerun") from None
+    config[f'remote "{name}"'] = {"url": "s3://dvc", "endpointurl": uris(state)["weed"], "access_key_id": state["s3_access_key"],
+                                  "secret_access_key": state["s3_secret_key"], "region": REGION}
+    config.filename = None
+    # written here, not by `dvc remote modify ... secret_access_key S`: no secret on a command line (ps), and the
+    # file holds it with mode 0600 from the moment it exists
+    _write_private_atomic(path, "\n".join(config.write()) + "\n")
     return True
 
 
@@ -352,7 +376,11 @@ def down(quiet: bool = False) -> list[str]:
             stopped.append(component)
             if not quiet:
                 print(f"team: stopped {component} (pid {pid})")
-    grpc = [v for k, v in load_state(paths).get("ports", {}).items() if k.endswith("grpc")]
+    try:
+        ports = load_state(paths).get("ports", {})
+    except TeamError:  # stopping needs no credentials: the pid files and the folder name the processes
+        ports = {}
+    grpc = [v for k, v in ports.items() if k.endswith("grpc")]
     for port in grpc:  # weed puts its gRPC unix sockets in /tmp whatever TMPDIR says
         for sock in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
             sock.unlink(missing_ok=True)

@@ -1,6 +1,7 @@
 """One module per DVC stage; each exposes `run(...) -> exit code` and `main()` (its entry point)."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -131,3 +132,18 @@ def stage_main(run: Callable[[], int]) -> None:
     except KeyboardInterrupt:
         print("stage interrupted" + (" (SIGTERM)" if terminated["flag"] else ""), file=sys.stderr)
         sys.exit(EXIT_SIGTERM if terminated["flag"] else EXIT_SIGINT)
+
+
+def params_main(run: Callable[[str], int], argv: list[str] | None = None) -> None:
+    """The `main()` of a stage whose one option is `--params FILE`: parse it (other options are refused
+    with a usage line, never ignored) and run the stage through `stage_main`."""
+    stage = run.__module__.rsplit(".", 1)[-1]
+    parser = argparse.ArgumentParser(prog=f"pipelines/{stage}.py", description=(sys.modules[run.__module__].__doc__ or "").split("\n")[0])
+    parser.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+    args = parser.parse_args(argv)
+
+    def call() -> int:
+        return run(args.params)
+
+    call.__module__ = run.__module__  # the resource record is named after the stage
+    stage_main(call)

@@ -19,7 +19,7 @@ from mrisynth.augment.synthesis import load_generator, synthesise, synthesise_dr
 from mrisynth import paths
 from mrisynth.config import load_params
 from mrisynth.core.arms import SAMPLE_KINDS
-from mrisynth.stages import stage_main
+from mrisynth.stages import params_main
 from mrisynth.io import arrays, gx
 
 
@@ -69,5 +69,5 @@ def run(params_path: str = "params.yaml") -> int:
     return 0
 
 
-def main() -> None:
-    stage_main(run)
+def main(argv: list[str] | None = None) -> None:
+    params_main(run, argv)

@@ -24,7 +24,7 @@ from mrisynth.config import load_params
 from mrisynth.core import encoding, segmetrics, stats, threshold
 from mrisynth.core.table1 import PAIRED, SPLITS, Table1, render
 from mrisynth.errors import DataError
-from mrisynth.stages import stage_main
+from mrisynth.stages import params_main
 from mrisynth.io import arrays, tracking
 from mrisynth.io import registry
 from mrisynth.core import figures
@@ -231,5 +231,5 @@ def run(params_path: str = "params.yaml") -> int:
     return 0
 
 
-def main() -> None:
-    stage_main(run)
+def main(argv: list[str] | None = None) -> None:
+    params_main(run, argv)

@@ -26,7 +26,7 @@ from mrisynth import paths
 from mrisynth.config import load_params
 from mrisynth.core import encoding
 from mrisynth.errors import DataError
-from mrisynth.stages import stage_main
+from mrisynth.stages import params_main
 from mrisynth.io import arrays, tracking
 from mrisynth.io import registry
 from mrisynth.core import figures
@@ -112,5 +112,5 @@ def run(params_path: str = "params.yaml") -> int:
     return 0
 
 
-def main() -> None:
-    stage_main(run)
+def main(argv: list[str] | None = None) -> None:
+    params_main(run, argv)

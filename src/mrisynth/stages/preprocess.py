@@ -14,8 +14,9 @@ import numpy as np
 from mrisynth import paths
 from mrisynth.config import load_params
 from mrisynth.core import encoding, slicing
+from mrisynth.io import manifest as manifest_io
 from mrisynth.io.manifest import SPLITS, read_manifest
-from mrisynth.stages import stage_main
+from mrisynth.stages import params_main
 from mrisynth.io import arrays, gx, tiff
 
 
@@ -24,8 +25,8 @@ def build_split(data_dir: Path, manifest, split: str, size: int) -> arrays.Split
     rows = manifest[manifest["split"] == split]
     images, labels = [], []
     for _, row in rows.iterrows():
-        image = tiff.read_image(data_dir / row["image"]).astype(np.float32)
-        mask = tiff.read_mask(data_dir / row["mask"])
+        image = tiff.read_image(manifest_io.inside(data_dir, row["image"])).astype(np.float32)
+        mask = tiff.read_mask(manifest_io.inside(data_dir, row["mask"]))
         if image.shape[0] != size:
             image = np.clip(slicing.resize(image, size, is_mask=False), 0.0, 1.0)
             mask = slicing.resize(mask, size, is_mask=True)
@@ -91,5 +92,5 @@ def log_card(data_dir: Path, experiment: str) -> dict:
     return built
 
 
-def main() -> None:
-    stage_main(run)
+def main(argv: list[str] | None = None) -> None:
+    params_main(run, argv)

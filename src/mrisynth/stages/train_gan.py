@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import os
 import json
 import shutil
@@ -149,6 +150,17 @@ def _reusable(settings, trainer, train, val, out_dir: Path, model_path: Path):
     return state if state.fingerprint == trainer.fingerprint(train, val) else None
 
 
+def code_digest() -> str:
+    """sha256 of every source file of the mrisynth package: a run is finished later only by the same code."""
+    import mrisynth
+
+    root = Path(mrisynth.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _epoch_logger(run, p, size: int, n_train: int, val, label: str, checkpoint_seconds: list[float]):
     """The trainer's on_epoch callback: metrics to the MLflow run, one progress line, an image grid every
     grid_every epochs; appends each epoch's checkpoint seconds to `checkpoint_seconds`."""
@@ -173,7 +185,7 @@ def _epoch_logger(run, p, size: int, n_train: int, val, label: str, checkpoint_s
 
 def train_draw(p, pre, settings, dist, train, val, draw: int, restart: bool, alpha: float, alpha_source: str) -> dict:
     """Train (or resume) generator draw `draw` (0 = the registered one) with its own MLflow run; returns its summary."""
-    from mrisynth.training.checkpoints import load_state
+    from mrisynth.training.checkpoints import load_state, save_state
     from mrisynth.training.gan import GanTrainer
 
     channels = train.images.shape[-1]
@@ -186,8 +198,11 @@ def train_draw(p, pre, settings, dist, train, val, draw: int, restart: bool, alp
             print(f"train_gan: {label}already trained with these parameters ({model_path}); kept")
             return {"draw": draw + 1, "seed": settings.seed, "model_path": str(model_path), "best_epoch": finished.best_epoch + 1,
                     "run_id": finished.run_id, **{k: finished.history[finished.best_epoch].get(k) for k in ("val_mae", "val_ssim")}}
-    state = trainer.prepare(train, val, out_dir, restart=restart)
-    resuming = state.epoch > 0
+    # a run that finished training but was stopped before registration is finished, not retrained, when the
+    # same code trained it (one process trains every worker's share under multi_worker: never there)
+    code = None if dist.kind == "multi_worker" else code_digest()
+    state = trainer.prepare(train, val, out_dir, restart=restart, finish_code=code)
+    resuming, finishing = state.epoch > 0, state.completed
 
     tracking.configure(p.experiment)
     tags = tracking.run_tags("train_gan", p.precision) | (dist.tags() if dist.distributed else {}) | {"draw": str(draw + 1)}
@@ -202,7 +217,8 @@ def train_draw(p, pre, settings, dist, train, val, draw: int, restart: bool, alp
         checkpoint_seconds: list[float] = []
         on_epoch = _epoch_logger(run, p, pre.image_size, len(train), val, label, checkpoint_seconds)
         try:
-            state = trainer.fit(train, val, out_dir, on_epoch=on_epoch, state=state)
+            if not finishing:
+                state = trainer.fit(train, val, out_dir, on_epoch=on_epoch, state=state)
         except MrisynthError:
             run.set_tags({"failure": "training stopped; see stage output"})
             raise
@@ -230,6 +246,8 @@ def train_draw(p, pre, settings, dist, train, val, draw: int, restart: bool, alp
             "checkpoint_seconds": round(sum(checkpoint_seconds), 2),
             "checkpoint_share": round(sum(checkpoint_seconds) / max(train_seconds, 1e-9), 4),
         }
+        if finishing:  # trained by an earlier process that stopped before registration: no timings of its own
+            summary["finished_without_retraining"] = True
         run.log_metrics({f"best_{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and k not in ("alpha", "epochs")})
         summary |= {"draw": draw + 1, "seed": settings.seed, "model_path": str(model_path), "run_id": state.run_id, "_state": state}
         if draw == 0:
@@ -239,6 +257,8 @@ def train_draw(p, pre, settings, dist, train, val, draw: int, restart: bool, alp
                                 "generator": p.generator, "synthesis": p.synthesis, "select": p.select},
                                val.conditioning[:1], in_channels=settings.in_channels(channels))
             summary["model_version"] = int(version)
+        state.finalised = True  # a rerun now trains afresh (as DVC asks), instead of finishing this run again
+        save_state(out_dir, state)
     return summary
 
 

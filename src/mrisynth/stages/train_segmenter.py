@@ -22,7 +22,7 @@ from mrisynth.core.arms import arm_slug, uses_generator
 from mrisynth import paths
 from mrisynth.config import as_flat_dict, load_params
 from mrisynth.core import encoding
-from mrisynth.stages import stage_main
+from mrisynth.stages import params_main
 from mrisynth.io import arrays, tracking
 from mrisynth.io import registry
 
@@ -101,5 +101,5 @@ def run(params_path: str = "params.yaml") -> int:
     return 0
 
 
-def main() -> None:
-    stage_main(run)
+def main(argv: list[str] | None = None) -> None:
+    params_main(run, argv)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mrisynth.config import as_flat_dict, load_params
+from mrisynth.config import as_flat_dict, load_params, mask_url
 from mrisynth.core import arms
 from mrisynth.stages import stage_main
 from mrisynth.errors import ConfigError, MrisynthError, ServiceError
@@ -94,10 +94,11 @@ def storage(url: str, heartbeat_s: int = 0):
         try:
             return _rdb(url, attempts=3, engine_kwargs={"connect_args": connect, "pool_pre_ping": True}, **beat)
         except sqlalchemy.exc.OperationalError as exc:
-            raise ServiceError(f"tune storage {url.split('://')[0]}://...@{url.split('@')[-1]} did not answer within 3 x {connect['connect_timeout']} s "
+            raise ServiceError(f"tune storage {mask_url(url)} did not answer within 3 x {connect['connect_timeout']} s "
                                f"({(str(exc.orig or exc).strip().splitlines() or [type(exc).__name__])[0]}); start it (`make team-up`) or set "
                                "tune.storage / MRISYNTH_TUNE_STORAGE to sqlite:///optuna.db") from exc
-    raise ConfigError(f"tune.storage={url!r}: expected sqlite:///file.db, postgresql+psycopg2://user:pw@host/db or journal:<file>")
+    raise ConfigError(f"tune.storage={mask_url(url)!r}: expected sqlite:///file.db, postgresql+psycopg2://user@host/db "
+                      "(password in PGPASSWORD or ~/.pgpass) or journal:<file>")
 
 
 def study_scope(params, train, val) -> str:
@@ -247,7 +248,7 @@ def optimise(params, n_trials: int, parent_name: str = "tune", worker: bool = Fa
     study = make_study(t, scope, worker)
     tracking.configure(params.train_gan.experiment)
     objective_fn = objective_image if t.objective == "image" else objective_downstream
-    tags = tracking.run_tags("tune") | {"study": study.study_name, "study_scope": scope, "storage": storage_url(t).split("@")[-1]}
+    tags = tracking.run_tags("tune") | {"study": study.study_name, "study_scope": scope, "storage": mask_url(storage_url(t))}
     with tracking.stage_run(parent_name, tags, as_flat_dict(t) | {"n_trials_this_run": n_trials}, system_metrics=False) as parent:
 
         def objective(trial):

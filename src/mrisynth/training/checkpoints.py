@@ -47,6 +47,13 @@ class TrainState:
     run_id: str | None = None
     history: list[dict] = field(default_factory=list)
     resume_from: str | None = None  # the verified resume folder this state was loaded from
+    finalised: bool = False  # the stage's work after training is done (model copied and registered, run ended)
+    code: str | None = None  # digest of the code that trained it (a run finished later must be the same code's)
+
+
+def _state(data: dict) -> TrainState:
+    """A TrainState from its JSON. States written before `finalised` existed were finalised by their stage."""
+    return TrainState(**({"finalised": True} | data))
 
 
 RESUME_DIR = "resume"
@@ -92,7 +99,7 @@ def latest_resume(out_dir: Path) -> tuple[Path, "TrainState"] | None:
     for folder in sorted(root.glob("epoch-*"), reverse=True) if root.is_dir() else []:
         problem = verify_resume(folder)
         if problem is None:
-            state = TrainState(**json.loads((folder / "state.json").read_text()))
+            state = _state(json.loads((folder / "state.json").read_text()))
             state.resume_from = str(folder)
             return folder, state
         print(f"warning: resume state {folder} is unusable ({problem}); trying an older one", file=sys.stderr)
@@ -108,23 +115,46 @@ def write_resume(out_dir: Path, state: TrainState, generator: keras.Model, discr
     root = Path(out_dir) / RESUME_DIR
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-epoch-{state.epoch:04d}-", dir=root))
-    generator.save_weights(tmp / "generator.weights.h5")
-    discriminator.save_weights(tmp / "discriminator.weights.h5")
-    arrays = {f"{prefix}{i}": np.asarray(v) for prefix, values in variables.items() for i, v in enumerate(values)}
-    np.savez(tmp / "variables.npz", **arrays)
-    (tmp / "state.json").write_text(json.dumps({**state.__dict__, "resume_from": None}, indent=2, default=float))
-    files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
-    (tmp / MANIFEST).write_text(json.dumps({"epoch": state.epoch, "files": files}, indent=2))
+    try:
+        generator.save_weights(tmp / "generator.weights.h5")
+        discriminator.save_weights(tmp / "discriminator.weights.h5")
+        arrays = {f"{prefix}{i}": np.asarray(v) for prefix, values in variables.items() for i, v in enumerate(values)}
+        np.savez(tmp / "variables.npz", **arrays)
+        (tmp / "state.json").write_text(json.dumps({**state.__dict__, "resume_from": None}, indent=2, default=float))
+        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        (tmp / MANIFEST).write_text(json.dumps({"epoch": state.epoch, "files": files}, indent=2))
+    except OSError as exc:  # a full disk, a quota: one line, no half-written state left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = latest_resume(out_dir)
+        raise _disk_error(root, f"the resume state of epoch {state.epoch}", exc,
+                          f"The state of epoch {kept[1].epoch} is kept; " if kept else "") from None
     final = root / f"epoch-{state.epoch:04d}"
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    save_state(Path(out_dir), state)
+    try:
+        save_state(Path(out_dir), state)
+    except OSError as exc:
+        raise _disk_error(Path(out_dir), "state.json", exc, f"The resume state of epoch {state.epoch} is complete; ") from None
     for old in sorted(root.glob("epoch-*"))[:-KEEP_STATES]:
         shutil.rmtree(old, ignore_errors=True)
     for leftover in root.glob(".tmp-epoch-*"):  # cut-short writes of earlier processes
         shutil.rmtree(leftover, ignore_errors=True)
     return final
+
+
+def _disk_error(where: Path, what: str, exc: OSError, kept: str) -> TrainingError:
+    """One line for a failed checkpoint write: where, why, the free space, what is still on disk."""
+    reason = exc.strerror or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return TrainingError(f"{where}: cannot write {what} ({reason}); {_free_mib(where)} MiB free there. {kept}"
+                         "free some space and rerun to resume")
+
+
+def _free_mib(path: Path) -> int:
+    try:
+        return int(shutil.disk_usage(path).free / 2**20)
+    except OSError:
+        return -1
 
 
 def read_resume(out_dir: Path, folder: Path | None, generator: keras.Model, discriminator: keras.Model,
@@ -178,8 +208,15 @@ class BestGenerator:
         if self._portable is None:
             self._portable = self._build()
         self._portable.set_weights(weights)
-        self._portable.save(Path(out_dir) / "best_generator.keras")
-        (Path(out_dir) / "best.json").write_text(json.dumps({"epoch": epoch, "val_g_loss": value}))
+        target, tmp = Path(out_dir) / "best_generator.keras", Path(out_dir) / ".best_generator.tmp.keras"
+        try:  # written aside and renamed: a failed write never truncates the generator already kept
+            self._portable.save(tmp)
+            os.replace(tmp, target)
+            (Path(out_dir) / "best.json").write_text(json.dumps({"epoch": epoch, "val_g_loss": value}))
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _disk_error(Path(out_dir), f"the generator of epoch {epoch + 1}", exc,
+                              "The generator kept before it is unchanged; " if target.is_file() else "") from None
         self._pending = None
         return time.perf_counter() - started
 
@@ -196,19 +233,29 @@ def load_state(out_dir: Path) -> TrainState | None:
     if not path.is_file():
         return None
     try:
-        return TrainState(**json.loads(path.read_text()))
+        return _state(json.loads(path.read_text()))
     except (ValueError, TypeError):
         print(f"warning: {path} is unreadable; ignoring it", file=sys.stderr)
         return None
 
 
-def prepare_state(out_dir: Path, fingerprint: dict, restart: bool) -> TrainState:
+def prepare_state(out_dir: Path, fingerprint: dict, restart: bool, finish_epochs: int | None = None,
+                  code: str | None = None) -> TrainState:
     """Resume an interrupted run with the same parameters; refuse one with other parameters unless restart.
-    A missing or unreadable top-level state.json falls back to the newest verified resume state."""
+    A missing or unreadable top-level state.json falls back to the newest verified resume state.
+    finish_epochs: a run that completed these epochs with the same parameters and `code` but was not
+    finalised (a stop between training and registration) is returned as it is, to be finalised without
+    retraining."""
     previous = load_state(out_dir)
     if previous is None and not restart:
         found = latest_resume(out_dir)
         previous = found[1] if found is not None else None
+    if (finish_epochs is not None and previous is not None and not restart and previous.completed and not previous.finalised
+            and previous.epoch == finish_epochs and previous.fingerprint == fingerprint and previous.code == code
+            and code is not None and (out_dir / "best_generator.keras").is_file()):
+        print(f"{out_dir}: training finished (epoch {previous.epoch}) but the run was never finalised; finishing it without retraining",
+              file=sys.stderr)
+        return previous
     if previous is not None and not restart and not previous.completed:
         if previous.fingerprint != fingerprint:
             changed = sorted(k for k in set(fingerprint) | set(previous.fingerprint) if fingerprint.get(k) != previous.fingerprint.get(k))

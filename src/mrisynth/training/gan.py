@@ -277,12 +277,18 @@ class GanTrainer:
         values = fingerprint(self.settings, arrays_key(train, val))
         return values | self.dist.tags() if self.dist.distributed else values
 
-    def prepare(self, train: SplitArrays, val: SplitArrays, out_dir: Path, restart: bool = False) -> TrainState:
+    def prepare(self, train: SplitArrays, val: SplitArrays, out_dir: Path, restart: bool = False,
+                finish_code: str | None = None) -> TrainState:
         """The state to start from: a resumable interrupted run (same parameters and data) or a fresh one.
-        Non-chief workers touch no files: they start fresh and take the chief's state in `fit`."""
+        finish_code (a digest of the training code): also a run of that code that finished training but was
+        not finalised (`TrainState.finalised`); the state returned records it. Non-chief workers touch no
+        files: they start fresh and take the chief's state in `fit`."""
         if not self.is_chief:
             return TrainState(fingerprint=self.fingerprint(train, val))
-        return prepare_state(Path(out_dir), self.fingerprint(train, val), restart)
+        state = prepare_state(Path(out_dir), self.fingerprint(train, val), restart,
+                              self.settings.epochs if finish_code else None, finish_code)
+        state.code = finish_code
+        return state
 
     def fit(
         self,
@@ -327,7 +333,8 @@ class GanTrainer:
                     on_epoch(EpochResult(epoch + 1, metrics, improved, time.perf_counter() - start, saved_s), self, state)
         except BaseException:  # NaN stop, interrupt, lost worker, a failing callback: keep the best generator
             if self.is_chief:
-                self._best.flush(out_dir)
+                with contextlib.suppress(TrainingError):  # a full disk must not hide the first error
+                    self._best.flush(out_dir)
             raise
         state.completed = True
         if self.is_chief:
@@ -356,9 +363,10 @@ class GanTrainer:
             values = {k: float(v) for k, v in result.items()}
             bad = [k for k, v in values.items() if not math.isfinite(v)]
             if bad:  # state.json stays as the last resume checkpoint wrote it (its epoch matches those weights)
+                kept = (f"the generator of epoch {state.best_epoch + 1} is kept in {out_dir / 'best_generator.keras'}"
+                        if state.best_epoch >= 0 else "no epoch finished, so no generator was written")
                 raise TrainingError(
-                    f"epoch {epoch + 1}, step {step + 1}: {', '.join(bad)} is {values[bad[0]]}; training stopped. "
-                    f"The best checkpoint (epoch {state.best_epoch + 1}) is kept in {out_dir / 'best_generator.keras'}; "
+                    f"epoch {epoch + 1}, step {step + 1}: {', '.join(bad)} is {values[bad[0]]}; training stopped ({kept}); "
                     "lower the learning rate or alpha, or use precision float32, and rerun with --restart"
                 )
             for k, v in values.items():
