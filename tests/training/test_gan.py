@@ -288,3 +288,39 @@ def test_a_failed_write_of_the_kept_generator_leaves_the_previous_one(tmp_path, 
     assert "cannot write the generator of epoch 2 (No space left on device)" in str(err.value) and "\n" not in str(err.value)
     assert "kept before it is unchanged" in str(err.value)
     assert (tmp_path / "best_generator.keras").read_bytes() == before and not list(tmp_path.glob(".best_generator*"))
+
+
+def test_a_real_full_disk_stops_with_one_line_and_resumes_once_there_is_space(tmp_path):
+    """A size-limited tmpfs (where this machine allows mounting one): filled after epoch 1's checkpoint,
+    so epoch 2's writes meet a real ENOSPC."""
+    import subprocess
+
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(small)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"this machine does not allow mounting a size-limited tmpfs ({mounted.stderr.strip()[:80]})")
+    try:
+        out = small / "gan"
+
+        def fill_the_disk(result, trainer, state):
+            if result.epoch == 1:
+                with open(small / "filler", "wb") as handle:
+                    try:
+                        while True:
+                            handle.write(b"\0" * (1 << 20))
+                            handle.flush()
+                    except OSError:
+                        pass
+
+        settings = dataclasses.replace(TINY, epochs=2, checkpoint_every=1)
+        with pytest.raises(TrainingError) as err:
+            GanTrainer(settings, 64, 4, 4).fit(_tiny_split(4), _tiny_split(2, seed=10), out, on_epoch=fill_the_disk)
+        message = str(err.value)
+        assert "No space left on device" in message and "MiB free there" in message and "\n" not in message
+        assert not list(out.rglob(".tmp-epoch-*")) and not list(out.glob(".best_generator*"))
+        (small / "filler").unlink()
+        state = GanTrainer(settings, 64, 4, 4).fit(_tiny_split(4), _tiny_split(2, seed=10), out)
+        assert state.completed and state.epoch == 2
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)

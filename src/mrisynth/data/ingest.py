@@ -190,13 +190,22 @@ def _remove_stale_tmp(out: Path) -> None:
             pass
 
 
+def _dataset_json(path: Path) -> dict:
+    """DIR/dataset.json as written by this importer ({} when absent or not ours): the marker --force needs."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _check_output(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is a file, not a folder; choose a folder path (--force only replaces a dataset folder)")
     if out.exists() and any(out.iterdir()):
         if not force:
             raise DataError(f"{out}: output folder already holds data; choose an empty folder or pass --force to replace it")
-        if not ((out / "manifest.csv").is_file() and (out / "dataset.json").is_file()):
+        if not ((out / "manifest.csv").is_file() and "label_mapping" in _dataset_json(out / "dataset.json")):
             raise DataError(f"{out}: --force replaces only a dataset this tool imported (manifest.csv and dataset.json); this folder "
                             "holds other files, so nothing was deleted: choose another --out or empty it yourself")
 
