@@ -5,8 +5,9 @@ generation: `mrisynth.inference.rendering.render` (what `augment` runs: batches 
 serving:    the `mrisynth serve` HTTP service (in this process, on 127.0.0.1, a free port; validation,
             bounds, JSON) answering one-image requests at concurrency 1 and 4, --requests per level:
             p50/p95 latency (ms) and requests/s, next to the bare `Generator.predict` of one image.
-The generator is the default profile's architecture (params.yaml: image_size, width, precision) with
-untrained weights: speed does not depend on the weights.
+The generator is the paper's U-Net (pix2pix, 4-channel label conditioning) at the default profile's
+image_size, width and precision, with untrained weights: speed does not depend on the weights. (The
+default profile's SPADE inpainting generator is not benchmarked here yet.)
 Usage: python bench/bench_serving.py [--images 64] [--requests 40] [--repeats 3] [--json FILE]"""
 from __future__ import annotations
 

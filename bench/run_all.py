@@ -18,6 +18,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 
+from mrisynth import paths  # noqa: E402
+from mrisynth.config import AugmentParams, DataParams  # noqa: E402
+from mrisynth.core import arms  # noqa: E402
+
 STAGES = ("preprocess", "tune", "train_gan", "augment", "train_segmenter", "gan_usefulness", "evaluate")
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
@@ -33,9 +37,10 @@ def _scripts(quick: bool) -> dict[str, list[str]]:
             "serving": ["bench_serving.py"]}
 
 
-# The paper profile's segmenter work (Makefile PAPER_OVERRIDES): four arms x seeds 1-3, 50 epochs, one pass
-# over each arm's images per epoch (30 / 300 / 300 / 300 images at augment.factor 10), validation on 10 images.
-PAPER_ARM_IMAGES = {"none": 30, "classic": 300, "gan": 300, "classic+gan": 300}
+# The paper profile's segmenter work (Makefile PAPER_OVERRIDES): every arm x seeds 1-3, 50 epochs, one pass
+# over each arm's images per epoch: the training split for the real-only arm, factor x that for the others
+# (30 / 300 / 300 / 300 images at data.train 30, augment.factor 10).
+PAPER_ARM_IMAGES = {arm: DataParams().train * (1 if arms.TABLE[arm].real_only else AugmentParams().factor) for arm in arms.ARMS}
 PAPER_SEEDS, PAPER_EPOCHS = 3, 50
 
 
@@ -127,7 +132,7 @@ def log_to_mlflow(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default="reports/bench.json")
+    parser.add_argument("--out", default=str(paths.BENCH))
     parser.add_argument("--no-mlflow", action="store_true")
     parser.add_argument("--table-from", metavar="BENCH_JSON", help="only regenerate the docs/benchmarks.md table from this bench.json")
     args = parser.parse_args()

@@ -1,5 +1,5 @@
 """Record one sweep variant's VALIDATION numbers (never the test split's) in reports/sweep/<name>.json,
-and rewrite reports/sweep.md, the table of every recorded variant (`make sweep`, docs/method.md).
+and rewrite reports/sweep.md, the table of every recorded variant (`make sweep`, docs/synthetic-data.md).
 
 Usage: python pipelines/sweep_summary.py NAME   (after `dvc exp run -n NAME ...` left its reports)"""
 import json
@@ -8,16 +8,21 @@ from pathlib import Path
 
 import yaml
 
+from mrisynth import paths
+from mrisynth.core.arms import COMPARISONS
+
+# the verdict's questions (core.arms.COMPARISONS) -> the keys of a recorded variant (kept: earlier records use them)
 QUESTIONS = {"GAN beyond classic": "gain_beyond_classic", "GAN augmentation vs none": "gan_vs_none",
              "Classic augmentation vs none": "classic_vs_none", "Classic+GAN vs none": "classic_gan_vs_none"}
+assert set(QUESTIONS) == {question for _, _, question in COMPARISONS}, "a verdict question without a sweep key"
 LEVERS = (("train_gan", ("generator", "synthesis", "select", "epochs", "diffaugment", "disc_blocks")),
           ("train_segmenter", ("real_share", "seeds")))
 
 
 def record(name: str) -> dict:
-    metrics = json.loads(Path("reports/metrics.json").read_text())
-    usefulness = json.loads(Path("reports/gan_usefulness.json").read_text())
-    gan = json.loads(Path("reports/train_gan.json").read_text())
+    metrics = json.loads(paths.METRICS.read_text())
+    usefulness = json.loads(paths.GAN_USEFULNESS.read_text())
+    gan = json.loads(paths.TRAIN_GAN.read_text())
     params = yaml.safe_load(Path("params.yaml").read_text())
     row = {"name": name, **{f"{section}.{key}": params[section][key] for section, keys in LEVERS for key in keys}}
     for question, key in QUESTIONS.items():
@@ -52,13 +57,13 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    out = Path("reports/sweep")
+    out = paths.SWEEP
     out.mkdir(parents=True, exist_ok=True)
     if len(sys.argv) > 1:
         (out / f"{sys.argv[1]}.json").write_text(json.dumps(record(sys.argv[1]), indent=2) + "\n")
     rows = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
-    Path("reports/sweep.md").write_text(table(rows))
-    print(Path("reports/sweep.md").read_text())
+    paths.SWEEP_TABLE.write_text(table(rows))
+    print(paths.SWEEP_TABLE.read_text())
 
 
 if __name__ == "__main__":

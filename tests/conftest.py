@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -91,8 +92,8 @@ def tf_configs(n: int = 2) -> list[str]:
     return [json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}}) for i in range(n)]
 
 
-# tiny 2-D splits for GAN training tests (training/, and the io/gan_distributed.py helper process)
-def _tiny_split(n=4, size=64, seed=0) -> arrays.SplitArrays:
+# tiny 2-D splits for GAN training tests (training/, and the training/gan_distributed.py helper process)
+def _tiny_split(n=4, size=64, seed=0):
     from mrisynth.core import encoding, slicing
     from mrisynth.io import arrays
 
@@ -245,6 +246,23 @@ TINY_PARAMS = {
 def _tracked_files() -> list[str]:
     out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True)
     return [f for f in out.stdout.splitlines() if f and not f.startswith(("tests/", "reports/", "dvc.lock"))]
+
+
+def copy_tracked_repo(dest: Path) -> Path:
+    """The repository's tracked files (no tests, reports, dvc.lock; data.dvc removed: the copy builds its own data)."""
+    for name in _tracked_files():
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    (dest / "data.dvc").unlink(missing_ok=True)
+    return dest
+
+
+# the tiny GAN settings of the trainer tests (the paper's method, 64 px)
+def tiny_gan():
+    from mrisynth.training.gan import paper_settings
+
+    return paper_settings(alpha=100.0, epochs=2, batch_size=2, width=0.25, precision="float32", seed=3, checkpoint_every=1)
 
 
 @pytest.fixture(autouse=True)

@@ -139,7 +139,8 @@ def test_every_stage_entry_point_honours_params_and_refuses_unknown_options(tmp_
 
 
 def test_storage_passwords_are_refused_in_params_and_masked_everywhere(tmp_path):
-    from mrisynth.config import TuneParams, as_flat_dict, mask_url
+    from mrisynth.config import TuneParams, as_flat_dict
+    from mrisynth.core.urls import mask_url
 
     with pytest.raises(ConfigError) as err:
         load_params(_write(tmp_path, {"tune": {"storage": "postgresql+psycopg2://alice:hunter2@db:5432/optuna"}}))

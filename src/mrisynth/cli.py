@@ -79,7 +79,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         # a count not given keeps the value recorded at import (DIR/dataset.json), not 0
         recorded = dataset_info(Path(args.dir)).get("counts") or {}
         counts = {s: getattr(args, s) if getattr(args, s) is not None else int(recorded.get(s, 0)) for s in ("train", "val", "test")}
-    docs_root = Path(args.docs) if args.docs else Path(args.dir).resolve().parent / "reports" / "gx_docs"
+    from mrisynth import paths
+
+    docs_root = Path(args.docs) if args.docs else Path(args.dir).resolve().parent / paths.GX_DOCS
     print(f"validate: Data Docs go to {docs_root} (--docs to choose)")
     report = validate_dataset(Path(args.dir), counts=counts, size=args.size, channels=args.channels, docs_root=docs_root)
     print(report.summary())
@@ -201,6 +203,8 @@ def _data_commands(data) -> None:
 
 def _dataset_commands(sub) -> None:
     """`mrisynth validate | export`: checking and converting an imported dataset."""
+    from mrisynth.config import AugmentParams
+
     va = sub.add_parser("validate", help="run the Great Expectations suite over an imported dataset")
     va.add_argument("dir", help="an imported dataset folder (with manifest.csv)")
     va.add_argument("--train", type=int, help="expected training count (default: as recorded in DIR/dataset.json)")
@@ -217,7 +221,8 @@ def _dataset_commands(sub) -> None:
     ex.add_argument("--out", required=True, help="output folder (nnunet: nnUNet_raw; the dataset goes to OUT/DatasetNNN_NAME)")
     ex.add_argument("--arm", default="none", choices=ARMS,
                     help="training set: the real slices (none) or an augmented arm from --augmented")
-    ex.add_argument("--augmented", default="work/augmented", help="augmented set of the arms (default work/augmented)")
+    augmented = AugmentParams().out_dir
+    ex.add_argument("--augmented", default=augmented, help=f"augmented set of the arms (default: params augment.out_dir, {augmented})")
     ex.add_argument("--dataset-id", type=int, default=501, help="nnU-Net dataset id (default 501)")
     ex.add_argument("--name", default="MriSynth", help="nnU-Net dataset name (default MriSynth)")
     ex.add_argument("--force", action="store_true", help="replace an existing export")

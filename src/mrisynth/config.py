@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import re
 import typing
 from dataclasses import field
 from pathlib import Path
@@ -20,7 +19,8 @@ import yaml
 from pydantic.dataclasses import dataclass as _pydantic_dataclass
 
 from mrisynth import MODALITIES
-from mrisynth.core.arms import ARMS
+from mrisynth.core.arms import ARMS, BASELINE, TABLE
+from mrisynth.core.urls import mask_url, url_password
 from mrisynth.errors import ConfigError
 
 # frozen, strict types, unknown keys refused: the one validated schema of params.yaml
@@ -288,8 +288,8 @@ class TrainSegmenterParams:
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown or len(set(self.arms)) != len(self.arms):
             raise ConfigError(f"train_segmenter.arms: expected distinct arms from {list(ARMS)}, found {list(self.arms)}")
-        if "none" not in self.arms or len(self.arms) < 2:
-            raise ConfigError(f"train_segmenter.arms: expected 'none' and at least one augmented arm (a comparison needs two), found {list(self.arms)}")
+        if not any(TABLE[a].real_only for a in self.arms) or len(self.arms) < 2:
+            raise ConfigError(f"train_segmenter.arms: expected a real-only arm ('none') and at least one augmented arm (a comparison needs two), found {list(self.arms)}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"train_segmenter.seeds: expected one or more distinct integers, found {list(self.seeds)}")
         if not 0 <= self.dropout < 1:
@@ -315,7 +315,7 @@ class GanUsefulnessParams:
 
 @dataclass
 class EvaluateParams:
-    baseline: str = "none"          # the paper layout's "without" arm
+    baseline: str = BASELINE        # the paper layout's "without" arm
     augmented: str = "classic+gan"  # the paper layout's "with" arm
     examples: int = 4  # test images in reports/test_examples.png
     bootstrap: int = 5000           # bootstrap replicates of the paired CIs (images and seeds resampled)
@@ -349,9 +349,7 @@ class Params:
                 raise ConfigError(f"evaluate.{key}: names arm {arm!r}, which train_segmenter.arms {list(self.train_segmenter.arms)} does not train")
 
 
-SECTION_NAMES = {"DataParams": "data", "PreprocessParams": "preprocess", "TuneParams": "tune", "TrainGanParams": "train_gan",
-                 "PromoteParams": "promote", "AugmentParams": "augment", "TrainSegmenterParams": "train_segmenter",
-                 "GanUsefulnessParams": "gan_usefulness", "EvaluateParams": "evaluate"}
+SECTION_NAMES = {typing.get_type_hints(Params)[f.name].__name__: f.name for f in dataclasses.fields(Params)}  # class -> key
 
 
 def _positive(section, *names: str) -> None:
@@ -460,27 +458,3 @@ def as_flat_dict(section) -> dict[str, object]:
         else:
             flat[key] = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
     return {k: mask_url(v) if isinstance(v, str) else v for k, v in flat.items()}
-
-
-_URL_PASSWORD = re.compile(r"^(?P<head>[a-zA-Z][\w+.-]*://[^/:@]*:)(?P<password>.*)(?P<tail>@[^@]*)$")
-_QUERY_PASSWORD = re.compile(r"(?i)([?&](?:password|passwd|pwd)=)[^&]*")
-
-
-def url_password(url: str) -> str | None:
-    """The password of a scheme://user:password@host URL, or of a ?password= query, None when it has none
-    (parsed as SQLAlchemy does for database URLs, so an unencoded '/' in a password is found too)."""
-    if not isinstance(url, str) or "://" not in url:
-        return None
-    query = _QUERY_PASSWORD.search(url)
-    if query:
-        return url[query.end(1):query.end()] or None
-    match = _URL_PASSWORD.match(url)
-    return match["password"] if match and match["password"] else None
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password (user:password@ or ?password=) replaced by ***, for logs, params, tags, errors."""
-    if not url_password(url):
-        return url
-    url = _QUERY_PASSWORD.sub(lambda m: f"{m[1]}***", url)
-    return _URL_PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}" if m["password"] else m[0], url)

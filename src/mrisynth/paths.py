@@ -22,8 +22,17 @@ METRICS = REPORTS / "metrics.json"                     # evaluate: every number 
 PER_IMAGE = REPORTS / "per_image.csv"                  # evaluate: per-image scores of every model
 TEST_EXAMPLES = REPORTS / "test_examples.png"          # evaluate: predictions on test images
 
+BENCH = REPORTS / "bench.json"                         # make bench: every benchmark figure
+SWEEP = REPORTS / "sweep"                              # make sweep: one validation record per variant
+SWEEP_TABLE = REPORTS / "sweep.md"                     # make sweep: the table of every recorded variant
+
 WRITTEN = (PREPROCESS, DATA_CARD, TRAIN_GAN, TRAIN_GAN_HISTORY, AUGMENT, TRAIN_SEGMENTER, GAN_USEFULNESS, REALISM,
            REALISM_PNG, TABLE1, METRICS, PER_IMAGE, TEST_EXAMPLES)
+
+
+def augmented_manifest(folder: Path, draw: int = 0) -> Path:
+    """The augmented set's manifest of generator draw `draw` (0-based) in `folder` (augment.out_dir)."""
+    return Path(folder) / ("manifest.csv" if draw == 0 else f"manifest-draw-{draw + 1}.csv")
 
 
 def write_json(path: Path, data: dict, **dump) -> None:

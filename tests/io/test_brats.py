@@ -3,7 +3,6 @@ import json
 
 import nibabel as nib
 import numpy as np
-import pandas as pd
 import pytest
 
 from conftest import tiny_volumes

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, TINY_PARAMS, _tracked_files, tf_configs, write_tiny_case
+from conftest import TINY_PARAMS, copy_tracked_repo, tf_configs, write_tiny_case
 from mrisynth.data.ingest import ImportOptions, import_brats
 
 PG_BIN = Path(os.environ.get("MRISYNTH_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -27,16 +27,6 @@ FAULT_BOUND_S = 20  # a stage pointed at a stopped tracking server fails within 
 
 pytestmark = pytest.mark.skipif(not (PG_BIN / "postgres").exists(),
                                 reason=f"PostgreSQL 15 server binaries not found in {PG_BIN} (apt-get install postgresql-15)")
-
-
-def _copy_repo(dest: Path) -> Path:
-    """The repository's tracked files (as pipeline/test_dvc_repro.py copies them), without data.dvc and dvc.lock."""
-    for name in _tracked_files():
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    (dest / "data.dvc").unlink(missing_ok=True)
-    return dest
 
 
 def _run(cmd, cwd, env, timeout=300, check=True):
@@ -84,7 +74,7 @@ def test_team_stack_end_to_end(tmp_path, monkeypatch):
     base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_", "MRISYNTH_TUNE"))}
     base |= {"PATH": f"{BIN}:{os.environ['PATH']}", "MRISYNTH_TEAM_DIR": str(team_dir), "TF_CPP_MIN_LOG_LEVEL": "2"}
 
-    repo = _copy_repo(tmp_path / "repo")
+    repo = copy_tracked_repo(tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for section, values in TINY_PARAMS.items():
         params[section].update(values)
@@ -214,7 +204,7 @@ def test_team_stack_end_to_end(tmp_path, monkeypatch):
         t0 = time.monotonic()
         _run([BIN / "dvc", "push", "-r", "team"], repo, env)
         assert any(True for page in s3.get_paginator("list_objects_v2").paginate(Bucket="dvc") for _ in page.get("Contents", []))
-        clone = _copy_repo(tmp_path / "clone")
+        clone = copy_tracked_repo(tmp_path / "clone")
         for name in ("data.dvc", "dvc.lock", "params.yaml"):
             shutil.copy2(repo / name, clone / name)
         _run([BIN / "dvc", "init", "--no-scm", "-f", "-q"], clone, base)
@@ -272,8 +262,8 @@ def test_dvc_remote_credentials_never_touch_a_command_line(tmp_path, monkeypatch
     (repo / ".dvc" / "config.local").write_text("[core]\n    autostage = true\n")
     state = {"ports": {"s3": 8333, "mlflow": 5000, "postgres": 5432}, "s3_access_key": "mrisynth", "s3_secret_key": "s3cr3t"}
     with monkeypatch.context() as patched:
-        patched.setattr(team.subprocess, "run", lambda *a, **k: pytest.fail(f"a command ran: {a}"))
-        patched.setattr(team.subprocess, "Popen", lambda *a, **k: pytest.fail(f"a command ran: {a}"))
+        patched.setattr(subprocess, "run", lambda *a, **k: pytest.fail(f"a command ran: {a}"))
+        patched.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail(f"a command ran: {a}"))
         assert team.configure_dvc_remote(state, repo)
     path = repo / ".dvc" / "config.local"
     text = path.read_text()

@@ -1,7 +1,6 @@
 """A tiny end-to-end `dvc repro` (preprocess -> evaluate) in a temporary copy of the repository."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import REPO, TINY_PARAMS, _tracked_files, write_tiny_case
+from conftest import TINY_PARAMS, copy_tracked_repo, write_tiny_case
 from mrisynth.data.ingest import ImportOptions, import_brats
 
 STAGES = ("preprocess", "tune", "train_gan", "augment", "train_segmenter", "gan_usefulness", "evaluate")
@@ -19,12 +18,7 @@ QUESTIONS = ("Classic augmentation vs none", "GAN augmentation vs none", "Classi
 
 @pytest.mark.slow
 def test_tiny_dvc_repro_produces_table1_and_mlflow_runs(tmp_path):
-    repo = tmp_path / "repo"
-    for name in _tracked_files():
-        if (REPO / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, repo / name)
-    (repo / "data.dvc").unlink()
+    repo = copy_tracked_repo(tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for section, values in TINY_PARAMS.items():
         params[section].update(values)

@@ -2,9 +2,10 @@
 
 - core: pure; imports only mrisynth.core, mrisynth.errors and the package's constants;
 - io: side effects; imports only core, io, errors (and third-party packages);
-- job packages (training, augment, data, inference, ops): may use core, io, config, errors and one
-  another, never stages;
-- stages: orchestration; a stage never imports another stage (only `mrisynth.stages.stage_main`);
+- job packages (training, augment, data, inference, ops): may use core, io, config, paths, errors and
+  one another, never stages;
+- stages: orchestration; a stage never imports another stage (only the runner in `mrisynth.stages`:
+  stage_main, params_main, skip_resource_record);
 - library modules never import stages.
 
 Every folder of the package must be listed in LAYERS, so a new subpackage cannot escape the rules."""
@@ -85,7 +86,7 @@ def _mlflow_imports(path: Path) -> list[tuple[int, str]]:
     return found
 
 
-# serving.InputError is an MlflowException (MLflow's scoring protocol turns it into HTTP 400): an
+# served_model.InputError is an MlflowException (MLflow's scoring protocol turns it into HTTP 400): an
 # exception type, not a tracking or registry call.
 MLFLOW_TYPES_ONLY = {"inference/served_model.py": ("mlflow.exceptions", "mlflow.protos.databricks_pb2")}
 

@@ -7,14 +7,14 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import _tiny_split
+from conftest import _tiny_split, tiny_gan
 from mrisynth.errors import ConfigError
 from mrisynth.training.checkpoints import TrainingError, load_state
 from mrisynth.training.gan import GanTrainer, paper_settings
 from mrisynth.io import arrays
 from mrisynth.inference.served_model import InputError
 
-TINY = paper_settings(alpha=100.0, epochs=2, batch_size=2, width=0.25, precision="float32", seed=3, checkpoint_every=1)
+TINY = tiny_gan()
 
 
 class Interrupt(Exception):

@@ -7,12 +7,12 @@ import numpy as np
 from scipy import ndimage
 import pytest
 
-from conftest import _tiny_split
+from conftest import _tiny_split, tiny_gan
 from mrisynth.core import diffaugment, generators, inpaint
 from mrisynth.errors import ConfigError
 from mrisynth.training.gan import GanTrainer, fingerprint, paper_settings
 
-TINY = paper_settings(alpha=100.0, epochs=2, batch_size=2, width=0.25, precision="float32", seed=3, checkpoint_every=1)
+TINY = tiny_gan()
 
 
 def _blob_case(size=32):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mrisynth import paths
 from mrisynth.core import arms, encoding
 from mrisynth.errors import DataError
 from mrisynth.io import arrays, tiff
@@ -15,7 +16,7 @@ from mrisynth.io.manifest import inside
 def _manifest(augmented_dir: Path, draw: int = 0):
     import pandas as pd
 
-    path = Path(augmented_dir) / ("manifest.csv" if draw == 0 else f"manifest-draw-{draw + 1}.csv")
+    path = paths.augmented_manifest(augmented_dir, draw)
     if not path.is_file():
         raise DataError(f"{path}: the augmented arms need the augmented set, found no manifest; run `dvc repro augment`")
     return path, pd.read_csv(path)
@@ -29,7 +30,7 @@ def _read(augmented_dir: Path, rows) -> tuple[np.ndarray, np.ndarray]:
 
 def arm_data(arm: str, train: arrays.SplitArrays, augmented_dir: Path, draw: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(images (N, S, S, C) float32, classes (N, S, S) uint8) for one arm (of generator draw `draw`, 0-based)."""
-    if arm == "none":
+    if arm in arms.TABLE and arms.TABLE[arm].real_only:
         return train.images, encoding.labels_to_classes(train.labels)
     try:
         spec = arms.get(arm)
@@ -48,7 +49,7 @@ def arm_data(arm: str, train: arrays.SplitArrays, augmented_dir: Path, draw: int
 
 def arm_real(arm: str, train: arrays.SplitArrays, augmented_dir: Path, draw: int = 0) -> np.ndarray:
     """(N,) bool, aligned with `arm_data`'s images: True where the image is a real training slice."""
-    if arm == "none":
+    if arms.get(arm).real_only:
         return np.ones(len(train), bool)
     spec = arms.get(arm)
     _, manifest = _manifest(augmented_dir, draw if spec.uses_generator else 0)

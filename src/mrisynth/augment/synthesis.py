@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mrisynth.inference import rendering
+from mrisynth import paths
 from mrisynth.core import arms as arm_table, encoding, inpaint, transforms
 from mrisynth.errors import DataError
 from mrisynth.io import arrays, tiff
@@ -205,13 +206,8 @@ def write(out_dir: Path, samples: list[Sample], sample_dropout: bool = False) ->
 
 
 
-def manifest_name(draw: int) -> str:
-    """The manifest of generator draw `draw` (0-based) in the augmented folder."""
-    return "manifest.csv" if draw == 0 else f"manifest-draw-{draw + 1}.csv"
-
-
 def write_draw(out_dir: Path, base: pd.DataFrame, gan: list[Sample], draw: int, sample_dropout: bool = False) -> pd.DataFrame:
-    """Write draw `draw`'s GAN samples under out_dir/draw-<k>/ and its manifest (`manifest_name`): the real
+    """Write draw `draw`'s GAN samples under out_dir/draw-<k>/ and its manifest (`paths.augmented_manifest`): the real
     and classic rows of `base` (draw 0's manifest, shared files) followed by the new GAN rows."""
     folder = f"draw-{draw + 1}"
     rows = []
@@ -227,5 +223,5 @@ def write_draw(out_dir: Path, base: pd.DataFrame, gan: list[Sample], draw: int, 
             "in_mix": bool(s.in_mix), "dropout_sampling": bool(sample_dropout),
         })
     manifest = pd.concat([base[base["kind"] != "gan"], pd.DataFrame(rows, columns=base.columns)], ignore_index=True)
-    manifest.to_csv(out_dir / manifest_name(draw), index=False, lineterminator="\n")
+    manifest.to_csv(paths.augmented_manifest(out_dir, draw), index=False, lineterminator="\n")
     return manifest

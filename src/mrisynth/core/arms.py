@@ -40,6 +40,7 @@ class Arm:
 
     @property
     def real_only(self) -> bool:
+        """True for an arm of the real training slices alone (its data need no augmented set)."""
         return self.kinds == ("real",)
 
     def rows(self, manifest):
@@ -63,7 +64,15 @@ COMPARISONS = (
     ("none", "classic+gan", "Classic+GAN vs none"),
     ("classic", "classic+gan", "GAN beyond classic"),
 )
-GAN_VS_NONE, BEYOND_CLASSIC = COMPARISONS[1], COMPARISONS[3]  # the gate metrics of promotion (evaluate)
+BASELINE = "none"  # the real-only arm every other arm is compared with (Table 1's anchor, GAN-train's real-train)
+
+
+def comparison(question: str) -> tuple[str, str, str]:
+    """The COMPARISONS row that asks `question`."""
+    return next(c for c in COMPARISONS if c[2] == question)
+
+
+GAN_VS_NONE, BEYOND_CLASSIC = comparison("GAN augmentation vs none"), comparison("GAN beyond classic")  # promotion's gate metrics
 
 
 def get(name: str) -> Arm:

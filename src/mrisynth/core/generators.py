@@ -5,8 +5,9 @@ model of standard layers mapping conditioning (N, size, size, in_channels) to an
 (N, size, size, out_channels) in [-1, 1]; saved files load with safe_mode (no Lambda, no custom code).
 The table holds builder names, not functions, so reading it (config validation) imports no Keras.
 
-To add one: write its builder in `mrisynth.core.models`, add a row here, and a shape/round-trip case
-in tests/core/test_models.py."""
+To add one: write its builder in `mrisynth.core.models` and add a row here; the parametrised test
+`test_every_registered_generator_builds_and_loads_safely` (tests/training/test_synthesis_levers.py)
+then builds, saves and safely loads it with no edit."""
 from __future__ import annotations
 
 # name -> (builder in mrisynth.core.models, one line for docs and errors)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mrisynth.core import segmetrics, stats
+from mrisynth.core.arms import BASELINE
 
 SPLITS = (("train", "Train"), ("val", "Val (selection)"), ("test", "Test"))
 PAIRED = (("dice_tumour", "tumour Dice"), ("dice_WT", "WT Dice"), ("dice_TC", "TC Dice"), ("dice_ET", "ET Dice"))
@@ -138,14 +139,14 @@ def _threshold(t: Table1) -> list[str]:
 
 
 def _anchor(t: Table1) -> list[str]:
-    if "none" not in t.summary:
+    if BASELINE not in t.summary:
         return []
     lines = ["", "## Difficulty anchor", "",
              "The `none` arm (30 real slices) against nnU-Net's winning BraTS 2020 test result (3-D, all 369 training cases; "
              "Isensee et al. 2021). A 2-D model on 30 slices scoring above it would mean the data is easier than real BraTS.", "",
              "| Region | `none` arm, test (mean over seeds) | nnU-Net BraTS 2020 | below the anchor? |", "|---|---|---|---|"]
     for region, anchor in NNUNET_BRATS2020.items():
-        value = t.summary["none"]["test"][f"dice_{region}"]
+        value = t.summary[BASELINE]["test"][f"dice_{region}"]
         lines.append(f"| {region} | {value:.3f} | {anchor:.3f} | {'yes' if value < anchor else 'NO'} |")
     return lines
 

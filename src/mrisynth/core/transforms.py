@@ -5,7 +5,7 @@ the image (bilinear) with the same matrix, so image and mask stay aligned. Brigh
 image only. Tumour recombination moves a training tumour into another case's brain."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -125,7 +125,3 @@ def recombine(
             out[top : top + h, left : left + w][footprint] = box[footprint]
             return out, f"{geometry.describe()};at=({int(cy)},{int(cx)})"
     return None
-
-
-def ranges_dict(ranges: ClassicRanges) -> dict:
-    return asdict(ranges)

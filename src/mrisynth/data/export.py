@@ -53,18 +53,19 @@ def write_slice_nifti(array: np.ndarray, spacing: float, path: Path, thickness: 
 
 def _rows(data_dir: Path, arm: str, augmented_dir: Path | None, generator_version: str) -> list[dict]:
     """One entry per exported case: split, arrays source, spacing, provenance."""
+    if arm not in arms.TABLE:
+        raise DataError(f"--arm {arm}: expected one of {', '.join(arms.ARMS)}")
+    real_only = arms.TABLE[arm].real_only
     manifest = read_manifest(data_dir)
     modalities = str(manifest["modalities"].iloc[0]).split(",") if "modalities" in manifest else list(CHANNEL_NAMES)
     spacing = manifest["spacing_mm"].astype(float) if "spacing_mm" in manifest else pd.Series(1.0, index=manifest.index)
     rows = []
     for (i, row) in manifest.iterrows():
-        if arm != "none" and row["split"] == "train":
+        if not real_only and row["split"] == "train":
             continue  # the arm's training set (below) holds the real training slices too
         rows.append({"case": str(row["case_id"]), "split": row["split"], "root": data_dir, "image": row["image"], "mask": row["mask"],
                      "spacing": float(spacing[i]), "provenance": "real", "generator_version": "", "source_cases": str(row["case_id"])})
-    if arm != "none":
-        if arm not in arms.TABLE:
-            raise DataError(f"--arm {arm}: expected one of {', '.join(arms.ARMS)}")
+    if not real_only:
         if augmented_dir is None or not (Path(augmented_dir) / "manifest.csv").is_file():
             raise DataError(f"{augmented_dir}/manifest.csv: the {arm} arm needs the augmented set; run `dvc repro augment`")
         augmented = pd.read_csv(Path(augmented_dir) / "manifest.csv")

@@ -27,7 +27,7 @@ from mrisynth import MODALITIES
 from mrisynth.core import phantom, slicing
 from mrisynth.errors import DataError
 from mrisynth.io import brats, tiff
-from mrisynth.io.manifest import SPLITS, is_plain_name, read_manifest  # noqa: F401  (read_manifest: re-exported)
+from mrisynth.io.manifest import SPLITS, is_plain_name
 
 
 def _pool(workers: int) -> cf.Executor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from mrisynth.config import PromoteParams
 from mrisynth.errors import MrisynthError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -38,8 +39,9 @@ def _metric(version, metric: str) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def promote(name: str, version: str | None = None, metric: str = "val_dice_gain_beyond_classic", higher_is_better: bool = True,
-            force: bool = False, margin: float | None = 0.0) -> Decision:
+def promote(name: str, version: str | None = None, metric: str = PromoteParams.metric,
+            higher_is_better: bool = PromoteParams.higher_is_better, force: bool = False,
+            margin: float | None = PromoteParams.margin) -> Decision:
     """Compare a candidate (default alias `challenger`) with `champion`; move `champion` when better or forced.
 
     `margin`: the candidate must also be better than this value on its own (above it when higher is

@@ -24,6 +24,7 @@ from mrisynth.augment.arm_data import synthetic_only
 from mrisynth.augment.synthesis import load_generator
 from mrisynth import paths
 from mrisynth.config import load_params
+from mrisynth.core.arms import BASELINE
 from mrisynth.core import encoding
 from mrisynth.errors import DataError
 from mrisynth.stages import params_main
@@ -67,7 +68,7 @@ def run(params_path: str = "params.yaml") -> int:
     if not runs_path.is_file():
         raise DataError(f"{runs_path}: expected the trained segmenters' registry, found no file; run `dvc repro train_segmenter`")
     runs = json.loads(runs_path.read_text())
-    real_models = [segmenter.load(Path(info["path"])) for info in runs["arms"]["none"].values()]
+    real_models = [segmenter.load(Path(info["path"])) for info in runs["arms"][BASELINE].values()]
 
     # GAN-train: synthetic pairs only, selected on real validation images
     images, classes = synthetic_only(Path(params.augment.out_dir))

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mrisynth.config import as_flat_dict, load_params, mask_url
+from mrisynth.config import as_flat_dict, load_params
+from mrisynth.core.urls import mask_url
 from mrisynth.core import arms
 from mrisynth.stages import stage_main
 from mrisynth.errors import ConfigError, MrisynthError, ServiceError

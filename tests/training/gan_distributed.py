@@ -1,7 +1,7 @@
 """Helper process for test_distribute.py: trains the tiny GAN under a tf.distribute strategy in a fresh
 TensorFlow process (splitting the CPU into logical devices needs one) and writes what the test compares.
 
-    python tests/io/gan_distributed.py --strategy mirrored --out result.json --out-dir gan/ [--epochs 3] ...
+    python tests/training/gan_distributed.py --strategy mirrored --out result.json --out-dir gan/ [--epochs 3] ...
 
 Multi-worker: set TF_CONFIG per process. Writes (chief only) result.json: the history and the
 generator weights file; a non-chief writes nothing."""
