@@ -82,7 +82,7 @@ sweep: data
 	python pipelines/sweep_summary.py
 
 test: setup
-	python -m pytest -q -p randomly
+	python -m pytest -q -p randomly --durations=25
 
 # Every benchmark side by side -> reports/bench.json, the table in docs/benchmarks.md, an MLflow run `bench`.
 bench: setup
