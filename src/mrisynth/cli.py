@@ -121,7 +121,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise MrisynthError(f"--max-batch {args.max_batch}: expected at least 1")
     if not 0 < args.body_timeout < float("inf"):  # also refuses nan
         raise MrisynthError(f"--body-timeout {args.body_timeout}: expected a finite number of seconds > 0")
-    serve(args.model, args.host, args.port, args.max_batch, args.max_bytes, args.body_timeout)
+    if not 0 <= args.batch_wait_ms < 1000:
+        raise MrisynthError(f"--batch-wait-ms {args.batch_wait_ms}: expected 0 <= ms < 1000")
+    serve(args.model, args.host, args.port, args.max_batch, args.max_bytes, args.body_timeout, args.batch_wait_ms)
     return 0
 
 
@@ -254,6 +256,8 @@ def _model_commands(sub) -> None:
                     help="largest request body; larger -> HTTP 413 before reading it (default: max-batch images of JSON)")
     se.add_argument("--body-timeout", type=float, default=30.0,
                     help="seconds for a request's whole body to arrive; slower -> HTTP 408 (default 30)")
+    se.add_argument("--batch-wait-ms", type=float, default=5.0,
+                    help="concurrent requests arriving within this many ms share one model call, up to --max-batch images (default 5)")
     se.set_defaults(func=_cmd_serve)
 
 

@@ -169,8 +169,45 @@ def test_request_bodies_share_a_memory_budget():
 
     from mrisynth.inference.server import BODY_BUDGET, Service
 
-    service = Service(SimpleNamespace(size=64, in_channels=4), max_batch=2, max_bytes=1000)
+    service = Service(SimpleNamespace(size=64, in_channels=4, predict=lambda batch: batch), max_batch=2, max_bytes=1000)
     assert all(service.reserve(1000) for _ in range(BODY_BUDGET))
     assert not service.reserve(1)  # a further body would overflow: 503 at once
     service.release(1000)
     assert service.reserve(1000) and not service.reserve(1)
+
+
+def test_concurrent_requests_share_model_calls_and_each_gets_its_own_rows():
+    import threading
+
+    from mrisynth.inference.server import MicroBatcher
+
+    sizes = []
+
+    def predict(batch):
+        sizes.append(len(batch))
+        time.sleep(0.05)  # a model call: requests arriving meanwhile queue up for the next one
+        return batch * 2
+
+    batcher = MicroBatcher(predict, max_batch=4, wait_s=0.02)
+    requests = [np.full((n, 2, 2, 1), float(i)) for i, n in enumerate([1, 1, 2, 1, 3, 1, 1, 2])]
+    results = [None] * len(requests)
+
+    def send(i):
+        results[i] = batcher.predict(requests[i])
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert all(np.array_equal(result, request * 2) for result, request in zip(results, requests))  # own rows, in order
+    assert sum(sizes) == sum(len(r) for r in requests) and max(sizes) <= 4
+    assert batcher.calls == len(sizes) < len(requests)  # merged: fewer model calls than requests
+
+    def failing(batch):
+        raise ValueError("model failed")
+
+    broken = MicroBatcher(failing, max_batch=4)
+    with pytest.raises(ValueError, match="model failed"):
+        broken.predict(np.zeros((1, 2, 2, 1)))
+    assert broken.calls == 1

@@ -6,8 +6,10 @@
 Bounds (configurable): a request body over `max_bytes` is refused with 413 before it is read; more
 than `max_batch` images -> 413; a body without Content-Length -> 411. The body is read first, under one
 deadline for the whole body (`body_timeout_s`, 408 after it: a client that trickles bytes cannot hold
-the server), and only then does the request take one of `MAX_ACTIVE` slots to be parsed and predicted
-(one prediction runs at a time), so slow senders never delay the others. Bodies being read or waiting
+the server), and only then does the request take one of `MAX_ACTIVE` slots to be parsed and validated;
+its images then join a micro-batch (`MicroBatcher`): requests that arrive within `batch_wait_ms` of each
+other are merged into one model call of at most `max_batch` images, and each gets its own rows back (one
+model call runs at a time). Slow senders never delay the others. Bodies being read or waiting
 hold at most `BODY_BUDGET` x max_bytes of memory together; past that a request gets 503 at once. JSON must be numbers in
 nested lists (strings, booleans, nulls and absurd nesting are 400, not converted). Errors are short
 JSON ({"error_code", "message"}) and never echo the input. The model is loaded with
@@ -15,20 +17,23 @@ JSON ({"error_code", "message"}) and never echo the input. The model is loaded w
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-from mrisynth.inference.served_model import DEFAULT_MAX_BATCH, Generator, InputError
+from mrisynth.inference.served_model import DEFAULT_MAX_BATCH, Generator, InputError, check_conditioning
 
 BYTES_PER_VALUE = 8  # generous JSON size of one conditioning value ("1.0, ")
-MAX_ACTIVE = 2       # requests being parsed/predicted at once (bodies are read before, under their own deadline)
+MAX_ACTIVE = 4       # requests being parsed/validated/predicted at once (bodies are read before, under their own deadline)
 TIMEOUT_S = 60       # socket timeout while waiting for a request's headers
 BODY_TIMEOUT_S = 30.0  # the whole body of a request must arrive within this many seconds
 BODY_BUDGET = 4        # request bodies (of max_bytes) held in memory at once, read or waiting for a slot
+BATCH_WAIT_MS = 5.0    # how long the micro-batcher waits for more requests to join the first one
 
 
 def default_max_bytes(size: int, max_batch: int, channels: int = 4) -> int:
@@ -169,25 +174,83 @@ class _Handler(BaseHTTPRequestHandler):
         if count > self.service.max_batch:
             self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{count} images in one request; the limit is {self.service.max_batch}")
             return
-        try:
-            with self.service.lock:
-                images = self.service.generator.predict(array)
+        try:  # validated per request (a bad one never fails its batch), then predicted in a micro-batch
+            batch = check_conditioning(array, self.service.generator.size, self.service.generator.in_channels)
+            images = self.service.batcher.predict(batch)
         except InputError as exc:
             self._error(HTTPStatus.BAD_REQUEST, exc.message if hasattr(exc, "message") else str(exc))
             return
         self._reply(200, {"predictions": images.tolist()})
 
 
+@dataclass
+class _Job:
+    batch: np.ndarray
+    done: threading.Event = field(default_factory=threading.Event)
+    result: np.ndarray | None = None
+    error: BaseException | None = None
+
+
+class MicroBatcher:
+    """One model call for concurrent requests: a worker thread takes the first waiting request, then every
+    request that arrives within `wait_s` while the images fit `max_batch`, calls `predict` once on all of
+    them and hands each request its own rows (a request that would overflow the batch starts the next one).
+    `calls` counts the model calls."""
+
+    def __init__(self, predict, max_batch: int, wait_s: float = BATCH_WAIT_MS / 1000):
+        self._predict, self._max, self._wait = predict, max_batch, wait_s
+        self._queue: queue.Queue[_Job] = queue.Queue()
+        self.calls = 0
+        threading.Thread(target=self._run, daemon=True, name="micro-batcher").start()
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Rows of one request (N, S, S, K) -> its images, computed within a shared model call."""
+        job = _Job(batch)
+        self._queue.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _run(self) -> None:
+        carry: _Job | None = None
+        while True:
+            jobs = [carry or self._queue.get()]
+            carry, count = None, len(jobs[0].batch)
+            deadline = time.monotonic() + self._wait
+            while count < self._max and (left := deadline - time.monotonic()) > 0:
+                try:
+                    job = self._queue.get(timeout=left)
+                except queue.Empty:
+                    break
+                if count + len(job.batch) > self._max:
+                    carry = job
+                    break
+                jobs.append(job)
+                count += len(job.batch)
+            try:
+                self.calls += 1
+                images = self._predict(np.concatenate([job.batch for job in jobs]))
+                start = 0
+                for job in jobs:
+                    job.result, start = images[start : start + len(job.batch)], start + len(job.batch)
+            except BaseException as exc:  # noqa: BLE001 - handed to every request of the batch
+                for job in jobs:
+                    job.error = exc
+            for job in jobs:
+                job.done.set()
+
+
 class Service:
     def __init__(self, generator: Generator, max_batch: int = DEFAULT_MAX_BATCH, max_bytes: int | None = None,
-                 body_timeout_s: float = BODY_TIMEOUT_S):
+                 body_timeout_s: float = BODY_TIMEOUT_S, batch_wait_ms: float = BATCH_WAIT_MS):
         self.generator = generator
         self.max_batch = max_batch
         self.body_timeout_s = body_timeout_s
         self._held, self._held_lock = 0, threading.Lock()
         self.max_bytes = max_bytes or default_max_bytes(generator.size, max_batch, generator.in_channels)
-        self.lock = threading.Lock()
         self.active = threading.BoundedSemaphore(MAX_ACTIVE)
+        self.batcher = MicroBatcher(generator.predict, max_batch, batch_wait_ms / 1000)
 
     def reserve(self, length: int) -> bool:
         """Take `length` bytes of the body budget (BODY_BUDGET x max_bytes); False when it would overflow."""
@@ -207,8 +270,8 @@ class Service:
 
 
 def serve(model_uri: str, host: str = "127.0.0.1", port: int = 5001, max_batch: int = DEFAULT_MAX_BATCH,
-          max_bytes: int | None = None, body_timeout_s: float = BODY_TIMEOUT_S) -> None:
-    service = Service(Generator.load(model_uri), max_batch, max_bytes, body_timeout_s)
+          max_bytes: int | None = None, body_timeout_s: float = BODY_TIMEOUT_S, batch_wait_ms: float = BATCH_WAIT_MS) -> None:
+    service = Service(Generator.load(model_uri), max_batch, max_bytes, body_timeout_s, batch_wait_ms)
     httpd = ThreadingHTTPServer((host, port), service.handler())
     print(f"serving {model_uri} on http://{host}:{port} (max {service.max_batch} images, {service.max_bytes} bytes per request)", flush=True)
     try:
