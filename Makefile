@@ -45,17 +45,19 @@ data: setup
 
 run: data
 	dvc repro
+	@python -m mrisynth.ops.next_steps
 
 # The paper profile as a named DVC experiment: the paper's method (pix2pix, full synthesis, lowest-val-loss
 # checkpoint, no DiffAugment, one generator, every image alike in a batch), 256 px, GAN 100 epochs (paper filters), segmenter up to 50
 # epochs without early stopping (patience 50) and one pass per arm per epoch as the paper, 30 -> 300,
-# the verdict's four arms x three seeds, the paper-sized segmenter (16 base filters, batch 8, lr 1e-3).
+# the paper's four arms x three seeds (no copy-paste control), the paper-sized segmenter (16 base filters, batch 8, lr 1e-3).
 PAPER_OVERRIDES := -S preprocess.image_size=256 -S train_gan.epochs=100 -S train_gan.width=1.0 \
   -S train_segmenter.epochs=50 -S train_segmenter.patience=50 -S train_segmenter.steps_per_epoch=0 \
   -S train_segmenter.equal_steps=false -S train_segmenter.base_filters=16 -S train_segmenter.batch_size=8 \
   -S train_segmenter.learning_rate=0.001 -S 'train_segmenter.seeds=[1,2,3]' -S augment.factor=10 \
   -S train_gan.generator=pix2pix -S train_gan.synthesis=full -S train_gan.select=val_loss -S train_gan.diffaugment=none \
-  -S train_gan.disc_blocks=0 -S train_gan.draws=1 -S train_segmenter.real_share=null
+  -S train_gan.disc_blocks=0 -S train_gan.draws=1 -S train_segmenter.real_share=null \
+  -S 'train_segmenter.arms=[none,classic,gan,classic+gan]'
 paper: data
 	dvc exp run -f -n paper $(PAPER_OVERRIDES)
 

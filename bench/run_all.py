@@ -40,7 +40,8 @@ def _scripts(quick: bool) -> dict[str, list[str]]:
 # The paper profile's segmenter work (Makefile PAPER_OVERRIDES): every arm x seeds 1-3, 50 epochs, one pass
 # over each arm's images per epoch: the training split for the real-only arm, factor x that for the others
 # (30 / 300 / 300 / 300 images at data.train 30, augment.factor 10).
-PAPER_ARM_IMAGES = {arm: DataParams().train * (1 if arms.TABLE[arm].real_only else AugmentParams().factor) for arm in arms.ARMS}
+PAPER_ARMS = ("none", "classic", "gan", "classic+gan")  # the Makefile's paper profile trains no copy-paste control
+PAPER_ARM_IMAGES = {arm: DataParams().train * (1 if arms.TABLE[arm].real_only else AugmentParams().factor) for arm in PAPER_ARMS}
 PAPER_SEEDS, PAPER_EPOCHS = 3, 50
 
 

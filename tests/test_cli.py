@@ -42,3 +42,64 @@ def test_default_data_recreation_matches_data_dvc(tmp_path):
     recorded = yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]
     rebuilt = yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]
     assert rebuilt["md5"] == recorded["md5"] and rebuilt["nfiles"] == recorded["nfiles"]
+
+
+# ---------------------------------------------------------------- what a user reads: --help, --version
+def _parsers():
+    """(command, parser) for `mrisynth` and every subcommand, nested ones included."""
+    import argparse
+
+    from mrisynth.cli import build_parser
+
+    found, todo = [], [("mrisynth", build_parser())]
+    while todo:
+        name, parser = todo.pop()
+        found.append((name, parser))
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo += [(f"{name} {sub}", p) for sub, p in action.choices.items()]
+    return found
+
+
+def test_every_option_has_help_and_shows_its_default():
+    import argparse
+
+    for name, parser in _parsers():
+        text = " ".join(parser.format_help().split())  # unwrapped
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help, f"{name} {action.option_strings or action.dest}: no help"
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+                option = max(action.option_strings, key=len)
+                helped = " ".join(parser._get_formatter()._expand_help(action).split())
+                assert "(default" in helped and helped in text, f"{name} {option}: default not shown: {helped!r}"
+
+
+def test_help_shows_examples_that_parse():
+    import shlex
+
+    from mrisynth.cli import build_parser
+
+    parsers = dict(_parsers())
+    assert "Grow a small brain-MRI tumour dataset" in parsers["mrisynth"].format_help()
+    assert "Errors meant for users" not in parsers["mrisynth"].format_help()  # the developer note is gone
+    for name in ("mrisynth", "mrisynth data", "mrisynth validate", "mrisynth export", "mrisynth promote",
+                 "mrisynth generate", "mrisynth serve", "mrisynth team"):
+        help_text = parsers[name].format_help()
+        assert "examples:" in help_text, name
+        commands = [shlex.split(line, comments=True) for line in help_text.split("examples:")[1].splitlines()]
+        commands = [words[1:] for words in commands if words and words[0] == "mrisynth"]
+        assert commands, name
+        for words in commands:  # every example is a command the parser accepts
+            assert build_parser().parse_args(words).func, words
+    assert "(default: 5001)" in parsers["mrisynth serve"].format_help()
+
+
+def test_version_and_subcommand_help_as_a_user_runs_them():
+    from importlib import metadata
+
+    r = _run("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"mrisynth {metadata.version('mrisynth')}", r.stdout + r.stderr
+    r = _run("generate", "--help")
+    assert r.returncode == 0 and "examples:" in r.stdout and "--masks data/test/masks" in r.stdout

@@ -11,6 +11,10 @@ for _key, _value in {
 }.items():
     _os.environ.setdefault(_key, _value)
 
+from mrisynth import _quiet  # noqa: E402 - after the environment above, before any TensorFlow import
+
+_quiet.install()
+
 __version__ = "0.1.0"
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")

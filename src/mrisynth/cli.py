@@ -1,4 +1,4 @@
-"""`mrisynth` command line. Errors meant for users print one readable block and exit non-zero."""
+"""`mrisynth` command line. Errors meant for users print one readable line (`error: ...`) and exit 2."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,91 @@ from pathlib import Path
 from mrisynth import MODALITIES
 from mrisynth.core.arms import ARMS
 from mrisynth.errors import MrisynthError
+
+DESCRIPTION = (
+    "Grow a small brain-MRI tumour dataset with a conditional GAN and check whether the synthetic slices help a "
+    "tumour segmenter. These commands make or import BraTS-format data, validate and export it, and use the "
+    "trained generators: promote the best one to @champion, render images for your own label masks, or serve it "
+    "over HTTP. Training and evaluation run as the DVC pipeline (`dvc repro`); each command's --help has examples."
+)
+
+EXAMPLES = {
+    "mrisynth": """\
+examples:
+  mrisynth data default          # recreate the shipped phantom dataset in data/
+  mrisynth validate data         # check an imported dataset (Great Expectations)
+  dvc repro                      # train the GAN and the segmenters, write reports/table1.md
+  mrisynth promote               # make @challenger the @champion if it is better on validation
+  mrisynth generate --model models:/mrisynth-generator@champion --masks data/test/masks --out generated/
+  mrisynth serve --model models:/mrisynth-generator@champion --port 5001""",
+    "data": """\
+examples:
+  mrisynth data default          # the shipped dataset (params.yaml `data`) in data/
+  mrisynth data phantom raw --cases 4   # 4 phantom cases in the BraTS 2020 layout in raw/
+  mrisynth data import raw --out mydata --train 2 --val 1 --test 1
+  mrisynth data card mydata      # grades, sub-regions, areas and contrasts""",
+    "validate": """\
+examples:
+  mrisynth validate data
+  mrisynth validate mydata --docs /tmp/gx   # write the Data Docs elsewhere""",
+    "export": """\
+examples:
+  mrisynth export data --format nnunet --out nnUNet_raw
+  mrisynth export data --format nifti --out exported --arm classic+gan   # after `dvc repro augment`""",
+    "promote": """\
+examples:
+  mrisynth promote                       # judge @challenger (the latest train_gan) against @champion
+  mrisynth promote --version 3           # judge version 3 instead
+  mrisynth promote --version 3 --force   # make version 3 the @champion whatever its metric""",
+    "generate": """\
+examples:
+  mrisynth generate --model models:/mrisynth-generator@champion --masks data/test/masks --out generated/
+  mrisynth generate --model models:/mrisynth-generator/2 --masks my_masks --brain my_brains --out generated/""",
+    "serve": """\
+examples:
+  mrisynth serve --model models:/mrisynth-generator@champion --port 5001
+  mrisynth serve --model models:/mrisynth-generator@challenger --max-batch 4   # while no version is promoted
+  curl -s http://127.0.0.1:5001/ping   # the model and the limits""",
+    "team": """\
+examples:
+  mrisynth team up               # then: source .team/env.sh
+  mrisynth team status
+  mrisynth team down""",
+}
+
+
+def _version() -> str:
+    """The installed package's version (its metadata), else the source tree's `mrisynth.__version__`."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("mrisynth")
+    except metadata.PackageNotFoundError:
+        import mrisynth
+
+        return getattr(mrisynth, "__version__", "unknown")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Descriptions are wrapped, examples keep their lines; an option's help ends with its default unless
+    it states it already (flags, off by default, and options without a default say nothing)."""
+
+    def _fill_text(self, text, width, indent):
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default" in text or not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _add(sub, name: str, help: str, **kwargs) -> argparse.ArgumentParser:  # noqa: A002 - argparse's name
+    """A subcommand with the shared formatter, its help as description and its examples as epilog."""
+    return sub.add_parser(name, help=help, description=kwargs.pop("description", help), epilog=EXAMPLES.get(name),
+                          formatter_class=_HelpFormatter, **kwargs)
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
@@ -24,7 +109,8 @@ def _cmd_card(args: argparse.Namespace) -> int:
     from mrisynth.core import datacard
     from mrisynth.io import card
 
-    built = card.build(Path(args.dir))
+    # progress on stderr (one line per step): stdout stays the card, e.g. for `--json > card.json`
+    built = card.build(Path(args.dir), progress=lambda line: print(f"data card: {line}", file=sys.stderr, flush=True))
     if args.write:
         card.write(Path(args.dir), built)
     print(json.dumps(built, indent=2) if args.json else datacard.markdown(built), end="" if not args.json else "\n")
@@ -72,7 +158,7 @@ def _cmd_default(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from mrisynth.io.gx import dataset_info, validate_dataset
+    from mrisynth.io.gx import dataset_info, validate_dataset, write_static_docs
 
     counts = None
     if any(v is not None for v in (args.train, args.val, args.test)):
@@ -84,7 +170,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     docs_root = Path(args.docs) if args.docs else Path(args.dir).resolve().parent / paths.GX_DOCS
     print(f"validate: Data Docs go to {docs_root} (--docs to choose)")
     report = validate_dataset(Path(args.dir), counts=counts, size=args.size, channels=args.channels, docs_root=docs_root)
+    page = docs_root / "validation.html"  # one self-contained page: GX's own Data Docs need a CDN to show anything
+    write_static_docs(report, page, page.with_suffix(".md"), source=str(args.dir))
     print(report.summary())
+    print(f"validate: every expectation and its result, offline: {page} (and .md)")
     return 0 if report.success else 1
 
 
@@ -144,12 +233,15 @@ def _cmd_team(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mrisynth", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    _data_commands(sub.add_parser("data", help="make or import BraTS-format data").add_subparsers(dest="data_command", required=True))
+    parser = argparse.ArgumentParser(prog="mrisynth", description=DESCRIPTION, epilog=EXAMPLES["mrisynth"],
+                                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
+    data = _add(sub, "data", "make or import BraTS-format data")
+    _data_commands(data.add_subparsers(dest="data_command", required=True, title="commands", metavar="COMMAND"))
     _dataset_commands(sub)
     _model_commands(sub)
-    te = sub.add_parser("team", help="a local team stack on 127.0.0.1: PostgreSQL, S3 (SeaweedFS), MLflow server (state in .team/)")
+    te = _add(sub, "team", "a local team stack on 127.0.0.1: PostgreSQL, S3 (SeaweedFS), MLflow server (state in .team/)")
     te.add_argument("action", choices=["up", "down", "status"],
                     help="up: start the stack (unless running), write TEAM_DIR/env.sh, set the DVC remote 'team'; down: stop all; status: URIs, up/down")
     te.add_argument("--repo", default=None, help="DVC repository whose .dvc/config.local gets the remote 'team' (default: the current folder)")
@@ -162,29 +254,29 @@ def _data_commands(data) -> None:
     from mrisynth.config import DataParams
 
     d = DataParams()  # CLI defaults come from the one typed config
-    ph = data.add_parser("phantom", help="write realistic phantom cases in the BraTS 2020 layout")
+    ph = _add(data, "phantom", "write realistic phantom cases in the BraTS 2020 layout")
     ph.add_argument("out", help="output folder (acts as MICCAI_BraTS2020_TrainingData)")
-    ph.add_argument("--cases", type=int, default=d.phantom_cases, help=f"number of cases (default {d.phantom_cases})")
-    ph.add_argument("--seed", type=int, default=d.seed, help=f"random seed; same seed, same bytes (default {d.seed})")
-    ph.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    ph.add_argument("--cases", type=int, default=d.phantom_cases, help="number of cases")
+    ph.add_argument("--seed", type=int, default=d.seed, help="random seed; same seed, same bytes")
+    ph.add_argument("--workers", type=int, default=2, help="worker processes")
     ph.add_argument("--version", type=int, default=d.phantom_version, choices=[1, 2],
-                    help=f"2: realistic variety (core/phantom_v2.py), 1: the original easy phantom (default {d.phantom_version})")
+                    help="2: realistic variety (core/phantom_v2.py), 1: the original easy phantom")
     ph.set_defaults(func=_cmd_phantom)
 
-    ca = data.add_parser("card", help="the dataset card of an imported folder: grades, sub-regions, areas, contrasts, threshold baseline")
+    ca = _add(data, "card", "the dataset card of an imported folder: grades, sub-regions, areas, contrasts, threshold baseline")
     ca.add_argument("dir", help="imported dataset folder (with manifest.csv)")
     ca.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     ca.add_argument("--write", action="store_true", help="(re)write DIR/card.json and DIR/card.md")
     ca.set_defaults(func=_cmd_card)
 
-    im = data.add_parser("import", help="sample, slice and normalise a BraTS 2020/2021/2023 folder into TIFF splits")
+    im = _add(data, "import", "sample, slice and normalise a BraTS 2020/2021/2023 folder into TIFF splits")
     im.add_argument("src", help="BraTS 2020 training folder (or its parent), or a phantom folder")
     im.add_argument("--out", required=True, help="output folder (must be empty unless --force)")
-    im.add_argument("--train", type=int, default=d.train, help=f"training cases (default {d.train})")
-    im.add_argument("--val", type=int, default=d.val, help=f"validation cases (default {d.val})")
-    im.add_argument("--test", type=int, default=d.test, help=f"test cases (default {d.test})")
-    im.add_argument("--seed", type=int, default=d.seed, help=f"split seed (default {d.seed})")
-    im.add_argument("--size", type=int, default=d.image_size, help=f"output side in pixels (default {d.image_size})")
+    im.add_argument("--train", type=int, default=d.train, help="training cases")
+    im.add_argument("--val", type=int, default=d.val, help="validation cases")
+    im.add_argument("--test", type=int, default=d.test, help="test cases")
+    im.add_argument("--seed", type=int, default=d.seed, help="split seed")
+    im.add_argument("--size", type=int, default=d.image_size, help="output side in pixels")
     im.add_argument("--modalities", default=",".join(d.modalities), help=f"comma-separated, from {','.join(MODALITIES)}")
     im.add_argument("--slice", default=d.slice, help="max-tumor | random-tumor (seeded; any slice with >= 25%% of the largest tumour area) | max-brain | center | an axial index")
     im.add_argument("--fit", default=d.fit, choices=["pad", "resize"], help="pad (lossless, 240 -> 256) or resize")
@@ -192,14 +284,14 @@ def _data_commands(data) -> None:
                     help="BraTS release layout (default: detected from the case folder names)")
     im.add_argument("--skip-invalid", action="store_true", help="skip bad cases (listed in DIR/rejected.csv)")
     im.add_argument("--force", action="store_true", help="replace an output folder that already holds data")
-    im.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    im.add_argument("--workers", type=int, default=2, help="worker processes")
     im.set_defaults(func=_cmd_import)
 
-    de = data.add_parser("default", help="recreate the shipped default dataset (params.yaml: data)")
+    de = _add(data, "default", "recreate the shipped default dataset (params.yaml: data)")
     de.add_argument("--params", default="params.yaml", help="parameter file whose `data` section describes the dataset")
     de.add_argument("--out", default=None, help="output folder (default: params data.out)")
     de.add_argument("--force", action="store_true", help="replace an existing dataset")
-    de.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    de.add_argument("--workers", type=int, default=2, help="worker processes")
     de.set_defaults(func=_cmd_default)
 
 
@@ -207,7 +299,7 @@ def _dataset_commands(sub) -> None:
     """`mrisynth validate | export`: checking and converting an imported dataset."""
     from mrisynth.config import AugmentParams
 
-    va = sub.add_parser("validate", help="run the Great Expectations suite over an imported dataset")
+    va = _add(sub, "validate", "run the Great Expectations suite over an imported dataset")
     va.add_argument("dir", help="an imported dataset folder (with manifest.csv)")
     va.add_argument("--train", type=int, help="expected training count (default: as recorded in DIR/dataset.json)")
     va.add_argument("--val", type=int, help="expected validation count (default: as recorded)")
@@ -217,47 +309,56 @@ def _dataset_commands(sub) -> None:
     va.add_argument("--docs", help="GX project folder for Data Docs (default: <DIR>/../reports/gx_docs)")
     va.set_defaults(func=_cmd_validate)
 
-    ex = sub.add_parser("export", help="write an imported dataset (and an augmented arm) as nnU-Net v2, MONAI or plain NIfTI")
+    ex = _add(sub, "export", "write an imported dataset (and an augmented arm) as nnU-Net v2, MONAI or plain NIfTI")
     ex.add_argument("dir", help="imported dataset folder (manifest.csv), e.g. data")
-    ex.add_argument("--format", required=True, choices=["nnunet", "monai", "nifti"])
+    ex.add_argument("--format", required=True, choices=["nnunet", "monai", "nifti"], help="target layout")
     ex.add_argument("--out", required=True, help="output folder (nnunet: nnUNet_raw; the dataset goes to OUT/DatasetNNN_NAME)")
     ex.add_argument("--arm", default="none", choices=ARMS,
                     help="training set: the real slices (none) or an augmented arm from --augmented")
     augmented = AugmentParams().out_dir
-    ex.add_argument("--augmented", default=augmented, help=f"augmented set of the arms (default: params augment.out_dir, {augmented})")
-    ex.add_argument("--dataset-id", type=int, default=501, help="nnU-Net dataset id (default 501)")
-    ex.add_argument("--name", default="MriSynth", help="nnU-Net dataset name (default MriSynth)")
+    ex.add_argument("--augmented", default=augmented, help="augmented set of the arms (default: params augment.out_dir, %(default)s)")
+    ex.add_argument("--dataset-id", type=int, default=501, help="nnU-Net dataset id")
+    ex.add_argument("--name", default="MriSynth", help="nnU-Net dataset name")
     ex.add_argument("--force", action="store_true", help="replace an existing export")
     ex.set_defaults(func=_cmd_export)
 
 
 def _model_commands(sub) -> None:
     """`mrisynth promote | generate | serve`: using registered generators."""
-    pr = sub.add_parser("promote", help="move alias champion to a better generator version")
+    pr = _add(sub, "promote", "move alias champion to a better generator version",
+              description="Move alias @champion to the candidate generator version when it beats the current champion on "
+                          "params.yaml promote.metric (a validation quantity) and clears promote.margin; the decision is "
+                          "written into the version's tags and description.")
     pr.add_argument("--version", help="candidate version (default: alias challenger)")
     pr.add_argument("--force", action="store_true", help="promote even if not better (metric and signature still required)")
     pr.add_argument("--name", help="registered model (default: params train_gan.registry_name)")
-    pr.add_argument("--params", default="params.yaml")
+    pr.add_argument("--params", default="params.yaml", help="parameter file (its promote and train_gan sections)")
     pr.set_defaults(func=_cmd_promote)
 
-    ge = sub.add_parser("generate", help="render images for label masks with a registered generator")
-    ge.add_argument("--model", required=True, help="e.g. models:/mrisynth-generator@champion")
+    ge = _add(sub, "generate", "render images for label masks with a registered generator",
+              description="Render one image per label mask with a registered generator: OUT/<name>.tif (H, W, C) in [0, 1] "
+                          "and one NIfTI per modality, OUT/<name>_<modality>.nii.gz.")
+    ge.add_argument("--model", required=True, help="registered generator, e.g. models:/mrisynth-generator@champion")
     ge.add_argument("--masks", required=True, help="folder of uint8 label TIFFs")
     ge.add_argument("--brain", help="folder of brain-mask TIFFs with the same names (default: the split's images)")
-    ge.add_argument("--out", required=True)
+    ge.add_argument("--out", required=True, help="output folder (created if needed)")
     ge.set_defaults(func=_cmd_generate)
 
-    se = sub.add_parser("serve", help="serve a registered generator over HTTP (validated, bounded; no code from the artifact store runs)")
-    se.add_argument("--model", required=True, help="e.g. models:/mrisynth-generator@champion")
-    se.add_argument("--host", default="127.0.0.1")
-    se.add_argument("--port", type=int, default=5001)
-    se.add_argument("--max-batch", type=int, default=16, help="most images per request; more -> HTTP 413 (default 16)")
+    se = _add(sub, "serve", "serve a registered generator over HTTP (validated, bounded; no code from the artifact store runs)",
+              description="Serve a registered generator over HTTP: POST /invocations {\"inputs\": (N, S, S, 4) conditioning, 9 channels "
+                          "for an inpainting generator} "
+                          "answers {\"predictions\": (N, S, S, C) images in [0, 1]}; GET /ping reports the model and the "
+                          "limits. Input is validated and bounded; one access-log line per request goes to stderr.")
+    se.add_argument("--model", required=True, help="registered generator, e.g. models:/mrisynth-generator@champion")
+    se.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    se.add_argument("--port", type=int, default=5001, help="TCP port")
+    se.add_argument("--max-batch", type=int, default=16, help="most images per request; more -> HTTP 413")
     se.add_argument("--max-bytes", type=int, default=None,
                     help="largest request body; larger -> HTTP 413 before reading it (default: max-batch images of JSON)")
     se.add_argument("--body-timeout", type=float, default=30.0,
-                    help="seconds for a request's whole body to arrive; slower -> HTTP 408 (default 30)")
+                    help="seconds for a request's whole body to arrive; slower -> HTTP 408")
     se.add_argument("--batch-wait-ms", type=float, default=5.0,
-                    help="concurrent requests arriving within this many ms share one model call, up to --max-batch images (default 5)")
+                    help="concurrent requests arriving within this many ms share one model call, up to --max-batch images")
     se.set_defaults(func=_cmd_serve)
 
 

@@ -10,8 +10,11 @@ REPORTS = Path("reports")
 GX_DOCS = REPORTS / "gx_docs"                          # preprocess: Great Expectations Data Docs
 PREPROCESS = REPORTS / "preprocess.json"               # preprocess: split sizes, validation summary
 DATA_CARD = REPORTS / "data_card.json"                 # preprocess: the dataset card's numbers
+DATA_VALIDATION = REPORTS / "data_validation.html"     # preprocess: every GX expectation and its result, offline HTML
+DATA_VALIDATION_MD = REPORTS / "data_validation.md"    # preprocess: the same as Markdown
 TRAIN_GAN = REPORTS / "train_gan.json"                 # train_gan: metrics, MLflow run id and registered version
-TRAIN_GAN_HISTORY = REPORTS / "train_gan_history.csv"  # train_gan: loss curves (DVC plots)
+TRAIN_GAN_HISTORY = REPORTS / "train_gan_history.csv"  # train_gan: per-epoch losses and validation scores (CSV)
+TRAIN_GAN_CURVES = REPORTS / "train_gan_curves.png"    # train_gan: the same curves as a figure (DVC image plot)
 AUGMENT = REPORTS / "augment.json"                     # augment: counts per sample kind
 TRAIN_SEGMENTER = REPORTS / "train_segmenter.json"     # train_segmenter: best validation Dice per arm
 GAN_USEFULNESS = REPORTS / "gan_usefulness.json"       # gan_usefulness: GAN-train, GAN-test, diversity
@@ -21,13 +24,18 @@ TABLE1 = REPORTS / "table1.md"                         # evaluate: the verdict a
 METRICS = REPORTS / "metrics.json"                     # evaluate: every number of Table 1
 PER_IMAGE = REPORTS / "per_image.csv"                  # evaluate: per-image scores of every model
 TEST_EXAMPLES = REPORTS / "test_examples.png"          # evaluate: predictions on test images
+# The DVC metrics (`dvc metrics show`, `dvc exp show`): the headline numbers only (mrisynth.core.headline)
+VERDICT = REPORTS / "verdict.json"                     # evaluate: test verdict, tumour-Dice difference and CI per comparison
+SCORES = REPORTS / "scores.json"                       # evaluate: tumour Dice per arm, test and validation
+GENERATOR = REPORTS / "generator.json"                 # evaluate: GAN-train / real-train, realism, validation gain
+METRIC_FILES = (VERDICT, SCORES, GENERATOR)
 
 BENCH = REPORTS / "bench.json"                         # make bench: every benchmark figure
 SWEEP = REPORTS / "sweep"                              # make sweep: one validation record per variant
 SWEEP_TABLE = REPORTS / "sweep.md"                     # make sweep: the table of every recorded variant
 
-WRITTEN = (PREPROCESS, DATA_CARD, TRAIN_GAN, TRAIN_GAN_HISTORY, AUGMENT, TRAIN_SEGMENTER, GAN_USEFULNESS, REALISM,
-           REALISM_PNG, TABLE1, METRICS, PER_IMAGE, TEST_EXAMPLES)
+WRITTEN = (PREPROCESS, DATA_CARD, DATA_VALIDATION, DATA_VALIDATION_MD, TRAIN_GAN, TRAIN_GAN_HISTORY, TRAIN_GAN_CURVES, AUGMENT,
+           TRAIN_SEGMENTER, GAN_USEFULNESS, REALISM, REALISM_PNG, TABLE1, METRICS, PER_IMAGE, TEST_EXAMPLES, *METRIC_FILES)
 
 
 def augmented_manifest(folder: Path, draw: int = 0) -> Path:

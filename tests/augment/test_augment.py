@@ -62,7 +62,9 @@ def test_recombined_tumours_stay_inside_the_brain():
 
 
 def test_plan_counts():
-    assert synthesis.plan(30, 10, 0.5, ("none", "classic+gan")) == {"classic_mix": 135, "gan_mix": 135, "classic_total": 135, "gan_total": 135}
+    assert synthesis.plan(30, 10, 0.5, ("none", "classic+gan")) == {"classic_mix": 135, "gan_mix": 135, "classic_total": 135, "gan_total": 135,
+                                                                     "paste_total": 0}
+    assert synthesis.plan(30, 10, 0.5, ("none", "paste"))["paste_total"] == 270  # the copy-paste arm trains on 270 pasted slices
     assert synthesis.plan(30, 10, 0.2, ("classic", "gan", "classic+gan"))["classic_total"] == 270
 
 
@@ -82,13 +84,16 @@ def test_augment_stage_counts_and_provenance(trained):
     manifest = pd.read_csv(trained / "work" / "augmented" / "manifest.csv")
     n = 4  # tiny project: 4 training slices, factor 10
     assert manifest["in_mix"].sum() == 10 * n
-    assert set(manifest["kind"]) == {"real", "classic", "gan"}
+    assert set(manifest["kind"]) == {"real", "classic", "gan", "paste"}  # params.yaml's arms include the copy-paste control
     assert (manifest["kind"] == "real").sum() == n
     assert manifest["source_cases"].notna().all() and manifest["transforms"].notna().all()
     gan = manifest[manifest["kind"] == "gan"]
     assert gan["transforms"].str.startswith(("recombine:", "mask:")).all()
     recombined = gan[gan["transforms"].str.startswith("recombine:")]
     assert recombined["source_cases"].str.contains(r"\+").all()
+    pasted = manifest[manifest["kind"] == "paste"]  # donor+host, never in the paper's mix, no dropout
+    assert len(pasted) == 9 * n and pasted["transforms"].str.startswith(("paste:", "paste-in-place:")).all()
+    assert pasted["source_cases"].str.contains(r"\+").all() and not pasted["in_mix"].any()
     # rendered with dropout active by default (pix2pix's noise), recorded per row
     assert gan["dropout_sampling"].all() and not manifest.loc[manifest["kind"] != "gan", "dropout_sampling"].any()
 
@@ -104,3 +109,33 @@ def test_augment_stage_stops_on_failed_validation(trained, monkeypatch, capsys):
     monkeypatch.setattr(augment, "write", corrupt)
     assert augment.run("params.yaml") == 1
     assert "kind" in capsys.readouterr().out
+
+
+def test_the_copy_paste_arm_leaves_the_other_samples_as_they_were():
+    """Adding `paste` to the arms appends pasted slices and changes no real, classic or GAN sample."""
+    from mrisynth.config import AugmentParams
+    from mrisynth.io.arrays import SplitArrays
+
+    rng = np.random.default_rng(3)
+    n, size = 6, 32
+    labels = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        y, x = rng.integers(8, 20, size=2)
+        labels[i, y : y + 4, x : x + 4] = 2
+    brain = np.zeros((n, size, size), bool)
+    brain[:, 3:29, 3:29] = True
+    images = (rng.random((n, size, size, 2)) * brain[..., None]).astype(np.float32)
+    train = SplitArrays(images=images, labels=labels, brain=brain, conditioning=np.zeros((n, size, size, 4), np.float32),
+                        case_ids=np.array([f"c{i}" for i in range(n)]), spacing=np.ones(n))
+
+    def generator(x, training=False):  # a stand-in: a tanh image of the conditioning's first two channels
+        return np.tanh(x[..., :2])
+
+    params = AugmentParams(factor=3, sample_dropout=False)
+    without, _ = synthesis.synthesise(train, generator, params, ("none", "classic", "gan", "classic+gan"), "full")
+    with_paste, counts = synthesis.synthesise(train, generator, params, ("none", "classic", "gan", "classic+gan", "paste"), "full")
+    assert len(with_paste) == len(without) + 2 * n and counts["paste_total"] == 2 * n
+    for a, b in zip(without, with_paste):
+        assert a.kind == b.kind and a.source_cases == b.source_cases and a.transforms == b.transforms and a.in_mix == b.in_mix
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.labels, b.labels)
+    assert all(s.kind == "paste" and not s.in_mix for s in with_paste[len(without):])

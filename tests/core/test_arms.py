@@ -11,15 +11,16 @@ from mrisynth.core import arms
 
 REPO = Path(__file__).resolve().parents[2]
 
-MANIFEST = pd.DataFrame({"kind": ["real", "real", "classic", "classic", "gan", "gan"],
-                         "in_mix": [True, True, True, False, True, False]})
+MANIFEST = pd.DataFrame({"kind": ["real", "real", "classic", "classic", "gan", "gan", "paste"],
+                         "in_mix": [True, True, True, False, True, False, False]})
 
 
 @pytest.mark.parametrize("name, expected", [
-    ("none", [True, True, False, False, False, False]),
-    ("classic", [True, True, True, True, False, False]),
-    ("gan", [True, True, False, False, True, True]),
-    ("classic+gan", [True, True, True, False, True, False]),  # the in_mix subset, not every row
+    ("none", [True, True, False, False, False, False, False]),
+    ("classic", [True, True, True, True, False, False, False]),
+    ("gan", [True, True, False, False, True, True, False]),
+    ("classic+gan", [True, True, True, False, True, False, False]),  # the in_mix subset, not every row
+    ("paste", [True, True, False, False, False, False, True]),  # the copy-paste control: real + pasted tumours
 ])
 def test_each_arm_selects_its_rows_of_the_manifest(name, expected):
     assert arms.get(name).rows(MANIFEST).tolist() == expected
@@ -35,11 +36,13 @@ def test_generator_use_and_slugs():
 def test_kinds_wanted_counts_full_arms_only():
     assert arms.kinds_wanted(("none", "classic+gan")) == {"real"}
     assert arms.kinds_wanted(("none", "classic", "gan", "classic+gan")) == {"real", "classic", "gan"}
+    assert arms.kinds_wanted(("none", "paste")) == {"real", "paste"}
 
 
 def test_comparisons_name_arms_of_the_table():
     assert all(base in arms.TABLE and aug in arms.TABLE for base, aug, _ in arms.COMPARISONS)
     assert arms.BEYOND_CLASSIC[:2] == ("classic", "classic+gan")
+    assert arms.comparison("GAN beyond copy-paste")[:2] == ("paste", "gan")  # does the generator add anything beyond pasting?
     assert arms.comparisons_for(("none", "classic+gan")) == [("none", "classic+gan", "Classic+GAN vs none")]
 
 

@@ -1,6 +1,7 @@
 """The served champion (`mrisynth serve`): answers, input checks with short messages, oversized requests
 refused at once while the server stays up."""
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -73,6 +74,8 @@ def test_served_champion_answers_and_rejects(champion, trained):
             ({"inputs": np.zeros((1, 32, 32, 4)).tolist()}, "shape"),
             ({"inputs": [["a", "b"]]}, "expected numbers"),
             ({"wrong": 1}, "key 'inputs'"),
+            ({"instances": []}, "missing 'inputs'"),
+            ({"inputs": []}, "'inputs' is empty"),
         ):
             status, body = _post(url, payload)
             assert status == 400, (status, body)
@@ -80,7 +83,12 @@ def test_served_champion_answers_and_rejects(champion, trained):
             assert "Traceback" not in json.dumps(body)
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        output = server.communicate(timeout=30)[0]
+    # one access-log line per request (method, path, status, ms), never the payload
+    assert re.search(r"^GET /ping 200 \d+\.\d ms$", output, re.M), output[-2000:]
+    assert len(re.findall(r"^POST /invocations 200 \d+\.\d ms$", output, re.M)) == 2, output[-2000:]
+    assert len(re.findall(r"^POST /invocations 400 \d+\.\d ms$", output, re.M)) == 6, output[-2000:]
+    assert "[[" not in output and "inputs" not in output
 
 
 def test_oversized_requests_are_refused_at_once_and_the_server_stays_up(champion, trained):
@@ -211,3 +219,54 @@ def test_concurrent_requests_share_model_calls_and_each_gets_its_own_rows():
     with pytest.raises(ValueError, match="model failed"):
         broken.predict(np.zeros((1, 2, 2, 1)))
     assert broken.calls == 1
+
+
+class _FakeGenerator:
+    """A stand-in for served_model.Generator: 8 x 8 pixels, 4 channels in and out, no TensorFlow."""
+
+    size, in_channels, channels, source = 8, 4, 4, "fake"
+
+    def predict(self, batch):
+        return np.zeros(batch.shape[:3] + (self.channels,), np.float32)
+
+
+def test_missing_or_empty_inputs_are_named_and_every_request_is_logged(capfd):
+    """`{"instances": []}` says 'missing inputs' (not "found shape (0,)"), an empty 'inputs' says so; the
+    'instances' alias still renders; one stderr line per request: method, path, status, ms, no payload."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from mrisynth.inference.server import Service
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = False  # server_close() waits for every handler (and its log line)
+
+    httpd = Server(("127.0.0.1", 0), Service(_FakeGenerator(), max_batch=2).handler())
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        for payload, expected in (({"instances": []}, "missing 'inputs'"), ({"inputs": []}, "'inputs' is empty"),
+                                  ({"conditioning": []}, "missing 'inputs'"), ({"wrong": [1]}, "missing 'inputs'")):
+            status, body = _post(f"{url}/invocations", payload)
+            assert status == 400 and expected in body["message"] and "(0,)" not in body["message"], body
+        for key in ("inputs", "instances"):
+            status, body = _post(f"{url}/invocations", {key: np.zeros((1, 8, 8, 4)).tolist()})
+            assert status == 200 and np.asarray(body["predictions"]).shape == (1, 8, 8, 4), body
+        status, body = _post(f"{url}/invocations", {"inputs": np.full((1, 8, 8, 4), 0.5).tolist()})
+        assert status == 400 and "expected only 0 and 1" in body["message"]  # validation unchanged
+        status, body = _post(f"{url}/invocations", {"inputs": np.zeros((3, 8, 8, 4)).tolist()})
+        assert status == 413 and "limit is 2" in body["message"]  # limits unchanged
+        with urllib.request.urlopen(f"{url}/ping", timeout=30) as response:
+            assert response.status == 200
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{url}/nowhere?x=1", timeout=30)
+        assert err.value.code == 404
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    lines = capfd.readouterr().err.splitlines()
+    expected = ["POST /invocations 400"] * 4 + ["POST /invocations 200"] * 2 + ["POST /invocations 400", "POST /invocations 413",
+                                                                                "GET /ping 200", "GET /nowhere?x=1 404"]
+    assert [line.rsplit(" ", 2)[0] for line in lines] == expected, lines
+    assert all(re.fullmatch(r".* \d+\.\d ms", line) for line in lines), lines
+    assert not any("[" in line or "inputs" in line for line in lines)  # never the payload

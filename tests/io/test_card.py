@@ -59,3 +59,23 @@ def test_card_numbers_on_a_hand_built_dataset(tmp_path):
     assert "| WT | flair |" in (tmp_path / "card.md").read_text()
     flat = datacard.flat_metrics(built)
     assert flat["threshold_WT_dice_test"] == 1.0 and flat["data_et_absent"] == 0.5 and flat["data_lgg_share"] == 0.5
+
+
+def test_card_reports_each_step_and_keeps_its_key_order(tmp_path):
+    _tiny_dataset(tmp_path)
+    lines = []
+    built = card.build(tmp_path, progress=lines.append)
+    steps = [line.split(" (")[0] for line in lines]
+    assert steps == [f"reading 4 slices in {tmp_path}", "tumour presence, areas and contrasts",
+                     "threshold baseline", "done"] and all("s elapsed)" in line for line in lines)
+    assert list(built)[-1] == "threshold"  # card.json's key order as before: data.dvc's hash does not move
+    assert card.build(tmp_path) == built  # silent without a progress callback, the same card
+
+
+def test_data_card_command_prints_progress_on_stderr_only(tmp_path, capsys):
+    from mrisynth import cli
+
+    _tiny_dataset(tmp_path)
+    assert cli.main(["data", "card", str(tmp_path), "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["slices"] == 4 and out.err.count("data card: ") == 4

@@ -24,6 +24,9 @@ def test_valid_import_passes_and_builds_docs(tiny_brats, tmp_path, capsys):
     assert "PASSED" in printed
     index = docs / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
     assert index.is_file() and str(index) in printed
+    page = (docs / "validation.html").read_text()  # the offline page beside GX's own Data Docs
+    assert str(docs / "validation.html") in printed and "PASSED" in page and "https://" not in page
+    assert (docs / "validation.md").is_file()
 
 
 def test_broken_data_fails_with_named_expectations(tiny_brats, tmp_path, capsys):

@@ -10,10 +10,39 @@ import pytest
 import yaml
 
 from conftest import TINY_PARAMS, copy_tracked_repo, write_tiny_case
+from offline_render import browser, colour_pixels, non_white_share, page_text, screenshot
 from mrisynth.data.ingest import ImportOptions, import_brats
+from mrisynth.ops import next_steps
 
 STAGES = ("preprocess", "tune", "train_gan", "augment", "train_segmenter", "gan_usefulness", "evaluate")
-QUESTIONS = ("Classic augmentation vs none", "GAN augmentation vs none", "Classic+GAN vs none", "GAN beyond classic")
+QUESTIONS = ("Classic augmentation vs none", "GAN augmentation vs none", "Classic+GAN vs none", "GAN beyond classic",
+             "Copy-paste vs none", "GAN beyond copy-paste")
+
+
+def _mlflow_ui_text(repo: Path, env: dict, bin_dir: Path, route: str) -> str:
+    """Start `mlflow ui` on the run's store, return the visible text of `route` in headless Chromium."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([str(bin_dir / "mlflow"), "ui", "--backend-store-uri", env["MLFLOW_TRACKING_URI"], "--host", "127.0.0.1",
+                               "--port", str(port)], cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "mlflow ui did not start"
+                time.sleep(1)
+        return page_text(f"http://127.0.0.1:{port}/{route}")
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
 
 
 @pytest.mark.slow
@@ -42,14 +71,14 @@ def test_tiny_dvc_repro_produces_table1_and_mlflow_runs(tmp_path):
     verdict = table.split("## Verdict")[1].split("###")[0]
     for question in QUESTIONS:  # the table opens with one sentence per comparison, with a CI
         assert f"**{question}: " in verdict and "95 % CI" in verdict
-    assert "Test (none)" in table and "Test (classic+gan)" in table and "Val (selection) (gan)" in table
+    assert "Test (none)" in table and "Test (classic+gan)" in table and "Val (selection) (gan)" in table and "Test (paste)" in table
     assert "HD95 WT (mm)" in table and "Non-learned reference" in table and "GAN-train" in table and "GAN-test" in table
     assert "Diversity" in table and "background included" in table
     accuracy_row = next(line for line in table.splitlines() if line.startswith("| Accuracy (background included) |"))
     cells = [c.strip() for c in accuracy_row.strip("|").split("|")[1:]]
-    assert len(cells) == 12 and all(0.0 <= float(c.split(" ± ")[0]) <= 1.0 for c in cells)
+    assert len(cells) == 15 and all(0.0 <= float(c.split(" ± ")[0]) <= 1.0 for c in cells)
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
-    assert set(metrics["arms"]) == {"none", "classic", "gan", "classic+gan"} and metrics["seeds"] == ["1", "2"]
+    assert set(metrics["arms"]) == {"none", "classic", "gan", "classic+gan", "paste"} and metrics["seeds"] == ["1", "2"]
     beyond = metrics["comparisons_test"]["GAN beyond classic"]["dice_tumour"]
     assert beyond["low"] <= beyond["mean"] <= beyond["high"] and beyond["n_seeds"] == 2 and beyond["n_images"] == 2
     assert beyond["n_draws"] == 2 and "× 2 generators" in verdict and "generator draws" in table   # the CI resamples 2 generators
@@ -61,16 +90,36 @@ def test_tiny_dvc_repro_produces_table1_and_mlflow_runs(tmp_path):
         assert usefulness[key] == usefulness[key] and 0.0 <= usefulness[key] <= 1.0  # finite, in range
     assert (repo / "reports" / "test_examples.png").stat().st_size > 0
     per_image = (repo / "reports" / "per_image.csv").read_text().splitlines()
-    assert per_image[0].startswith("arm,seed,split,case_id,dice_tumour") and len(per_image) == 1 + (1 + 1 + 2 + 2) * 2 * (4 + 2 + 2)
+    assert per_image[0].startswith("arm,seed,split,case_id,dice_tumour") and len(per_image) == 1 + (1 + 1 + 2 + 2 + 1) * 2 * (4 + 2 + 2)
     augmented = (repo / "work" / "augmented" / "manifest.csv").read_text().splitlines()
     assert sum(",True," in line for line in augmented[1:]) >= 3 * 4
     best_alpha = json.loads((repo / "work" / "tune" / "best_alpha.json").read_text())
     assert best_alpha["source"] == "optuna" and best_alpha["study"].startswith("mrisynth-alpha-")
 
     shown = subprocess.run([str(bin_dir / "dvc"), "metrics", "show"], cwd=repo, capture_output=True, text=True, env=env)
-    assert shown.returncode == 0 and "val_dice_gain_beyond_classic" in shown.stdout
+    assert shown.returncode == 0 and "classic_gan-classic.diff" in shown.stdout and "val_gain_beyond_classic" in shown.stdout
+    rows = shown.stdout.splitlines()  # the headline files only: a header and 3 rows, no ids or seconds
+    assert len(rows) == 4 and max(map(len, rows)) < 700, [len(r) for r in rows]
+    assert not any(word in rows[0] for word in ("run_id", "seconds", "version", "path"))
     status = subprocess.run([str(bin_dir / "dvc"), "status"], cwd=repo, capture_output=True, text=True, env=env)
     assert "up to date" in status.stdout, status.stdout
+
+    # the web views open offline: `dvc plots show` embeds the stages' PNGs (no Vega from a CDN), and
+    # preprocess's validation report is one self-contained page
+    plots = yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]
+    shown = subprocess.run([str(bin_dir / "dvc"), "plots", "show", "-o", str(tmp_path / "dvc_plots")], cwd=repo,
+                           capture_output=True, text=True, env=env)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    index = tmp_path / "dvc_plots" / "index.html"
+    page = index.read_text()
+    assert "<script" not in page and "http://" not in page and "https://" not in page and page.count("<img") == len(plots)
+    validation = (repo / "reports" / "data_validation.html").read_text()
+    assert "PASSED" in validation.split("</h1>")[0] and "http://" not in validation and "https://" not in validation
+    if browser():  # else only the HTML is checked (`apt-get install chromium` renders it too)
+        shot = screenshot(index, tmp_path / "plots.png", size=(1200, 2400))
+        assert non_white_share(shot) > 0.02 and colour_pixels(shot, (31, 119, 180)) > 100  # the GAN curves drawn
+        shot = screenshot(repo / "reports" / "data_validation.html", tmp_path / "validation.png")
+        assert non_white_share(shot) > 0.05 and colour_pixels(shot, (212, 237, 218), 8) > 500  # styled: passed cells in green
 
     client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("mrisynth")
@@ -78,17 +127,41 @@ def test_tiny_dvc_repro_produces_table1_and_mlflow_runs(tmp_path):
     by_name = {r.info.run_name: r for r in runs}
     parent = by_name["train_segmenter"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert {c.data.tags["augmentation"] for c in children} == {"none", "classic", "gan", "classic+gan"} and len(children) == 12
+    assert {c.data.tags["augmentation"] for c in children} == {"none", "classic", "gan", "classic+gan", "paste"} and len(children) == 14
     assert sorted(c.data.tags["generator_draw"] for c in children if c.data.tags["augmentation"] == "gan") == ["1", "1", "2", "2"]
     assert sorted(r.data.tags.get("draw") for r in runs if r.info.run_name == "train_gan") == ["1", "2"]
     for child in children:  # same metric names in every arm's run: the UI's compare view lines them up
         assert {"test_dice_tumour", "test_dice_WT", "best_val_dice_tumour", "best_val_dice_WT", "test_hd95_WT"} <= set(child.data.metrics)
-        assert {i.dataset.name for i in client.get_run(child.info.run_id).inputs.dataset_inputs} == {"train", "val"}
+        inputs = {i.dataset.name: i.dataset for i in client.get_run(child.info.run_id).inputs.dataset_inputs}
+        tags = child.data.tags  # each arm's own training set (name, digest, size), and the validation set
+        arm_set = "train-" + tags["augmentation"].replace("+", "_") + ("-g2" if tags["generator_draw"] == "2" and "gan" in tags["augmentation"] else "")
+        assert set(inputs) == {arm_set, "val"}, (tags["augmentation"], set(inputs))
+        assert inputs[arm_set].digest.endswith(f"-{child.data.params['train_images']}")
+    assert len({c.data.params["train_images"] for c in children}) > 1  # 4 real slices for `none`, more for the augmented arms
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens in model-training mode
+    view = json.loads(experiment.tags["mlflow.sharedViewState.arms"])
+    assert "metrics.`test_dice_tumour`" in view["selectedColumns"] and view["groupBy"]["groupByKeys"][0]["groupByData"] == "augmentation"
     evaluation = by_name["evaluate"]
     assert "val_dice_gain_beyond_classic" in evaluation.data.metrics
+    assert "## Verdict" in evaluation.data.tags["mlflow.note.content"] and evaluation.data.params["bootstrap"] == "200"
+    assert evaluation.data.params["test_images"] == "2" and evaluation.data.params["arms"] == "none,classic,gan,classic+gan,paste"
+    gan_params = by_name["train_gan"].data.params  # the alpha it trained with; params.yaml's separately
+    assert float(gan_params["alpha"]) == pytest.approx(json.loads((repo / "work" / "tune" / "best_alpha.json").read_text())["alpha"])
+    assert "alpha_requested" in gan_params and "best_epoch" in by_name["train_gan"].data.metrics
+    assert not any(k.startswith("best_best") for r in runs for k in r.data.metrics)
+    noise = [line for line in (result.stdout + result.stderr).splitlines()
+             if any(n in line for n in ("Warning:", "WARNING", "already exists", "oneDNN", "retracing"))]
+    assert not noise, noise  # a user cannot act on any of these
+    after = subprocess.run([sys.executable, "-m", "mrisynth.ops.next_steps"], cwd=repo, capture_output=True, text=True, env=env)
+    assert after.returncode == 0 and "GAN beyond classic" in after.stdout, after.stdout + after.stderr  # what `make run` ends with
+    assert next_steps.view_path(experiment.experiment_id) in after.stdout
+    if browser():  # the printed link in the real MLflow UI: model-training mode, arms grouped, the Dice columns
+        text = _mlflow_ui_text(repo, env, bin_dir, next_steps.view_path(experiment.experiment_id))
+        for part in ("Model training", "Group by: augmentation", "Group: none", "test_dice_tumour", "best_val_dice_tumour"):
+            assert part in text, part
     assert evaluation.data.tags["run.classic_gan.seed1"] in {c.info.run_id for c in children}
     versions = client.search_model_versions("name='mrisynth-segmenter'")
-    assert {v.tags["augmentation"] for v in versions} == {"none", "classic", "gan", "classic+gan"}
+    assert {v.tags["augmentation"] for v in versions} == {"none", "classic", "gan", "classic+gan", "paste"}
     generator = client.get_model_version_by_alias("mrisynth-generator", "challenger")
     assert {"val_dice_gain_beyond_classic", "test_dice_gain_beyond_classic", "val_gan_train_dice_tumour", "diversity_val"} <= set(generator.tags)
     gan_run = client.get_run(json.loads((repo / "reports" / "train_gan.json").read_text())["run_id"])

@@ -141,3 +141,27 @@ def test_a_killed_worker_leaves_its_trial_failed_and_the_others_carry_on(tiny_pr
     assert worker_run.info.status == "KILLED" and worker_run.info.run_name == "tune worker"
     written = json.loads((tiny_project / "work" / "tune" / "killed_alpha.json").read_text())
     assert written["trial"] != killed.number and written["completed_trials"] == 4
+
+
+def test_a_pruned_trial_run_ends_finished_and_named_pruned(tiny_project, monkeypatch):
+    path = _params_file(tiny_project, "params_prune.yaml", {
+        "tune": {"n_trials": 2, "storage": f"sqlite:///{tiny_project / 'optuna_prune.db'}", "study_name": "prune-ui"},
+        "train_gan": {"experiment": "tiny-prune"},
+    })
+
+    def objective(trial, params, alpha, train, val, log):  # noqa: ARG001 - the objective_fn signature
+        if trial.number == 1:
+            raise optuna.TrialPruned()
+        return 0.5
+
+    monkeypatch.setattr(tune, "objective_image", objective)
+    from mrisynth.config import load_params
+
+    study, parent_id = tune.optimise(load_params(str(path)), 2)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("tiny-prune").experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    by_name = {r.info.run_name: r for r in runs}
+    assert set(by_name) == {"trial 0", "trial 1 (pruned)"}
+    assert all(r.info.status == "FINISHED" for r in runs)  # not FAILED: the UI shows no red failure
+    assert by_name["trial 1 (pruned)"].data.tags["state"] == "PRUNED"

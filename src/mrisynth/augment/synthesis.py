@@ -3,7 +3,8 @@
 `plan` says how many samples of each kind to make, `synthesise` makes them (classic: rotation,
 shift, scale, flip + brightness on image and mask together; GAN: label maps from transformed training
 masks or a training tumour recombined into another case's brain, rendered by the generator, with
-dropout active by default), `write` stores them with a provenance manifest."""
+dropout active by default; paste: a donor's real tumour pasted into another training slice, the
+copy-paste control, from its own random stream), `write` stores them with a provenance manifest."""
 from __future__ import annotations
 
 import shutil
@@ -41,6 +42,7 @@ def plan(n_train: int, factor: int, synthetic_fraction: float, arms: tuple[str, 
         "gan_mix": gan_mix,
         "classic_total": new if "classic" in wanted else classic_mix,
         "gan_total": new if "gan" in wanted else gan_mix,
+        "paste_total": new if "paste" in wanted else 0,
     }
 
 
@@ -81,7 +83,50 @@ def synthesise(train: arrays.SplitArrays, generator, params, arms: tuple[str, ..
         samples.append(Sample(image, labels, "classic", ids[src], desc, k < counts["classic_mix"]))
 
     gan, fallbacks = gan_samples(train, generator, params, counts, rng, synthesis, margin_fraction, params.seed)
-    return samples + gan, counts | {"recombination_fallbacks": fallbacks}
+    # the copy-paste control draws from its own stream: the real, classic and GAN samples stay as without it
+    pasted, paste_fallbacks = paste_samples(train, params, counts["paste_total"], margin_fraction)
+    return samples + gan + pasted, counts | {"recombination_fallbacks": fallbacks, "paste_fallbacks": paste_fallbacks}
+
+
+def _donor_and_host(train: arrays.SplitArrays, rng: np.random.Generator, ranges: transforms.ClassicRanges):
+    """(donor, host, geometry, donor labels moved by geometry): two different training slices and a random
+    rotation/scale/flip (`ranges` without shift: placement moves the tumour), drawn in this order from `rng`."""
+    donor, host = (int(i) for i in rng.choice(len(train), size=2, replace=False))
+    geometry = transforms.sample_geometry(rng, ranges, train.labels.shape[1])
+    return donor, host, geometry, transforms.warp(train.labels[donor], geometry, is_mask=True)
+
+
+def paste_samples(train: arrays.SplitArrays, params, count: int, margin_fraction: float, attempts: int = 20) -> tuple[list[Sample], int]:
+    """`count` copy-paste samples (the `paste` arm, no generator): a donor's tumour (rotated/scaled/flipped
+    with its pixels) pasted into another training slice with `inpaint.paste` — the same placement prior and
+    blend ramp as the inpainting GAN samples, real pixels instead of generated ones. A placement that fails
+    is retried with another donor and host, up to `attempts` times, then pasted in place (CarveMix: the
+    donor's region replaces the host's at the same position; `transforms` says `paste-in-place:`). Returns
+    the samples and how many placements failed."""
+    n, size = len(train), train.images.shape[1]
+    if count == 0 or n < 2:
+        return [], 0
+    # its own stream: [seed, 0, 1] is none of the GAN draws' [seed, d] (= [seed, d, 0]) nor the main [seed]
+    rng = np.random.default_rng([params.seed, 0, 1])
+    ranges = transforms.ClassicRanges(rotation=params.rotation, shift=0.0, scale=tuple(params.scale), flip=params.flip)
+    margin = inpaint.margin_pixels(margin_fraction, size)
+    prior = inpaint.depths(train.labels, train.brain)
+    ids = [str(c) for c in train.case_ids]
+    samples, failed = [], 0
+    for _ in range(count):
+        for attempt in range(attempts + n):  # after `attempts` moved placements, in place (a donor without tumour: the next pair)
+            in_place = attempt >= attempts
+            donor, host, geometry, moved_labels = _donor_and_host(train, rng, ranges)
+            moved_image = transforms.warp(train.images[donor], geometry, is_mask=False)
+            pasted = inpaint.paste(train.images[host], train.labels[host], train.brain[host], moved_image, moved_labels, margin, rng,
+                                   prior, in_place=in_place)
+            if pasted is not None:
+                image, labels, _, _ = pasted
+                samples.append(Sample(np.clip(image, 0.0, 1.0), labels, "paste", f"{ids[donor]}+{ids[host]}",
+                                      f"paste{'-in-place' if in_place else ''}:{geometry.describe()}", False))
+                break
+            failed += 1
+    return samples, failed
 
 
 def synthesise_draw(train: arrays.SplitArrays, generator, params, arms: tuple[str, ...], draw: int, synthesis: str = "full",
@@ -150,9 +195,7 @@ def _inpaint_samples(train, generator, params, ranges, counts, rng, margin_fract
     for _ in range(counts["gan_total"]):
         placed = None
         if n > 1 and rng.random() < params.recombine_fraction:
-            donor, host = (int(i) for i in rng.choice(n, size=2, replace=False))
-            geometry = transforms.sample_geometry(rng, no_shift, size)
-            moved = transforms.warp(train.labels[donor], geometry, is_mask=True)
+            donor, host, geometry, moved = _donor_and_host(train, rng, no_shift)
             placed = inpaint.place_away(moved, train.brain[host], train.labels[host], margin, rng, prior=prior)
             if placed is None:
                 fallbacks += 1
@@ -207,8 +250,9 @@ def write(out_dir: Path, samples: list[Sample], sample_dropout: bool = False) ->
 
 
 def write_draw(out_dir: Path, base: pd.DataFrame, gan: list[Sample], draw: int, sample_dropout: bool = False) -> pd.DataFrame:
-    """Write draw `draw`'s GAN samples under out_dir/draw-<k>/ and its manifest (`paths.augmented_manifest`): the real
-    and classic rows of `base` (draw 0's manifest, shared files) followed by the new GAN rows."""
+    """Write draw `draw`'s GAN samples under out_dir/draw-<k>/ and its manifest (`paths.augmented_manifest`): every
+    row of `base` that is not a GAN sample (draw 0's manifest, shared files: real, classic, paste) followed by the
+    new GAN rows."""
     folder = f"draw-{draw + 1}"
     rows = []
     for k, s in enumerate(gan):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SAMPLE_KINDS = ("real", "classic", "gan")  # provenance of a row of the augmented manifest (`kind` column)
+SAMPLE_KINDS = ("real", "classic", "gan", "paste")  # provenance of a row of the augmented manifest (`kind` column)
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,8 @@ TABLE: dict[str, Arm] = {arm.name: arm for arm in (
     Arm("classic", ("real", "classic"), False, "real + classic transforms (rotation, shift, scale, flip, brightness)"),
     Arm("gan", ("real", "gan"), False, "real + GAN samples"),
     Arm("classic+gan", ("real", "classic", "gan"), True, "the paper's augmented set: real + classic + GAN (30 -> 300)"),
+    # the control a generator has to beat: real donor tumours pasted into other training slices, no generator
+    Arm("paste", ("real", "paste"), False, "real + copy-paste: real tumours pasted into other training slices (CarveMix-like, no generator)"),
 )}
 ARMS = tuple(TABLE)
 
@@ -63,6 +65,8 @@ COMPARISONS = (
     ("none", "gan", "GAN augmentation vs none"),
     ("none", "classic+gan", "Classic+GAN vs none"),
     ("classic", "classic+gan", "GAN beyond classic"),
+    ("none", "paste", "Copy-paste vs none"),
+    ("paste", "gan", "GAN beyond copy-paste"),
 )
 BASELINE = "none"  # the real-only arm every other arm is compared with (Table 1's anchor, GAN-train's real-train)
 
@@ -73,6 +77,7 @@ def comparison(question: str) -> tuple[str, str, str]:
 
 
 GAN_VS_NONE, BEYOND_CLASSIC = comparison("GAN augmentation vs none"), comparison("GAN beyond classic")  # promotion's gate metrics
+BEYOND_PASTE = comparison("GAN beyond copy-paste")  # also tagged on the generator version (promote.metric may name it)
 
 
 def get(name: str) -> Arm:

@@ -172,3 +172,43 @@ def split_inputs(labels: np.ndarray, brain: np.ndarray, images: np.ndarray, marg
     regions = training_regions(labels, brain, margin, blob_probability, rng)
     weights = np.stack([blend_weight(r, margin) for r in regions]) if len(regions) else np.zeros(labels.shape, np.float32)
     return conditioning(labels, brain, images, regions), weights[..., None]
+
+
+def translate(array: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """`array` (H, W, ...) moved by (dy, dx) whole pixels, zeros where nothing moved in."""
+    out = np.zeros_like(array)
+    h, w = array.shape[:2]
+    src_y, dst_y = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    src_x, dst_x = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[dst_y, dst_x] = array[src_y, src_x]
+    return out
+
+
+def paste(host_image: np.ndarray, host_labels: np.ndarray, host_brain: np.ndarray, donor_image: np.ndarray,
+          donor_labels: np.ndarray, margin: int, rng: np.random.Generator, prior: np.ndarray | None = None,
+          in_place: bool = False):
+    """Copy-paste control (no generator): the donor's tumour and its real pixels (tumour + `margin`) moved
+    into the host brain by `place_away` (clear of the host's tumour, which is kept) and blended in with the
+    same soft ramp as inpainting. `in_place` (CarveMix proper): the donor's region replaces the host's at the
+    same position with a hard edge (inside it image and labels are the donor's), so it always fits.
+    Returns (image (H, W, C), labels, brain, weight), or None when the donor has no tumour or a moved tumour
+    fits nowhere; where weight is 0 the image is the host's, bit for bit."""
+    host_labels, host_brain = np.asarray(host_labels), np.asarray(host_brain, bool)
+    donor_labels, donor_image = np.asarray(donor_labels), np.asarray(donor_image, np.float32)
+    if not (donor_labels > 0).any():
+        return None
+    if in_place:
+        area = region(donor_labels, host_brain | (donor_labels > 0), margin)
+        labels = np.where(area, donor_labels, host_labels).astype(np.uint8)
+        weight = area.astype(np.float32)
+        return composite(np.asarray(host_image, np.float32), donor_image, weight), labels, host_brain | (labels > 0), weight
+    placed = place_away(donor_labels, host_brain, host_labels, margin, rng, prior=prior)
+    if placed is None:
+        return None
+    tumour, _ = placed
+    (y0, x0), (y1, x1) = np.argwhere(donor_labels > 0).min(axis=0), np.argwhere(tumour > 0).min(axis=0)
+    moved = translate(donor_image, int(y1 - y0), int(x1 - x0))
+    labels = np.where(tumour > 0, tumour, host_labels).astype(np.uint8)
+    brain = host_brain | (labels > 0)
+    weight = blend_weight(region(tumour, brain, margin), margin)
+    return composite(np.asarray(host_image, np.float32), moved, weight), labels, brain, weight

@@ -79,12 +79,14 @@ def _save_modalities(image: np.ndarray, names: list[str], spacing: float, out_di
 
 def generate(model_uri: str, masks_dir: Path, out_dir: Path, brain_dir: Path | None = None, batch_size: int = 8,
              spacing: float = 1.0) -> list[Path]:
+    from mrisynth.inference.promote import require_model
     from mrisynth.inference.served_model import Generator, InputError
 
     masks_dir, out_dir = Path(masks_dir), Path(out_dir)
     paths = sorted(masks_dir.glob("*.tif"))
     if not paths:
         raise DataError(f"{masks_dir}: expected label masks (*.tif), found none")
+    require_model(model_uri)  # a missing model, alias or version: one line saying what to run, no MLflow traceback
     try:
         model = Generator.load(model_uri)  # safe: Keras flavor with safe_mode, no pickles
     except InputError as exc:

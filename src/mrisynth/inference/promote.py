@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from mrisynth.config import PromoteParams
+from mrisynth.core.urls import mask_url
 from mrisynth.errors import MrisynthError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -18,6 +19,10 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 
 class PromotionError(MrisynthError):
     """The candidate cannot be judged (missing version, metric or signature)."""
+
+
+class ModelNotFound(MrisynthError):
+    """A `models:/` URI names a registered model, alias or version that does not exist."""
 
 
 @dataclass
@@ -98,3 +103,41 @@ def promote(name: str, version: str | None = None, metric: str = PromoteParams.m
     description = (candidate.description or "").split("\nPromotion:")[0]
     registry.describe_version(name, candidate.version, f"{description}\nPromotion: {outcome} ({decision.reason}).")
     return decision
+
+
+def require_model(model_uri: str) -> None:
+    """Check that a registry URI, `models:/NAME@ALIAS` or `models:/NAME/VERSION`, names an existing version;
+    ModelNotFound with one line (what is missing, what to run) when not. Other URIs (runs:/, paths, stages)
+    are left to the loader."""
+    import os
+
+    from mrisynth.io import registry, tracking
+
+    if not model_uri.startswith("models:/"):
+        return
+    ref = model_uri[len("models:/"):]
+    if "@" in ref:
+        (name, alias), version = ref.rsplit("@", 1), None
+    elif "/" in ref and ref.rsplit("/", 1)[1].isdigit():
+        (name, version), alias = ref.rsplit("/", 1), None
+    else:
+        return
+    try:
+        registry.get_version(name, version, alias=alias)
+    except LookupError as exc:
+        store = mask_url(os.environ.get("MLFLOW_TRACKING_URI", tracking.DEFAULT_URI))  # never print a password
+        raise ModelNotFound(f"{model_uri} (registry {store}): {_missing(name, version, alias, str(exc))}") from None
+
+
+def _missing(name: str, version: str | None, alias: str | None, mlflow_message: str) -> str:
+    """What is missing and what to run, for `require_model`."""
+    if "registered model with name" in mlflow_message.lower():
+        return f"no registered model {name!r}; `dvc repro train_gan` registers the generator (or check the name and MLFLOW_TRACKING_URI)"
+    if version is not None:
+        return f"{name!r} has no version {version}; pick a registered version or an alias (@{CHAMPION}, @{CHALLENGER})"
+    if alias == CHAMPION:
+        return (f"no version of {name!r} is the @{CHAMPION} yet; run `mrisynth promote --name {name}` to promote @{CHALLENGER} "
+                f"if it passes the gate (`--version V --force` to choose one), or use models:/{name}@{CHALLENGER}")
+    if alias == CHALLENGER:
+        return f"no version of {name!r} is the @{CHALLENGER}; `dvc repro train_gan` registers one and sets it"
+    return f"no version of {name!r} holds alias @{alias}; use @{CHAMPION} or @{CHALLENGER}, or a version number (models:/{name}/1)"

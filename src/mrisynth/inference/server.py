@@ -12,12 +12,17 @@ other are merged into one model call of at most `max_batch` images, and each get
 model call runs at a time). Slow senders never delay the others. Bodies being read or waiting
 hold at most `BODY_BUDGET` x max_bytes of memory together; past that a request gets 503 at once. JSON must be numbers in
 nested lists (strings, booleans, nulls and absurd nesting are 400, not converted). Errors are short
-JSON ({"error_code", "message"}) and never echo the input. The model is loaded with
-`served_model.Generator.load` (Keras flavor, safe_mode): no code from the artifact store runs."""
+JSON ({"error_code", "message"}) and never echo the input. Each answered request writes one access-log
+line to stderr: method, path, status and milliseconds until the answer starts
+(`POST /invocations 200 12.3 ms`), never the payload. The model is loaded with
+`served_model.Generator.load` (Keras flavor, safe_mode): no code from the artifact store runs; a
+`models:/NAME@ALIAS` that does not exist stops `serve` with one line saying what to run
+(`promote.require_model`)."""
 from __future__ import annotations
 
 import json
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,6 +41,9 @@ BODY_BUDGET = 4        # request bodies (of max_bytes) held in memory at once, r
 BATCH_WAIT_MS = 5.0    # how long the micro-batcher waits for more requests to join the first one
 
 
+_CONTROL_CHARS = str.maketrans({c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)})  # escaped in the access log
+
+
 def default_max_bytes(size: int, max_batch: int, channels: int = 4) -> int:
     return max_batch * size * size * channels * BYTES_PER_VALUE + 64 * 1024
 
@@ -47,8 +55,25 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = TIMEOUT_S
 
-    def log_message(self, format, *args):  # noqa: A002 - quiet access log
+    def log_message(self, format, *args):  # noqa: A002 - http.server's own log lines: the access log is `log_request`
         pass
+
+    def handle_one_request(self):
+        self._started = time.monotonic()  # restarted by parse_request once the request line is in
+        self.command = self.path = None  # a bad request line must not be logged with the previous request's
+        super().handle_one_request()
+
+    def parse_request(self):  # the request line has arrived: its clock starts
+        self._started = time.monotonic()
+        return super().parse_request()
+
+    def log_request(self, code="-", size="-"):
+        """The access log: send_response calls this once per answer, before any byte of it is sent. One line on
+        stderr: method, path, status, milliseconds until the answer starts (never the payload)."""
+        path = (self.path or "-")[:200].translate(_CONTROL_CHARS)
+        elapsed_ms = (time.monotonic() - self._started) * 1000
+        sys.stderr.write(f"{self.command or '-'} {path} {getattr(code, 'value', code)} {elapsed_ms:.1f} ms\n")
+        sys.stderr.flush()
 
     def _reply(self, status: int, body: dict, close: bool = False) -> None:
         data = json.dumps(body).encode()
@@ -158,9 +183,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.BAD_REQUEST, "body is not JSON; send {\"inputs\": (N, S, S, 4) nested lists}")
             return
         if not isinstance(payload, dict) or not ({"inputs", "instances", "conditioning"} & set(payload)):
-            self._error(HTTPStatus.BAD_REQUEST, "expected a JSON object with key 'inputs' holding (N, S, S, 4) conditioning")
+            self._error(HTTPStatus.BAD_REQUEST, "missing 'inputs': expected a JSON object with key 'inputs' holding "
+                                                "(N, S, S, 4) conditioning")
             return
-        inputs = next(payload[k] for k in ("inputs", "instances", "conditioning") if k in payload)
+        key = next(k for k in ("inputs", "instances", "conditioning") if k in payload)
+        inputs = payload[key]
+        if isinstance(inputs, list) and not inputs:  # nothing to render: say so, not "found shape (0,)"
+            what = "'inputs' is empty" if key == "inputs" else f"missing 'inputs' ('{key}' is empty)"
+            self._error(HTTPStatus.BAD_REQUEST, f"{what}: send {{\"inputs\": (N, S, S, 4) nested lists}} with at least one image")
+            return
         try:
             raw = np.asarray(inputs)  # no dtype: strings stay strings ("0" is not 0), booleans stay booleans
         except (ValueError, TypeError, RecursionError):
@@ -271,6 +302,9 @@ class Service:
 
 def serve(model_uri: str, host: str = "127.0.0.1", port: int = 5001, max_batch: int = DEFAULT_MAX_BATCH,
           max_bytes: int | None = None, body_timeout_s: float = BODY_TIMEOUT_S, batch_wait_ms: float = BATCH_WAIT_MS) -> None:
+    from mrisynth.inference.promote import require_model
+
+    require_model(model_uri)  # a missing model, alias or version: one line saying what to run, no MLflow traceback
     service = Service(Generator.load(model_uri), max_batch, max_bytes, body_timeout_s, batch_wait_ms)
     httpd = ThreadingHTTPServer((host, port), service.handler())
     print(f"serving {model_uri} on http://{host}:{port} (max {service.max_batch} images, {service.max_bytes} bytes per request)", flush=True)

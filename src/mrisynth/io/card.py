@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -20,15 +22,34 @@ def _load(directory: Path, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, 
     return images, labels, images.any(axis=-1)
 
 
-def build(directory: Path, manifest: pd.DataFrame | None = None) -> dict:
-    """The card of an imported dataset folder (manifest.csv + TIFFs; dataset.json when present)."""
+def data_source(directory: str | Path) -> str:
+    """Where an imported dataset came from (`DIR/dataset.json`: source and release), for model cards;
+    `unknown` when the file is missing or unreadable."""
+    try:
+        info = json.loads((Path(directory) / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return "unknown"
+    return f"{info.get('source', 'unknown')} ({info.get('release', 'unknown release')})"
+
+
+def build(directory: Path, manifest: pd.DataFrame | None = None, progress: Callable[[str], None] | None = None) -> dict:
+    """The card of an imported dataset folder (manifest.csv + TIFFs; dataset.json when present).
+    `progress` gets one line per step (reading, statistics, threshold baseline) with the elapsed time."""
+    started = time.perf_counter()
+
+    def say(step: str) -> None:
+        if progress:
+            progress(f"{step} ({time.perf_counter() - started:.0f} s elapsed)")
+
     directory = Path(directory)
     manifest = read_manifest(directory) if manifest is None else manifest
+    say(f"reading {len(manifest)} slices in {directory}")
     info_file = directory / "dataset.json"
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     modalities = str(manifest["modalities"].iloc[0]).split(",")
     splits = [s for s in SPLIT_ORDER if (manifest["split"] == s).any()]
     arrays = {s: _load(directory, manifest[manifest["split"] == s]) for s in splits}
+    say("tumour presence, areas and contrasts")
     every = tuple(np.concatenate([arrays[s][i] for s in splits]) for i in range(3))
     facts = {c: manifest[c] if c in manifest else pd.Series(["unknown"] * len(manifest)) for c in ("grade", "location", "site")}
     card = {
@@ -44,8 +65,10 @@ def build(directory: Path, manifest: pd.DataFrame | None = None) -> dict:
         "presence": {"all": datacard.presence(every[1])} | {s: datacard.presence(arrays[s][1]) for s in splits},
         "area": datacard.area_percentiles(every[1], manifest["spacing_mm"].to_numpy() if "spacing_mm" in manifest else np.ones(len(manifest))),
         "contrast": datacard.contrast(*every, modalities),
-        "threshold": datacard.threshold_baseline(arrays, modalities) if "train" in arrays else {},
     }
+    say("threshold baseline (fitted on train, scored on every split)")
+    card["threshold"] = datacard.threshold_baseline(arrays, modalities) if "train" in arrays else {}
+    say("done")
     return card
 
 

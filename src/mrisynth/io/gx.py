@@ -1,7 +1,9 @@
 """Great Expectations checks over a per-image metadata table, with HTML Data Docs.
 
 The suite lives as JSON in `expectations/`; values that depend on the configuration (size,
-channels, counts) are GX suite parameters (`{"$PARAMETER": "size"}`) filled in at run time."""
+channels, counts) are GX suite parameters (`{"$PARAMETER": "size"}`) filled in at run time.
+Every expectation's result is also kept as plain records (`ValidationReport.suites`), which
+`write_static_docs` renders as a self-contained page (mrisynth.core.datadocs) that works offline."""
 from __future__ import annotations
 
 import json
@@ -76,6 +78,7 @@ class ValidationReport:
     failures: list[str] = field(default_factory=list)
     docs: str | None = None
     statistics: dict = field(default_factory=dict)
+    suites: list[dict] = field(default_factory=list)  # per suite: name, success, statistics, one record per expectation
 
     def summary(self) -> str:
         head = "PASSED" if self.success else f"FAILED ({len(self.failures)} expectation(s))"
@@ -131,10 +134,75 @@ def _offenders(result, table: pd.DataFrame | None, column: str | None) -> str:
     return "; ".join(names) + (f"; and {more} more" if more > 0 else "")
 
 
+def _target(kwargs: dict) -> str:
+    return kwargs.get("column") or (f"{kwargs.get('column_A')} == {kwargs.get('column_B')}" if "column_A" in kwargs else "table")
+
+
+def _bounds(kwargs: dict) -> dict:
+    return {k: kwargs[k] for k in ("value_set", "min_value", "max_value", "value") if k in kwargs}
+
+
+def _observed(info: dict) -> str:
+    """What GX measured: the observed value, or how many rows were unexpected (with examples)."""
+    if info.get("observed_value") is not None:
+        return str(info["observed_value"])
+    if info.get("element_count") is not None:
+        bad = info.get("unexpected_count") or 0
+        text = f"{bad} of {info['element_count']} rows unexpected"
+        examples = [v.item() if hasattr(v, "item") else v for v in (info.get("partial_unexpected_list") or [])[:MAX_NAMED]]
+        return text + (f", e.g. {examples}" if bad and examples else "")
+    return ""
+
+
+def _column_values(table: pd.DataFrame | None, column: str | None) -> str:
+    """The values a column holds: its range when numeric, else its distinct values (a few)."""
+    if table is None or not column or column not in table:
+        return ""
+    values = table[column].dropna()
+    if values.empty:
+        return "no values"
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        low, high = values.min(), values.max()
+        return f"{low:.4g}" if low == high else f"{low:.4g} … {high:.4g}"
+    distinct = sorted({str(v) for v in values})
+    return "{" + ", ".join(distinct[:MAX_NAMED]) + (", …" if len(distinct) > MAX_NAMED else "") + "}"
+
+
+def expectation_record(result, table: pd.DataFrame | None = None) -> dict:
+    """One expectation's result as plain values (mrisynth.core.datadocs renders them)."""
+    config = result.expectation_config
+    kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id",)}
+    info = result.result or {}
+    error = getattr(result, "exception_info", None) or {}
+    observed = _observed(info)
+    held = _column_values(table, kwargs.get("column"))
+    if held and info.get("observed_value") is None:
+        observed = f"{held} ({observed})" if observed else held
+    if isinstance(error, dict) and error.get("raised_exception"):
+        observed = f"error: {error.get('exception_message')}"
+    bounds = _bounds(kwargs)
+    return {"type": config.type, "target": _target(kwargs), "notes": (config.meta or {}).get("notes", ""),
+            "expected": ", ".join(f"{k} {v}" for k, v in bounds.items()) if bounds else ("pairs equal" if "column_A" in kwargs else ""),
+            "success": bool(result.success), "observed": observed,
+            "details": "" if result.success else _offenders(result, table, kwargs.get("column") or kwargs.get("column_A"))}
+
+
+def write_static_docs(report: ValidationReport, html_path: Path, markdown_path: Path | None = None,
+                      title: str = "Data validation", source: str | None = None) -> None:
+    """The report's expectations as a self-contained HTML page (and Markdown), readable offline."""
+    from mrisynth.core import datadocs
+
+    for path, text in ((html_path, datadocs.html(report.suites, title, source)),
+                       (markdown_path, datadocs.markdown(report.suites, title, source))):
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text, encoding="utf-8")
+
+
 def _describe_failure(result, table: pd.DataFrame | None = None) -> str:
     config = result.expectation_config
     kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id",)}
-    target = kwargs.get("column") or (f"{kwargs.get('column_A')} == {kwargs.get('column_B')}" if "column_A" in kwargs else "table")
+    target = _target(kwargs)
     notes = (config.meta or {}).get("notes", "")
     info = result.result or {}
     found = []
@@ -144,7 +212,7 @@ def _describe_failure(result, table: pd.DataFrame | None = None) -> str:
     if info.get("unexpected_count"):
         found.append(f"{info['unexpected_count']} unexpected: {named}" if named else
                      f"{info['unexpected_count']} unexpected, e.g. {info.get('partial_unexpected_list', [])[:MAX_NAMED]}")
-    bounds = {k: kwargs[k] for k in ("value_set", "min_value", "max_value", "value") if k in kwargs}
+    bounds = _bounds(kwargs)
     return f"{config.type} on {target} ({notes}): expected {bounds or 'pairs equal'}, found {'; '.join(found) or 'failure'}"
 
 
@@ -192,15 +260,17 @@ def validate_table(
         gx.Checkpoint(name=f"{suite['name']}_checkpoint", validation_definitions=[definition], actions=actions)
     )
     run = checkpoint.run(batch_parameters={"dataframe": table}, expectation_parameters=parameters)
-    failures, stats = [], {}
+    failures, stats, suites = [], {}, []
     for validation in run.run_results.values():
         stats = dict(validation.statistics)
         failures += [_describe_failure(r, table) for r in validation.results if not r.success]
+        suites.append({"name": getattr(validation, "suite_name", None) or suite["name"], "success": bool(validation.success),
+                       "statistics": stats, "expectations": [expectation_record(r, table) for r in validation.results]})
     docs = None
     if docs_root is not None:
         sites = context.get_docs_sites_urls()
         docs = sites[0]["site_url"].removeprefix("file://") if sites else None
-    return ValidationReport(success=bool(run.success), failures=failures, docs=docs, statistics=stats)
+    return ValidationReport(success=bool(run.success), failures=failures, docs=docs, statistics=stats, suites=suites)
 
 
 def dataset_info(directory: Path) -> dict:

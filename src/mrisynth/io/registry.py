@@ -49,25 +49,46 @@ def tensorflow_distribution() -> str:
     return "tensorflow"
 
 
-def register_keras_model(model, name: str, registry_name: str, signature, tags: dict[str, str],
-                         alias: str | None = None, description: str | None = None) -> str:
-    """Log a Keras model (MLflow's Keras flavor: no pickled Python) in the active run, register it under
-    `registry_name` with `tags` (and `alias`, `description`); returns the version. No input example:
-    MLflow 3.17's Keras flavor fails to write one (its folder does not exist yet)."""
+def register_keras_model(model, name: str, registry_name: str, signature, tags: dict[str, object],
+                         alias: str | None = None, description: str | None = None, model_description: str | None = None) -> str:
+    """Log a Keras model (MLflow's Keras flavor: no pickled Python) in the active run and register it as a
+    new version of `registry_name` with `tags` (and `alias`, `description` = the version's model card);
+    returns the version. The registered model is created on first use with `model_description`.
+    No input example: MLflow 3.17's Keras flavor fails to write one (its folder does not exist yet)."""
     import keras
     import mlflow.keras
     import tensorflow
 
     # explicit requirements: MLflow's inference of them loads the model in a subprocess (~6 s per model)
     requirements = [f"{tensorflow_distribution()}=={tensorflow.__version__}", f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"]
-    info = mlflow.keras.log_model(model, name=name, registered_model_name=registry_name, signature=signature, pip_requirements=requirements)
-    version = str(info.registered_model_version)
+    info = mlflow.keras.log_model(model, name=name, signature=signature, pip_requirements=requirements)
+    ensure_registered_model(registry_name, model_description)
+    # the client call, not log_model(registered_model_name=...): that prints "already exists" for every version
+    created = mlflow.MlflowClient().create_model_version(registry_name, source=info.model_uri, run_id=info.run_id,
+                                                         description=description, model_id=info.model_id)
+    version = str(created.version)
     tag_version(registry_name, version, tags)
     if alias:
         set_alias(registry_name, alias, version)
-    if description:
-        describe_version(registry_name, version, description)
     return version
+
+
+def ensure_registered_model(registry_name: str, description: str | None = None) -> None:
+    """Create the registered model `registry_name` unless it exists; give it `description` when it has none."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        current = client.get_registered_model(registry_name)
+    except MlflowException:
+        try:
+            client.create_registered_model(registry_name, description=description)
+            return
+        except MlflowException:  # created meanwhile by another process
+            current = client.get_registered_model(registry_name)
+    if description and not current.description:
+        client.update_registered_model(registry_name, description=description)
 
 
 def tag_version(registry_name: str, version: str | int, tags: dict[str, object]) -> None:

@@ -117,7 +117,49 @@ def configure(experiment: str) -> str:
                 artifact_root = (Path(os.environ.get("MLFLOW_ARTIFACT_ROOT", "mlartifacts")) / experiment).resolve().as_uri()
             mlflow.create_experiment(experiment, artifact_location=artifact_root)
         mlflow.set_experiment(experiment)
+        tag_experiment(mlflow.get_experiment_by_name(experiment).experiment_id)
     return uri
+
+
+# The MLflow UI opens an experiment without this tag in its GenAI mode (traces, tokens); with it, in
+# "Model training" mode (runs, metrics, models) - the value the UI's own switch writes.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# A saved runs-table view (the UI's "share view" state, read from an experiment tag): the scores
+# that matter as columns, runs grouped by arm. Open it with `#/experiments/<id>?viewStateShareKey=arms`.
+VIEW_KEY = "arms"
+ARMS_VIEW = {
+    "selectedColumns": ["metrics.`test_dice_tumour`", "metrics.`best_val_dice_tumour`", "metrics.`best_epoch`",
+                        "params.`augmentation`", "params.`seed`", "params.`generator_draw`", "params.`train_images`"],
+    "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "param", "groupByData": "augmentation"}]},
+    "orderByKey": "metrics.`best_val_dice_tumour`", "orderByAsc": False,  # sorted by validation: never pick by test
+}
+
+
+def experiment_id(name: str) -> str | None:
+    """The id of experiment `name` in the configured tracking store (None when it does not exist)."""
+    import mlflow
+
+    configure_uri()
+    experiment = mlflow.MlflowClient().get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else None
+
+
+def experiment_tags() -> dict[str, str]:
+    """The tags every mrisynth experiment carries: its kind (model training) and the saved arms view."""
+    import json
+
+    return EXPERIMENT_KIND | {f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(ARMS_VIEW)}
+
+
+def tag_experiment(experiment_id: str) -> None:
+    """Set `experiment_tags()` on the experiment where they differ (idempotent)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    current = client.get_experiment(experiment_id).tags
+    for key, value in experiment_tags().items():
+        if current.get(key) != value:
+            client.set_experiment_tag(experiment_id, key, value)
 
 
 def data_hash(dvc_file: Path = Path("data.dvc")) -> str:
@@ -281,6 +323,15 @@ def log_metrics_to_run(run_id: str, metrics: dict[str, float]) -> None:
         mlflow.MlflowClient().log_batch(run_id, metrics=items[start : start + 900])
 
 
+def _local_source(path: str):
+    """A local-file dataset source, named explicitly: from a bare path string MLflow guesses, and warns that
+    two registered local sources match."""
+    from mlflow.data.dataset_source_registry import get_registered_sources
+
+    local = next(s for s in get_registered_sources() if s._get_source_type() == "local")  # noqa: SLF001 - its documented type name
+    return local(path)
+
+
 def log_split_inputs(splits: dict[str, object], data_digest: str, source: str = "work/preprocessed") -> None:
     """MLflow dataset tracking for the active run: one dataset per split (name `<split>`, digest = the
     data.dvc hash + split size), with the split as context, so the UI's Dataset column is filled."""
@@ -288,9 +339,19 @@ def log_split_inputs(splits: dict[str, object], data_digest: str, source: str = 
 
     for split, data in splits.items():
         dataset = mlflow.data.from_numpy(
-            np.asarray(data.images), targets=np.asarray(data.labels), source=f"{source}/{split}.npz",
+            np.asarray(data.images), targets=np.asarray(data.labels), source=_local_source(f"{source}/{split}.npz"),
             name=f"{split}", digest=f"{data_digest[:10]}-{split}{len(data)}")
         mlflow.log_input(dataset, context=split)
+
+
+def log_training_input(name: str, images: np.ndarray, classes: np.ndarray, digest: str, source: str, context: str = "train") -> None:
+    """MLflow dataset tracking of one arm's actual training set (name e.g. `train-gan-g2`, its own digest
+    and size) in the active run: the UI's Dataset column then tells 300 augmented images from 30 real ones."""
+    import mlflow
+
+    dataset = mlflow.data.from_numpy(np.asarray(images), targets=np.asarray(classes), source=_local_source(source), name=name,
+                                     digest=f"{digest[:10]}-{len(images)}")
+    mlflow.log_input(dataset, context=context)
 
 
 def run_tags(stage: str, precision: str | None = None) -> dict[str, str]:

@@ -3,9 +3,10 @@
 Reads  work/preprocessed/train.npz, models/generator.keras, params `augment`, `train_segmenter.arms`.
 Writes work/augmented/ (images/*.tif, masks/*.tif, manifest.csv with provenance), reports/augment.json.
 
-The manifest holds the originals (kind real), classic samples and GAN samples; `in_mix` marks the
-classic+gan set (factor x training count images, the paper's 30 -> 300). The `classic` and `gan`
-arms, when requested, use the originals plus (factor - 1) x count samples of their own kind.
+The manifest holds the originals (kind real), classic samples, GAN samples and, for the copy-paste
+control arm, pasted samples (kind paste); `in_mix` marks the classic+gan set (factor x training count
+images, the paper's 30 -> 300). The `classic`, `gan` and `paste` arms, when requested, use the originals
+plus (factor - 1) x count samples of their own kind.
 The output is validated (GX: brats_slices + augmented suites); a failure stops the pipeline."""
 from __future__ import annotations
 

@@ -2,10 +2,11 @@
 
 Reads  work/segmenter/runs.json and checkpoints, work/preprocessed/{train,val,test}.npz,
        reports/train_gan.json (generator run/version), reports/gan_usefulness.json, params `evaluate`.
-Writes reports/table1.md, reports/metrics.json (`dvc metrics show/diff`), reports/per_image.csv,
-       reports/test_examples.png; an MLflow run with the table, per-arm metrics and the comparisons;
+Writes reports/table1.md, reports/metrics.json (every number), reports/per_image.csv,
+       reports/test_examples.png, the DVC metrics reports/{verdict,scores,generator}.json (headline numbers); an MLflow run with the table, per-arm metrics and the comparisons;
        test/val metrics under the same names in every arm/seed child run; on the generator version a
-       VALIDATION gate metric (`val_dice_gain_beyond_classic`) and test results tagged for information.
+       VALIDATION gate metric (`val_dice_gain_beyond_classic`, also `val_dice_gain_beyond_paste`) and test
+       results tagged for information.
 
 Every arm and seed is scored on the same real slices: its real training slices (Train), the
 validation split (Val: also the checkpoint-selection split, so optimistic) and the test split (Test:
@@ -18,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mrisynth.core.arms import BEYOND_CLASSIC, GAN_VS_NONE, arm_slug, comparisons_for
+from mrisynth.core.arms import BEYOND_CLASSIC, BEYOND_PASTE, GAN_VS_NONE, arm_slug, comparisons_for
 from mrisynth import paths
-from mrisynth.config import load_params
-from mrisynth.core import encoding, segmetrics, stats, threshold
+from mrisynth.config import as_flat_dict, load_params
+from mrisynth.core import encoding, headline, segmetrics, stats, threshold
 from mrisynth.core.table1 import PAIRED, SPLITS, Table1, render
 from mrisynth.errors import DataError
 from mrisynth.stages import params_main
@@ -117,16 +118,19 @@ def comparisons(per_image: dict, arms: list[str], split: str, n_boot: int, level
     return out
 
 
-def examples_png(path: Path, data: arrays.SplitArrays, predictions: dict[str, np.ndarray], count: int) -> None:
-    """Rows: test image (FLAIR) | truth | prediction per arm, with column titles and a label legend."""
+def examples_png(path: Path, data: arrays.SplitArrays, predictions: dict[str, np.ndarray], count: int,
+                 dice: dict[str, np.ndarray] | None = None) -> None:
+    """Rows: test image (FLAIR, captioned with its case id) | truth | prediction per arm (captioned with its
+    tumour Dice, `dice[arm][i]`), with column titles and a label legend."""
     from PIL import Image
 
-    rows = []
+    rows, captions = [], []
     for i in range(min(count, len(data))):
         row = [data.images[i, ..., 0], figures.label_rgb(data.labels[i])]
         row += [figures.label_rgb(encoding.classes_to_labels(pred[i])) for pred in predictions.values()]
         rows.append(row)
-    grid = figures.image_grid(rows)
+        captions.append([str(data.case_ids[i]), ""] + [f"Dice {dice[arm][i]:.2f}" if dice and arm in dice else "" for arm in predictions])
+    grid = figures.caption_panels(figures.image_grid(rows), captions, data.images.shape[2])
     titled = figures.titled_grid(grid, ["FLAIR (test)", "truth"] + [f"pred: {arm}" for arm in predictions], data.images.shape[2])
     Image.fromarray(titled).save(path)
 
@@ -152,6 +156,14 @@ def _json_safe(value):
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
+
+
+def description(table: str) -> str:
+    """The evaluate run's description (MLflow's run note, markdown): the verdict section of Table 1 and where the rest is."""
+    verdict = table.split("## Verdict", 1)[1].split("\n### ", 1)[0] if "## Verdict" in table else "\n(no verdict)\n"
+    return ("Paired comparisons of the segmenter arms on the test split (the verdict of Table 1); the full table is the "
+            "artifact `table1.md`, per-image scores `per_image.csv`; tags `run.<arm>.seed<k>` link each arm's run.\n\n"
+            "## Verdict" + verdict.rstrip() + "\n")
 
 
 def run(params_path: str = "params.yaml") -> int:
@@ -189,13 +201,19 @@ def run(params_path: str = "params.yaml") -> int:
         return float((b - a).mean())  # (draws, seeds, images), an arm without a generator broadcast over the draws
 
     gate = {"val_dice_gain_beyond_classic": gain("val", *BEYOND_CLASSIC[:2]), "val_dice_gain_gan": gain("val", *GAN_VS_NONE[:2]),
-            "val_dice_gain": gain("val", p.baseline, p.augmented)}
-    info = {"test_dice_gain_beyond_classic": gain("test", *BEYOND_CLASSIC[:2]), "test_dice_gain": gain("test", p.baseline, p.augmented)}
+            "val_dice_gain": gain("val", p.baseline, p.augmented), "val_dice_gain_beyond_paste": gain("val", *BEYOND_PASTE[:2])}
+    info = {"test_dice_gain_beyond_classic": gain("test", *BEYOND_CLASSIC[:2]), "test_dice_gain": gain("test", p.baseline, p.augmented),
+            "test_dice_gain_beyond_paste": gain("test", *BEYOND_PASTE[:2])}
     metrics = {"seeds": seeds, "arms": summary, "comparisons_test": tests, "comparisons_val": vals,
                "threshold_reference": thresholds, "gan_usefulness": usefulness,
                **{k: v for k, v in (gate | info).items() if v is not None}}
     paths.write_json(paths.METRICS, _json_safe(metrics))
-    examples_png(paths.TEST_EXAMPLES, splits["test"], predictions, p.examples)
+    for path, numbers in ((paths.VERDICT, headline.verdict(tests)), (paths.SCORES, headline.scores(summary)),
+                          (paths.GENERATOR, headline.generator(usefulness or {}, gate["val_dice_gain_beyond_classic"],
+                                                               gate["val_dice_gain_beyond_paste"]))):
+        paths.write_json(path, _json_safe(numbers))
+    examples_png(paths.TEST_EXAMPLES, splits["test"], predictions, p.examples,
+                 {arm: per_image[arm]["test"]["dice_tumour"][0] for arm in predictions})  # the first seed's, as `predictions`
 
     gan_report = paths.TRAIN_GAN
     generator_version = json.loads(gan_report.read_text()).get("model_version") if gan_report.is_file() else None
@@ -208,8 +226,11 @@ def run(params_path: str = "params.yaml") -> int:
                      for split in ("val", "test") for metric, values in pooled[arm][split].items()}
             tracking.log_metrics_to_run(info_["run_id"], child)
     link_tags = {f"run.{arm_slug(arm)}.seed{seed}": info_["run_id"] for arm, seeds_info in runs["arms"].items() for seed, info_ in seeds_info.items()}
-    with tracking.stage_run("evaluate", tracking.run_tags("evaluate") | {"train_segmenter_run": runs["parent_run_id"], "arms": ",".join(arms),
-                                                                        "generator_version": str(generator_version)} | link_tags) as run:
+    run_tags = tracking.run_tags("evaluate") | {"train_segmenter_run": runs["parent_run_id"], "arms": ",".join(arms),
+                                                "generator_version": str(generator_version or "none"), "mlflow.note.content": description(table)}
+    run_params = as_flat_dict(p) | {"arms": ",".join(arms), "seeds": ",".join(map(str, seeds)),
+                                    **{f"{split}_images": len(splits[split]) for split in ("val", "test")}}
+    with tracking.stage_run("evaluate", run_tags | link_tags, run_params) as run:
         flat = {f"{split}_{metric}_{arm_slug(arm)}": value for arm, by_split in summary.items() for split, ms in by_split.items() for metric, value in ms.items()}
         for name, table_ in (("test", tests), ("val", vals)):
             for question, entry in table_.items():

@@ -1,9 +1,11 @@
 """`preprocess` stage: validate data/ with Great Expectations, then write training-ready arrays.
 
 Reads  data/ (manifest.csv + TIFF splits), params `preprocess`.
-Writes work/preprocessed/{train,val,test}.npz, reports/preprocess.json (metrics),
-       reports/data_card.json (the dataset card's numbers as metrics; also an MLflow `preprocess` run
-       with card.md/card.json), reports/gx_docs (Data Docs). Stops with exit 1 and the GX summary if validation fails."""
+Writes work/preprocessed/{train,val,test}.npz, reports/preprocess.json (split sizes, validation summary),
+       reports/data_card.json (the dataset card's numbers; also MLflow metrics of a `preprocess` run
+       with card.md/card.json), reports/gx_docs (GX Data Docs: their index needs network),
+       reports/data_validation.{html,md} (every expectation and its result; self-contained, opens offline;
+       written when validation fails too). Stops with exit 1 and the GX summary if validation fails."""
 from __future__ import annotations
 
 import sys
@@ -54,7 +56,9 @@ def run(params_path: str = "params.yaml") -> int:
     params = load_params(params_path).preprocess
     data_dir = Path(params.data_dir)
     report = gx.validate_dataset(data_dir, docs_root=paths.GX_DOCS)
+    gx.write_static_docs(report, paths.DATA_VALIDATION, paths.DATA_VALIDATION_MD, source=str(data_dir))
     print(report.summary())
+    print(f"Offline validation report: {paths.DATA_VALIDATION}")
     if not report.success:
         print(f"preprocess: {data_dir} failed validation; fix the data (or re-run `mrisynth data import`) before training", file=sys.stderr)
         return 1

@@ -2,7 +2,8 @@
 
 Reads  work/preprocessed/{train,val}.npz, data/ (GX gate), params `preprocess`, `train_gan`.
 Writes models/generator.keras (best checkpoint), work/gan/ (resume state, persisted by DVC),
-       reports/train_gan.json (metrics), reports/train_gan_history.csv (loss curves),
+       reports/train_gan.json (metrics), reports/train_gan_history.csv (loss curves) and
+       reports/train_gan_curves.png (the same curves as a figure, a DVC image plot),
        an MLflow run and a registered model version with alias `challenger`.
 
 `train_gan.strategy` (mrisynth.io.distribute): under `multi_worker` the same command runs on every
@@ -28,8 +29,9 @@ from mrisynth.core import encoding
 from mrisynth.stages import skip_resource_record, stage_main
 from mrisynth.errors import DataError, MrisynthError
 from mrisynth.io import arrays, distribute, gx, tracking
-from mrisynth.io import registry
+from mrisynth.io import card as card_io, registry
 from mrisynth.core import figures
+from mrisynth.core.progress import clock
 
 ALIAS = "challenger"
 
@@ -74,26 +76,28 @@ def write_reports(state, metrics: dict) -> None:
     keys = ["epoch", "g_loss", "g_gan", "g_l1", "d_loss", "val_g_loss", "val_g_l1", "val_mae", "val_psnr", "val_ssim"]
     lines = [",".join(keys)] + [",".join(f"{row.get(k, float('nan')):.6g}" for k in keys) for row in state.history]
     paths.write_text(paths.TRAIN_GAN_HISTORY, "\n".join(lines) + "\n")
+    from PIL import Image
+
+    title = "train_gan: per-epoch curves of the registered generator" + (" (draw 1)" if len(metrics.get("draws", [])) > 1 else "")
+    Image.fromarray(figures.training_curves(state.history, title, kept_epoch=metrics.get("best_epoch"))).save(paths.TRAIN_GAN_CURVES)
 
 
-def register(params, best: Path, size: int, channels: int, run_id: str, tags: dict, example: np.ndarray | None = None,
+def register(params, best: Path, size: int, channels: int, run_id: str, tags: dict, card: dict,
              in_channels: int = encoding.CONDITION_CHANNELS) -> str:
-    """Register the best generator (Keras flavor via io/tracking: loading runs no code from the artifact
-    store) with alias `challenger`. The logged model maps the tanh output to [0, 1] images, so it is
-    servable without mrisynth installed. `example` is unused (kept for callers; see register_keras_model)."""
+    """Register the best generator (Keras flavor via io/registry: loading runs no code from the artifact
+    store) with alias `challenger` and its model card (`card`: data, training and validation facts). The
+    logged model maps the tanh output to [0, 1] images, so it is servable without mrisynth installed."""
     import keras
 
+    from mrisynth.core import cards
     from mrisynth.inference.served_model import export_model
 
     served = export_model(keras.models.load_model(best, compile=False))
+    description = cards.generator_card(params.registry_name, card["data"], card["training"] | {"run": run_id}, card["validation"],
+                                       size, in_channels, in_channels != encoding.CONDITION_CHANNELS)
     return registry.register_keras_model(
         served, "generator", params.registry_name, registry.generator_signature(size, channels, in_channels), tags,
-        alias=ALIAS,
-        description=f"Best generator of run {run_id} (val_g_loss {tags.get('val_g_loss')}, epoch {tags.get('best_epoch')}); "
-                    f"input (N, {size}, {size}, {in_channels}) conditioning"
-                    + (" (inpainting: labels, brain, region, real context; mrisynth.core.inpaint)" if in_channels != encoding.CONDITION_CHANNELS else "")
-                    + ", output [0, 1] images.",
-    )
+        alias=ALIAS, description=description, model_description=cards.GENERATOR_MODEL)
 
 
 def run(params_path: str = "params.yaml", restart: bool = False) -> int:
@@ -161,18 +165,34 @@ def code_digest() -> str:
     return digest.hexdigest()[:16]
 
 
+def summary_metrics(summary: dict) -> dict[str, float]:
+    """The run's summary metrics, named once: `best_epoch`, `best_val_g_loss`, the kept epoch's validation
+    scores as `best_<name>` (`best_val_ssim`), totals under `timing/` (`timing/train_seconds_total`); alpha and epochs are params."""
+    numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("alpha", "epochs")}
+    # the run's totals, never a per-epoch series' name (`timing/checkpoint_seconds` is one point per epoch)
+    timing = {"train_seconds": "timing/train_seconds_total", "checkpoint_seconds": "timing/checkpoint_seconds_total",
+              "checkpoint_share": "timing/checkpoint_share"}
+    return {timing.get(k, k if k.startswith("best_") or not k.startswith("val_") else f"best_{k}"): v for k, v in numbers.items()}
+
+
 def _epoch_logger(run, p, size: int, n_train: int, val, label: str, checkpoint_seconds: list[float]):
     """The trainer's on_epoch callback: metrics to the MLflow run, one progress line, an image grid every
     grid_every epochs; appends each epoch's checkpoint seconds to `checkpoint_seconds`."""
     grid_rows = min(p.grid_images, len(val))
     channels = val.images.shape[-1]
 
+    seconds: list[float] = []
+
     def on_epoch(result, trainer_, state_):
         checkpoint_seconds.append(result.checkpoint_seconds)
-        run.log_metrics(result.metrics | {"epoch_seconds": result.seconds, "checkpoint_seconds": result.checkpoint_seconds,
-                                          "train_images_per_s": n_train / result.seconds}, step=result.epoch)
+        seconds.append(result.seconds)
+        eta = clock(float(np.mean(seconds)) * (p.epochs - result.epoch))  # from this process's epochs (a resumed run too)
+        # timings under `timing/`: the UI shows them in their own section, after the loss and validation curves
+        run.log_metrics(result.metrics | {"timing/epoch_seconds": result.seconds, "timing/checkpoint_seconds": result.checkpoint_seconds,
+                                          "timing/train_images_per_s": n_train / result.seconds}, step=result.epoch)
         print(f"{label}epoch {result.epoch}/{p.epochs}: g_loss {result.metrics['g_loss']:.4f} d_loss {result.metrics['d_loss']:.4f} "
-              f"val_g_loss {result.metrics['val_g_loss']:.4f} val_ssim {result.metrics['val_ssim']:.3f} ({result.seconds:.1f} s){' *best*' if result.improved else ''}")
+              f"val_g_loss {result.metrics['val_g_loss']:.4f} val_ssim {result.metrics['val_ssim']:.3f} ({result.seconds:.1f} s, ETA {eta})"
+              f"{' *best*' if result.improved else ''}", flush=True)
         if result.epoch % p.grid_every == 0 or result.epoch == p.epochs:
             generated = trainer_.render(val, grid_rows)
             titles = ["mask"] + [f"{name} {kind}" for name in (("FLAIR", "T1ce") if channels >= 3 else ("ch0",)) for kind in ("real", "generated")]
@@ -207,7 +227,8 @@ def train_draw(p, pre, settings, dist, train, val, draw: int, restart: bool, alp
     tracking.configure(p.experiment)
     tags = tracking.run_tags("train_gan", p.precision) | (dist.tags() if dist.distributed else {}) | {"draw": str(draw + 1)}
     started = time.perf_counter()
-    run_params = as_flat_dict(p) | {"alpha_used": alpha, "alpha_source": alpha_source, "size": pre.image_size, "draw": draw + 1,
+    # `alpha` is the weight this run trained with (tuned or not); params.yaml's value is `alpha_requested`
+    run_params = as_flat_dict(p) | {"alpha": alpha, "alpha_requested": p.alpha, "alpha_source": alpha_source, "size": pre.image_size, "draw": draw + 1,
                                     "seed_used": settings.seed, "data_hash": tags["data_hash"], "git_commit": tags["git_commit"],
                                     "train_images": len(train), "val_images": len(val), "image_channels": channels}
     with tracking.stage_run("train_gan", tags | {"resumed_from_epoch": str(state.epoch)} if resuming else tags, run_params,
@@ -248,14 +269,20 @@ def train_draw(p, pre, settings, dist, train, val, draw: int, restart: bool, alp
         }
         if finishing:  # trained by an earlier process that stopped before registration: no timings of its own
             summary["finished_without_retraining"] = True
-        run.log_metrics({f"best_{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and k not in ("alpha", "epochs")})
+        run.log_metrics(summary_metrics(summary))
         summary |= {"draw": draw + 1, "seed": settings.seed, "model_path": str(model_path), "run_id": state.run_id, "_state": state}
         if draw == 0:
+            card = {"data": {"source": card_io.data_source(pre.data_dir), "data hash (data.dvc)": tags["data_hash"],
+                             "training images": f"{len(train)} real slices (train split)", "validation images": f"{len(val)} (val split)"},
+                    "training": {"generator": p.generator, "synthesis": p.synthesis, "alpha (L1 weight)": f"{alpha:.4g} ({alpha_source})",
+                                 "epochs": p.epochs, "kept epoch": f"{state.best_epoch + 1} (select: {p.select})", "seed": settings.seed,
+                                 "resolution": f"{pre.image_size} px", "git commit": tags["git_commit"]},
+                    "validation": {k: best_row[k] for k in ("val_ssim", "val_mae", "val_psnr")}}
             version = register(p, best, pre.image_size, channels, state.run_id,
                                {"val_g_loss": f"{state.best_val:.5f}", "best_epoch": state.best_epoch + 1, "alpha": str(alpha),
                                 "data_hash": tags["data_hash"], "git_commit": tags["git_commit"], "size": pre.image_size, "run_id": state.run_id,
                                 "generator": p.generator, "synthesis": p.synthesis, "select": p.select},
-                               val.conditioning[:1], in_channels=settings.in_channels(channels))
+                               card, in_channels=settings.in_channels(channels))
             summary["model_version"] = int(version)
         state.finalised = True  # a rerun now trains afresh (as DVC asks), instead of finishing this run again
         save_state(out_dir, state)

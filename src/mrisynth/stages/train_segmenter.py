@@ -18,13 +18,35 @@ from pathlib import Path
 import numpy as np
 
 from mrisynth.augment.arm_data import arm_data, arm_real
+from mrisynth.core import arms, cards
+from mrisynth.core.progress import Progress
 from mrisynth.core.arms import arm_slug, uses_generator
 from mrisynth import paths
 from mrisynth.config import as_flat_dict, load_params
 from mrisynth.core import encoding
 from mrisynth.stages import params_main
 from mrisynth.io import arrays, tracking
-from mrisynth.io import registry
+from mrisynth.io import card as card_io, registry
+
+
+def dataset_name(arm: str, draw: int) -> str:
+    """The MLflow dataset name of an arm's training set: `train-<arm>`, `-g<k>` for generator draw k > 1."""
+    return f"train-{arm_slug(arm)}" + (f"-g{draw + 1}" if draw > 0 and uses_generator(arm) else "")
+
+
+def arm_digest(arm: str, draw: int, augmented: Path, data_hash: str) -> tuple[str, str]:
+    """(digest, source) of an arm's training set: the md5 of the arm's own rows of the augmented manifest
+    (another arm's samples changing leaves it alone), the data hash for real-only arms."""
+    import hashlib
+
+    import pandas as pd
+
+    spec = arms.get(arm)
+    if spec.real_only:
+        return data_hash, "work/preprocessed/train.npz"
+    manifest = paths.augmented_manifest(augmented, draw if spec.uses_generator else 0)
+    rows = pd.read_csv(manifest)
+    return hashlib.md5(rows[spec.rows(rows)].to_csv(index=False, lineterminator="\n").encode()).hexdigest(), str(manifest)
 
 
 def run(params_path: str = "params.yaml") -> int:
@@ -49,6 +71,7 @@ def run(params_path: str = "params.yaml") -> int:
                                     "augment_synthetic_fraction": params.augment.synthetic_fraction,
                                     "augment_sample_dropout": params.augment.sample_dropout,
                                     "steps_per_epoch": steps or "one pass per arm"}
+    progress = Progress(sum(len(draws[arm]) for arm in p.arms) * len(p.seeds), "train_segmenter: run")
     with tracking.stage_run("train_segmenter", tags, run_params, system_metrics=True) as parent:
         trained["parent_run_id"] = parent.run_id
         tracking.log_split_inputs({"train": train, "val": val}, tags["data_hash"])
@@ -62,11 +85,14 @@ def run(params_path: str = "params.yaml") -> int:
                     path = out_root / arm_slug(arm) / (f"seed{seed}" if draw == 0 else f"draw{draw + 1}_seed{seed}") / "best.keras"
                     started = time.perf_counter()
                     name = f"{arm} seed {seed}" + (f" generator {draw + 1}" if len(draws[arm]) > 1 else "")
+                    print(progress.step(f"({name}, {len(images)} images)"), flush=True)
                     with parent.child(name, tags | {"augmentation": arm, "seed": str(seed), "generator_draw": str(draw + 1)}) as child:
                         child.log_params({"augmentation": arm, "seed": seed, "generator_draw": draw + 1, "train_images": len(images), "val_images": len(val),
                                            "steps_per_epoch": steps or math.ceil(len(images) / p.batch_size), "max_epochs": p.epochs,
                                            "patience": p.patience, "jitter": p.jitter})
-                        tracking.log_split_inputs({"train": train, "val": val}, tags["data_hash"])
+                        digest, source = arm_digest(arm, draw, augmented, tags["data_hash"])
+                        tracking.log_training_input(dataset_name(arm, draw), images, classes, digest, source)
+                        tracking.log_split_inputs({"val": val}, tags["data_hash"])
 
                         def on_epoch(epoch, row, improved, arm=arm, seed=seed, child=child):
                             child.log_metrics(row, step=epoch)
@@ -77,10 +103,22 @@ def run(params_path: str = "params.yaml") -> int:
                         seconds = time.perf_counter() - started
                         child.log_metrics({"best_val_dice_tumour": result["best_val_dice_tumour"], "best_epoch": result["best_epoch"],
                                             "epochs_run": result["epochs_run"], "train_seconds": seconds})
+                        card = cards.segmenter_card(
+                            p.registry_name,
+                            {"training set": f"{dataset_name(arm, draw)}: {len(images)} images ({int(real[arm, draw].sum())} real), {source}, digest {digest[:10]}",
+                             "validation set": f"{len(val)} real slices (val split)", "data hash (data.dvc)": tags["data_hash"],
+                             "data source": card_io.data_source(pre.data_dir)},
+                            {"augmentation arm": f"{arm} ({arms.get(arm).label})", "seed": seed,
+                             "generator draw": draw + 1 if uses_generator(arm) else None,
+                             "epochs": f"{result['epochs_run']} run, best {result['best_epoch']} (max {p.epochs}, patience {p.patience})",
+                             "git commit": tags["git_commit"]},
+                            {"best validation Dice (tumour)": result["best_val_dice_tumour"]},
+                            images.shape[1], images.shape[-1], encoding.NUM_CLASSES)
                         version = registry.register_keras_model(
                             segmenter.load(path), "segmenter", p.registry_name,
                             registry.segmenter_signature(images.shape[1], images.shape[-1], encoding.NUM_CLASSES),
-                            {"augmentation": arm, "seed": seed, "best_val_dice_tumour": result["best_val_dice_tumour"]})
+                            {"augmentation": arm, "seed": seed, "best_val_dice_tumour": result["best_val_dice_tumour"]},
+                            description=card, model_description=cards.SEGMENTER_MODEL)
                     trained["arms"][arm][f"{seed}{suffix}"] = {"run_id": child.run_id, "model_version": version, "path": str(path),
                                                         "seed": seed, "draw": draw + 1,
                                                         "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"],

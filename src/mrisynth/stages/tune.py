@@ -10,6 +10,7 @@ machines) can share one study through `tune.storage` (PostgreSQL for machines, S
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -18,6 +19,7 @@ import random
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +43,8 @@ def _rdb(url: str, attempts: int = 6, **kwargs):
 
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(url, **kwargs)
+            with stable_api():  # heartbeat_interval is experimental
+                return optuna.storages.RDBStorage(url, **kwargs)
         except sqlalchemy.exc.SQLAlchemyError:
             if attempt == attempts - 1:
                 raise
@@ -56,7 +59,7 @@ def storage_url(t) -> str:
 
 
 def _trial_worker_lost(study, trial) -> None:
-    """Optuna's failed_trial_callback: another worker found `trial` stale (its worker stopped
+    """Optuna's heartbeat_stale_trial_callback: another worker found `trial` stale (its worker stopped
     heartbeating, e.g. killed) and marked it FAIL; end its MLflow run as KILLED to match."""
     from mrisynth.io import tracking
 
@@ -72,6 +75,17 @@ def _trial_worker_lost(study, trial) -> None:
             print(f"tune: could not mark MLflow run {run_id} of trial {trial.number} KILLED ({exc})", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def stable_api():
+    """Silence Optuna's ExperimentalWarning for the features this stage uses on purpose (heartbeats, the
+    matplotlib plots, fail_stale_trials): the user can do nothing about them. Other warnings still show."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
 def storage(url: str, heartbeat_s: int = 0):
     """An Optuna storage for a URL: sqlite:/// and postgresql:// (RDB, with a lock timeout), or journal:<file>.
 
@@ -81,7 +95,7 @@ def storage(url: str, heartbeat_s: int = 0):
     A database server that does not answer fails within about 3 x 10 s with one line naming it."""
     import optuna
 
-    beat = {"heartbeat_interval": heartbeat_s, "grace_period": 3 * heartbeat_s, "failed_trial_callback": _trial_worker_lost} if heartbeat_s else {}
+    beat = {"heartbeat_interval": heartbeat_s, "grace_period": 3 * heartbeat_s, "heartbeat_stale_trial_callback": _trial_worker_lost} if heartbeat_s else {}
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
@@ -220,16 +234,19 @@ def _log_study_artifacts(study, run) -> None:
     import optuna
     from optuna.visualization import matplotlib as ovm
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, stable_api():
         ax = ovm.plot_optimization_history(study)
         ax.figure.savefig(Path(tmp) / "optimization_history.png", bbox_inches="tight")
         history = [{"number": t.number, "state": t.state.name, "alpha": t.params.get("alpha"), "value": t.value} for t in study.trials]
         (Path(tmp) / "trials.json").write_text(json.dumps(history, indent=2))
         completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        tuned = {name for t in completed for name in t.params}
         try:
             importances = optuna.importance.get_param_importances(study)
         except (RuntimeError, ValueError) as exc:  # e.g. fewer than two completed trials
             importances = {"note": f"not computable: {exc}"}
+        if len(tuned) == 1:  # one parameter (alpha): its importance is 1.0 by definition, a plot tells nothing
+            importances = {"note": f"only {tuned.pop()} is tuned: its importance is 1 by definition (no plot)"}
         if len(completed) >= 2 and "note" not in importances:
             ax = ovm.plot_param_importances(study)
             ax.figure.savefig(Path(tmp) / "param_importances.png", bbox_inches="tight")
@@ -261,12 +278,17 @@ def optimise(params, n_trials: int, parent_name: str = "tune", worker: bool = Fa
                 child.log_params({"alpha": alpha, "trial": trial.number, "objective": t.objective})
                 try:
                     value = objective_fn(trial, params, alpha, train, val, child.log_metrics)
-                except optuna.TrialPruned:
-                    child.set_tags({"state": "PRUNED"})
-                    raise
-                child.set_tags({"state": "COMPLETE"})
-                child.log_metrics({"objective": value})
-                return value
+                except optuna.TrialPruned as exc:
+                    # pruning is the study working as designed: the run ends FINISHED (not a red failure), named and tagged pruned
+                    child.set_tags({"state": "PRUNED", "mlflow.runName": f"trial {trial.number} (pruned)"})
+                    pruned = exc
+                else:
+                    pruned = None
+                    child.set_tags({"state": "COMPLETE"})
+                    child.log_metrics({"objective": value})
+            if pruned is not None:
+                raise pruned
+            return value
 
         study.optimize(objective, n_trials=n_trials, catch=())
         completed = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
@@ -291,7 +313,8 @@ def run(params_path: str = "params.yaml", worker: bool = False, n_trials: int | 
         return 0
     import optuna
 
-    optuna.storages.fail_stale_trials(study)  # trials of killed workers -> FAIL, never the best (no-op without heartbeat)
+    with stable_api():
+        optuna.storages.fail_stale_trials(study)  # trials of killed workers -> FAIL, never the best (no-op without heartbeat)
     completed = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
     if not completed:
         raise MrisynthError(f"tune: no trial of study {study.study_name!r} completed (all pruned or failed); raise tune.epochs or n_trials")

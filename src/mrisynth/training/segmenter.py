@@ -188,7 +188,7 @@ def train(
     if params.jitter:
         data = data.map(jitter_fn(images.shape[1]), num_parallel_calls=1, deterministic=True)
     data = data.batch(params.batch_size).prefetch(tf.data.AUTOTUNE)
-    model.fit(data, steps_per_epoch=steps, epochs=params.epochs, verbose=0, callbacks=[best])
+    model.fit(data, steps_per_epoch=steps, epochs=params.epochs, verbose=0, callbacks=[best], shuffle=False)  # the stream is shuffled
     if best.best_epoch < 0:
         raise RuntimeError(f"segmenter training produced no checkpoint at {out_path}")
     return {"best_epoch": best.best_epoch + 1, "best_val_dice_tumour": best.best, "history": best.history,
