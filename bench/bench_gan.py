@@ -3,8 +3,9 @@
 Compares, in one process, the project's step (params: mixed_bfloat16, batch from --batch, tf.data
 pipeline) with a reference step written the way the TensorFlow pix2pix tutorial writes it (same
 networks, tf.function + GradientTape, float32, batch 1, tensors fed directly, no input pipeline).
-Prints images/s (median of --repeats runs of --steps steps after warm-up) and the ratio.
-Usage: python bench/bench_gan.py [--size 256] [--batch 4] [--steps 4] [--repeats 3]"""
+Prints images/s (median of --repeats rounds of --steps steps after warm-up; ours and the reference timed
+in every round, order alternating) and the ratio with its min-max over the rounds.
+Usage: python bench/bench_gan.py [--size 256] [--batch 4] [--steps 4] [--repeats 5]"""
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--precision", default="auto", help="auto: as params.yaml (mrisynth.io.devices)")
     parser.add_argument("--json", help="write the figures here (make bench)")
     args = parser.parse_args()
@@ -65,33 +66,32 @@ def main() -> None:
         for x, y in ref_inputs[:limit]:
             ref_step(x, y)
 
-    ref_times = common.timings(lambda: run_reference(None), args.repeats, warmup=lambda: run_reference(1))
-    ref_rate = common.median_rate(args.steps, ref_times)
-
     split = SplitArrays(images, np.zeros(images.shape[:3], np.uint8), images.any(-1), cond, np.arange(n).astype(str))
-    print(f"reference (tutorial step, fp32, batch 1): {ref_rate:.3f} images/s  (runs: {', '.join(f'{args.steps / t:.3f}' for t in ref_times)})")
-    rates = {}
+    figures = {}
     for batch in sorted({1, args.batch}):
         trainer = GanTrainer(paper_settings(batch_size=batch, precision=args.precision), args.size, 4, 4)
 
-        def run_ours(limit, trainer=trainer, batch=batch):
+        def run_ours(limit, trainer=trainer):
             for i, (x, y) in enumerate(trainer.dataset(split, epoch=0)):
                 if i >= (limit or args.steps):
                     break
                 trainer._train_step(x, y)
 
-        times = common.timings(lambda run_ours=run_ours: run_ours(None), args.repeats, warmup=lambda run_ours=run_ours: run_ours(1))
-        rates[batch] = common.median_rate(args.steps * batch, times)
-        print(f"mrisynth ({args.precision}, batch {batch}, tf.data): {rates[batch]:.3f} images/s  "
-              f"(runs: {', '.join(f'{args.steps * batch / t:.3f}' for t in times)}); ratio {rates[batch] / ref_rate:.2f}x")
-    print(f"ratio at the configured batch {args.batch}: {rates[args.batch] / ref_rate:.2f}x  (target >= 1.5x)")
+        # interleaved with the reference in every round (order alternating): the ratio of a round compares like with like
+        figures[batch] = common.interleaved(lambda run_ours=run_ours: run_ours(None), lambda: run_reference(None), args.repeats,
+                                            args.steps * batch, args.steps, ours_warmup=lambda run_ours=run_ours: run_ours(1),
+                                            reference_warmup=lambda: run_reference(1))
+        f = figures[batch]
+        print(f"mrisynth ({args.precision}, batch {batch}, tf.data): {f['ours_per_s']:.3f} images/s vs tutorial step (fp32, batch 1) "
+              f"{f['reference_per_s']:.3f} images/s = {common.spread(f)}")
+    print(f"ratio at the configured batch {args.batch}: {common.spread(figures[args.batch])}  (target >= 1.5x)")
     precision = devices.resolve_precision(args.precision)
     common.write(args.json, {
         "what": "GAN train step, paper G+D (width 1.0)", "size": args.size, "steps": args.steps, "repeats": args.repeats,
         "reference": "TensorFlow pix2pix tutorial step, float32, tensors fed directly",
-        "reference_batch": 1, "reference_images_per_s": round(ref_rate, 3),
-        "ours_precision": precision, **{f"ours_batch{b}_images_per_s": round(r, 3) for b, r in rates.items()},
-        **{f"ratio_batch{b}": round(r / ref_rate, 3) for b, r in rates.items()}})
+        "reference_batch": 1, "reference_images_per_s": figures[args.batch]["reference_per_s"],
+        "ours_precision": precision, **{f"ours_batch{b}_images_per_s": f["ours_per_s"] for b, f in figures.items()},
+        **{k: v for b, f in figures.items() for k, v in common.ratio_keys(f"ratio_batch{b}", f).items()}})
 
 
 if __name__ == "__main__":

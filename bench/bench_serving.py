@@ -1,10 +1,12 @@
 """Generation and serving throughput of the default-profile generator, side by side (not a test).
 
 generation: `mrisynth.inference.rendering.render` (what `augment` runs: batches of 8, eager calls) vs a plain
-            `model.predict(x, batch_size=8)`, images/s, median of --repeats renders of --images masks;
+            `model.predict(x, batch_size=8)`, images/s, --repeats interleaved rounds of --images masks (ratio with
+            its min-max over the rounds);
 serving:    the `mrisynth serve` HTTP service (in this process, on 127.0.0.1, a free port; validation,
             bounds, JSON) answering one-image requests at concurrency 1 and 4, --requests per level:
-            p50/p95 latency (ms) and requests/s, next to the bare `Generator.predict` of one image.
+            p50/p95 latency (ms) and requests/s (medians over --repeats rounds, the two levels interleaved), the
+            throughput ratio c4/c1 per round with its min-max, next to the bare `Generator.predict` of one image.
 The generator is the paper's U-Net (pix2pix, 4-channel label conditioning) at the default profile's
 image_size, width and precision, with untrained weights: speed does not depend on the weights. (The
 default profile's SPADE inpainting generator is not benchmarked here yet.)
@@ -84,10 +86,11 @@ def main() -> None:
     generator = models.build_generator(size, encoding.CONDITION_CHANNELS, 4, gan.dropout, gan.width)
     cond = _conditioning(args.images, size)
 
-    ours = common.median_rate(args.images, common.timings(lambda: rendering.render(generator, cond, batch_size=8), args.repeats))
-    plain = common.median_rate(args.images, common.timings(lambda: generator.predict(cond, batch_size=8, verbose=0), args.repeats))
+    generation = common.interleaved(lambda: rendering.render(generator, cond, batch_size=8),
+                                    lambda: generator.predict(cond, batch_size=8, verbose=0), args.repeats, args.images)
+    ours, plain = generation["ours_per_s"], generation["reference_per_s"]
     print(f"generation at {size}px, width {gan.width}, {precision}: render {ours:.1f} images/s vs model.predict {plain:.1f} images/s "
-          f"= {ours / plain:.2f}x")
+          f"= {common.spread(generation)}")
 
     served = Generator(export_model(generator), "bench")
     one = cond[:1]
@@ -97,20 +100,28 @@ def main() -> None:
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     body = json.dumps({"inputs": one.tolist()}).encode()
-    try:
-        levels = {c: _load(httpd.server_address[1], body, args.requests, c) for c in (1, 4)}
+    try:  # concurrency 1 and 4 interleaved, order alternating per round: c4/c1 throughput per round
+        rounds = {1: [], 4: []}
+        for round_ in range(args.repeats):
+            for c in ((1, 4) if round_ % 2 == 0 else (4, 1)):
+                rounds[c].append(_load(httpd.server_address[1], body, args.requests, c))
+        levels = {c: {k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0]} for c, runs in rounds.items()}
+        ratios = [b["requests_per_s"] / a["requests_per_s"] for a, b in zip(rounds[1], rounds[4])]
+        scaling = {"ratio": round(statistics.median(ratios), 3), "ratio_min": round(min(ratios), 3), "ratio_max": round(max(ratios), 3),
+                   "rounds": args.repeats, "crosses_1": min(ratios) < 1.0 < max(ratios)}
     finally:
         httpd.shutdown()
         httpd.server_close()
     for c, r in levels.items():
         print(f"serving, one {size}px image per request, concurrency {c}: p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, "
               f"{r['requests_per_s']} requests/s ({args.requests} requests)")
+    print(f"throughput at concurrency 4 / concurrency 1: {common.spread(scaling)}")
     print(f"bare Generator.predict of one image: {direct:.1f} images/s ({1000 / direct:.1f} ms)")
     common.write(args.json, {
         "what": "generation (augment's render) and the served generator", "size": size, "width": gan.width, "precision": precision,
         "repeats": args.repeats, "generation_images": args.images, "generation_batch": 8,
         "generation_images_per_s": round(ours, 2), "reference_predict_images_per_s": round(plain, 2),
-        "generation_ratio": round(ours / plain, 3),
+        **common.ratio_keys("generation_ratio", generation), **common.ratio_keys("serving_c4_c1_ratio", scaling),
         "serving_requests": args.requests, "serving_payload_bytes": len(body),
         **{f"serving_c{c}_{k}": v for c, r in levels.items() for k, v in r.items()},
         "direct_predict_ms": round(1000 / direct, 1),

@@ -33,7 +33,7 @@ def _scripts(quick: bool) -> dict[str, list[str]]:
                 "segmenter_paper": ["bench_segmenter.py", "--profile", "paper", "--size", "128", "--steps", "4", "--repeats", "2"],
                 "serving": ["bench_serving.py", "--images", "16", "--requests", "8", "--repeats", "2"]}
     return {"data": ["bench_data.py"], "gan": ["bench_gan.py"], "segmenter": ["bench_segmenter.py"],
-            "segmenter_paper": ["bench_segmenter.py", "--profile", "paper", "--size", "256", "--steps", "12", "--repeats", "3"],
+            "segmenter_paper": ["bench_segmenter.py", "--profile", "paper", "--size", "256", "--steps", "12", "--repeats", "5"],
             "serving": ["bench_serving.py"]}
 
 
@@ -61,6 +61,15 @@ def stage_resources(folder: Path = Path("work/resources")) -> dict:
     return found
 
 
+def _ratio(figures: dict, prefix: str = "ratio") -> str:
+    """`2.5x`, or with its spread over interleaved rounds when recorded: `2.5x (2.3-2.7, 5 rounds)`, flagged
+    `crosses 1` when the min-max includes 1."""
+    if f"{prefix}_min" not in figures:
+        return f"{figures[prefix]}x"
+    return common.spread({"ratio": figures[prefix], "ratio_min": figures[f"{prefix}_min"], "ratio_max": figures[f"{prefix}_max"],
+                          "rounds": figures[f"{prefix}_rounds"], "crosses_1": figures[f"{prefix}_crosses_1"]})
+
+
 def table(result: dict) -> str:
     """The benchmark table of docs/benchmarks.md, generated from reports/bench.json."""
     b = result["benchmarks"]
@@ -70,25 +79,28 @@ def table(result: dict) -> str:
         for batch in (1, 4):
             if f"ours_batch{batch}_images_per_s" in g:
                 rows.append((f"GAN train step, G+D {g['size']} px, batch {batch} ({g['ours_precision']})", f"{g[f'ours_batch{batch}_images_per_s']} img/s",
-                             f"tutorial step, fp32, batch 1: {g['reference_images_per_s']} img/s", f"{g[f'ratio_batch{batch}']}x"))
+                             f"tutorial step, fp32, batch 1: {g['reference_images_per_s']} img/s", _ratio(g, f"ratio_batch{batch}")))
     if "segmenter" in b:
         s = b["segmenter"]
         rows.append((f"segmenter train step, {s['size']} px, batch {s['batch']} ({s['ours_precision']})", f"{s['ours_images_per_s']} img/s",
-                     f"plain model.fit, fp32: {s['reference_images_per_s']} img/s", f"{s['ratio']}x"))
+                     f"plain model.fit, fp32: {s['reference_images_per_s']} img/s", _ratio(s)))
     if "segmenter_paper" in b:
         s = b["segmenter_paper"]
         rows.append((f"segmenter train step, paper U-Net ({s['base_filters']} filters) {s['size']} px, batch {s['batch']} ({s['ours_precision']})",
-                     f"{s['ours_images_per_s']} img/s", f"plain model.fit, fp32: {s['reference_images_per_s']} img/s", f"{s['ratio']}x"))
-        rows.append(("paper profile segmenter stage, lower bound (4 arms x 3 seeds x 50 epochs)",
+                     f"{s['ours_images_per_s']} img/s", f"plain model.fit, fp32: {s['reference_images_per_s']} img/s", _ratio(s)))
+        rows.append((f"paper profile segmenter stage, lower bound ({len(PAPER_ARMS)} arms x {PAPER_SEEDS} seeds x {PAPER_EPOCHS} epochs)",
                      f"{s['paper_segmenter_min_lower_bound']} min for {s['paper_segmenter_train_images']} training images", "budget for all of make paper: 60 min", ""))
     if "serving" in b:
         v = b["serving"]
         rows.append((f"generation (augment render), {v['size']} px", f"{v['generation_images_per_s']} img/s",
-                     f"model.predict: {v['reference_predict_images_per_s']} img/s", f"{v['generation_ratio']}x"))
+                     f"model.predict: {v['reference_predict_images_per_s']} img/s", _ratio(v, "generation_ratio")))
         for c in (1, 4):
             rows.append((f"served generator, 1 image/request, concurrency {c}",
                          f"p50 {v[f'serving_c{c}_p50_ms']} ms, p95 {v[f'serving_c{c}_p95_ms']} ms, {v[f'serving_c{c}_requests_per_s']} req/s",
                          f"bare predict: {v['direct_predict_ms']} ms", f"{round(v[f'serving_c{c}_p50_ms'] / v['direct_predict_ms'], 2)}x latency"))
+        if "serving_c4_c1_ratio" in v:
+            rows.append(("served generator, throughput at concurrency 4 / concurrency 1", f"{v['serving_c4_c1_ratio']}x",
+                         "target >= 1.8x", _ratio(v, "serving_c4_c1_ratio")))
     if "data" in b:
         d = b["data"]
         rows.append(("phantom v2, make + write one full case, one core", f"{d['phantom_v2_s_per_case']} s/case",
@@ -101,8 +113,11 @@ def table(result: dict) -> str:
     if resources:
         lines += ["", "| stage (last `dvc repro` here) | wall | CPU time | peak RSS |", "|---|---|---|---|"]
         lines += [f"| {s} | {r['wall_s']} s | {r['cpu_s']} s | {r['peak_rss_mib']} MiB |" for s, r in resources.items()]
-    lines += ["", f"Machine: {result['machine']}; {result['finished']}; medians of the repeats each script states "
-              f"(`reports/bench.json` has every figure, its batch, size, precision and repeats)."]
+    load = result.get("load_at_start")
+    load_text = f"; load average at start {load['load_1min']} / {load['load_5min']} / {load['load_15min']} (1/5/15 min, {load['cpu_count']} cores)" if load else ""
+    lines += ["", f"Machine: {result['machine']}; {result['finished']}{load_text}; medians of the rounds each script states; "
+              f"a ratio's brackets are its min-max over rounds in which ours and the reference were timed one after the "
+              f"other, order alternating (`reports/bench.json` has every figure, its batch, size, precision and rounds)."]
     return "\n".join(lines)
 
 
@@ -143,6 +158,7 @@ def main() -> None:
     work = Path("work/bench")
     work.mkdir(parents=True, exist_ok=True)
     benchmarks, failed = {}, []
+    load = common.load_average()  # a busy machine slows every figure: the table says how busy it was
     for name, command in _scripts(args.quick).items():
         target = work / f"{name}.json"
         target.unlink(missing_ok=True)
@@ -156,7 +172,7 @@ def main() -> None:
         benchmarks[name] = json.loads(target.read_text()) | {"bench_seconds": round(time.perf_counter() - started, 1)}
         if name == "segmenter_paper":
             benchmarks[name] |= paper_segmenter_minutes(benchmarks[name]["ours_images_per_s"])
-    result = {"machine": common.machine(), "finished": time.strftime("%Y-%m-%d %H:%M %Z"), "quick": args.quick,
+    result = {"machine": common.machine(), "finished": time.strftime("%Y-%m-%d %H:%M %Z"), "quick": args.quick, "load_at_start": load,
               "benchmarks": benchmarks, "stage_resources": stage_resources(), "failed": failed}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

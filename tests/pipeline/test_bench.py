@@ -59,3 +59,33 @@ def test_every_pipeline_stage_is_benchmarked(stage):
 def test_paper_segmenter_lower_bound_is_images_over_rate():
     # (30 + 300 + 300 + 300) images x 3 seeds x 50 epochs = 139 500 images; at 10 images/s: 13 950 s = 232.5 min
     assert run_all.paper_segmenter_minutes(10.0) == {"paper_segmenter_train_images": 139500, "paper_segmenter_min_lower_bound": 232.5}
+
+
+def test_interleaved_times_both_in_every_round_and_reports_the_spread():
+    import common
+
+    clock, calls = [0.0], []
+
+    def timed(name, seconds):
+        def run():
+            calls.append(name)
+            clock[0] += seconds.pop(0)
+        return run
+
+    # rounds: ours 1 s / ref 2 s -> 2.0; then (order swapped) ref 2 s / ours 4 s -> 0.5; then ours 1 s / ref 1 s -> 1.0
+    ours, reference = timed("ours", [9.0, 1.0, 4.0, 1.0]), timed("ref", [9.0, 2.0, 2.0, 1.0])
+    figure = common.interleaved(ours, reference, 3, 10.0, clock=lambda: clock[0])
+    assert calls == ["ours", "ref", "ours", "ref", "ref", "ours", "ours", "ref"]  # warm-ups, then the order alternates
+    assert figure == {"ours_per_s": 10.0, "reference_per_s": 5.0, "ratio": 1.0, "ratio_min": 0.5, "ratio_max": 2.0,
+                      "rounds": 3, "crosses_1": True}
+    assert common.spread(figure) == "1.0x (0.5-2.0, 3 rounds; crosses 1: not shown)"
+    assert common.ratio_keys("generation_ratio", figure)["generation_ratio_crosses_1"] is True
+
+
+def test_table_shows_each_ratio_with_its_spread_and_the_load():
+    result = json.loads(json.dumps(RESULT))
+    result["benchmarks"]["segmenter"] |= {"ratio_min": 1.4, "ratio_max": 1.6, "ratio_rounds": 5, "ratio_crosses_1": False}
+    result["load_at_start"] = {"load_1min": 0.5, "load_5min": 0.4, "load_15min": 0.3, "cpu_count": 2}
+    text = run_all.table(result)
+    assert "| 30.0 img/s | plain model.fit, fp32: 20.0 img/s | 1.5x (1.4-1.6, 5 rounds) |" in text
+    assert "load average at start 0.5 / 0.4 / 0.3" in text
