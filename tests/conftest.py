@@ -16,6 +16,17 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _matplotlib_rc_restored():
+    """Each test starts from the same matplotlib rcParams: optuna's matplotlib plots (tune's study
+    artifacts) call `plt.style.use("ggplot")`, which would otherwise recolour every later figure in the
+    same process and make figure tests depend on the random test order."""
+    import matplotlib
+
+    with matplotlib.rc_context():
+        yield
 TINY_SHAPE = (48, 48, 12)
 MODS = ("flair", "t1", "t1ce", "t2")
 

@@ -116,9 +116,11 @@ def test_a_killed_worker_leaves_its_trial_failed_and_the_others_carry_on(tiny_pr
         running = []
         while not running and time.monotonic() < deadline:  # the victim is inside a trial
             time.sleep(0.3)
-            names = optuna.get_all_study_names(storage) if (tiny_project / "optuna_killed.db").exists() else []
+            # the workers may still be creating the schema: connect as they do (retried), never race them
+            shared = tune.storage(storage) if (tiny_project / "optuna_killed.db").exists() else None
+            names = optuna.get_all_study_names(shared) if shared else []
             if names:
-                trials = optuna.load_study(study_name=names[0], storage=storage).get_trials(deepcopy=False)
+                trials = optuna.load_study(study_name=names[0], storage=shared).get_trials(deepcopy=False)
                 running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("worker_pid") == victim.pid]
         assert running, "the victim never started a trial"
         victim.kill()
