@@ -1,6 +1,6 @@
 """Generation and serving throughput of the default-profile generator, side by side (not a test).
 
-generation: `mrisynth.inference.rendering.render` (what `augment` runs: batches of 8, eager calls) vs a plain
+generation: `mrisynth.inference.rendering.render` (what `augment` runs: batches of 8 through one compiled call per model) vs a plain
             `model.predict(x, batch_size=8)`, images/s, --repeats interleaved rounds of --images masks (ratio with
             its min-max over the rounds);
 serving:    the `mrisynth serve` HTTP service (in this process, on 127.0.0.1, a free port; validation,

@@ -3,8 +3,15 @@
 `render(generator, conditioning)` -> [0, 1] images. With `sample=True` the generator's Dropout layers
 stay active while BatchNorm uses its learned statistics: dropout is pix2pix's only noise source
 (its z in the paper), so each call gives another plausible image for the same mask. Sampling is
-seeded (`seed`), so a rerun gives the same images."""
+seeded (`seed`), so a rerun gives the same images.
+
+Every model call goes through one `tf.function` per model, traced once for (any batch, *input shape)
+float32 (`compiled_call`): the same ops as an eager `model(x, training=False)`, bit-identical outputs
+(dropout draws included; tests/inference/test_rendering.py), without eager dispatch per layer and batch
+(~2x an eager loop and at least `model.predict` on the same batches: `make bench`)."""
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 
@@ -45,10 +52,38 @@ def render(generator, conditioning: np.ndarray, batch_size: int = 8, sample: boo
     return clip_to_brain(encoding.from_tanh(predict_batches(model, conditioning, batch_size)), conditioning)
 
 
+class _InferenceCall:
+    """`model(x, training=False)`, holding the model weakly (the cache below must not keep it alive). A
+    callable object rather than a closure: TensorFlow counts traces per Python code object, so closures of
+    many models would add up to a spurious "frequent retracing" warning; each object is its own key."""
+
+    def __init__(self, model):
+        self._model = weakref.ref(model)
+
+    def __call__(self, x):
+        return self._model()(x, training=False)
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled_call(model):
+    """`model(x, training=False)` as a tf.function over float32 batches (None, *model.input_shape[1:]),
+    built once per model (cached while the model lives; a last, smaller batch does not retrace)."""
+    call = _COMPILED.get(model)
+    if call is None:
+        import tensorflow as tf
+
+        spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+        call = _COMPILED[model] = tf.function(_InferenceCall(model), input_signature=[spec])
+    return call
+
+
 def predict_batches(model, inputs: np.ndarray, batch_size: int = 8) -> np.ndarray:
     """The model's float32 outputs for (N, ...) inputs, called on `batch_size` rows at a time in inference
-    mode (N > 0). The one batching loop of rendering and serving."""
-    return np.concatenate([np.asarray(model(inputs[i : i + batch_size].astype(np.float32), training=False), dtype=np.float32)
+    mode (N > 0), through `compiled_call`. The one batching loop of rendering and serving."""
+    call = compiled_call(model)
+    return np.concatenate([np.asarray(call(np.asarray(inputs[i : i + batch_size], np.float32)), dtype=np.float32)
                            for i in range(0, len(inputs), batch_size)])
 
 
