@@ -55,7 +55,12 @@ def test_tiny_study_writes_alpha_that_train_gan_uses(trained_copy):
         "train_gan": {"experiment": "tiny-tune", "registry_name": "tiny-tune-generator", "alpha_file": "work/tune/best_alpha.json",
                       "epochs": 1, "out_dir": "work/gan_tuned", "model_path": "models/generator_tuned.keras"},
     })
+    import matplotlib
+
+    style = {k: v for k, v in matplotlib.rcParams.items() if k != "backend"}
     assert tune.run(str(path)) == 0
+    # optuna's ggplot style stays inside tune's plotting (no later figure of the process is recoloured)
+    assert {k: v for k, v in matplotlib.rcParams.items() if k != "backend"} == style
     best = json.loads((trained / "work/tune/best_alpha.json").read_text())
     assert best["source"] == "optuna" and 1.0 <= best["alpha"] <= 300.0 and best["completed_trials"] >= 1
     assert best["study"].startswith("tiny-alpha-")  # scoped by a hash of data + params + code

@@ -234,9 +234,13 @@ def _log_study_artifacts(study, run) -> None:
     import optuna
     from optuna.visualization import matplotlib as ovm
 
-    with tempfile.TemporaryDirectory() as tmp, stable_api():
+    import matplotlib.pyplot as plt
+
+    # optuna's plots switch the global style (plt.style.use("ggplot")): keep that inside this block
+    with tempfile.TemporaryDirectory() as tmp, stable_api(), matplotlib.rc_context():
         ax = ovm.plot_optimization_history(study)
         ax.figure.savefig(Path(tmp) / "optimization_history.png", bbox_inches="tight")
+        plt.close(ax.figure)
         history = [{"number": t.number, "state": t.state.name, "alpha": t.params.get("alpha"), "value": t.value} for t in study.trials]
         (Path(tmp) / "trials.json").write_text(json.dumps(history, indent=2))
         completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -250,6 +254,7 @@ def _log_study_artifacts(study, run) -> None:
         if len(completed) >= 2 and "note" not in importances:
             ax = ovm.plot_param_importances(study)
             ax.figure.savefig(Path(tmp) / "param_importances.png", bbox_inches="tight")
+            plt.close(ax.figure)
         (Path(tmp) / "param_importances.json").write_text(json.dumps(importances, indent=2))
         run.log_artifacts(tmp, "optuna")
 
