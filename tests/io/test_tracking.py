@@ -105,3 +105,21 @@ def test_a_server_that_answers_at_all_counts_as_up():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_stage_run_with_system_metrics_prints_no_monitor_chatter(tmp_path):
+    """MLflow's system-metrics monitor announces its start and stop at INFO on every stage run: nothing a
+    user can act on, so it is silenced (the run still records the metrics)."""
+    code = (
+        "import mlflow\n"
+        "from mrisynth.io import tracking\n"
+        "mlflow.set_experiment('quiet')\n"
+        "with tracking.stage_run('s', system_metrics=True) as run:\n"
+        "    rid = run.run_id\n"
+        "print('RUN', rid)\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "RUN " in r.stdout
+    assert "system metrics" not in (r.stdout + r.stderr).lower(), r.stderr

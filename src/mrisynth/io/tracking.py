@@ -298,9 +298,13 @@ def stage_run(name: str, tags: dict[str, object] | None = None, params: dict[str
 
     The caller has called `configure(experiment)`. An exception inside marks the run FAILED (MLflow's
     context manager); `params` are logged only for a new run (a resumed run keeps its own).
-    system_metrics None leaves MLflow's default (MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING)."""
+    system_metrics None leaves MLflow's default (MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING); its monitor's
+    start/stop/"skip GPU metrics" INFO lines are silenced (its warnings and errors still print)."""
+    import logging
+
     import mlflow
 
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     with mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else name, log_system_metrics=system_metrics) as active:
         run = StageRun(active.info.run_id)
         if tags:

@@ -192,7 +192,7 @@ def _epoch_logger(run, p, size: int, n_train: int, val, label: str, checkpoint_s
                                           "timing/train_images_per_s": n_train / result.seconds}, step=result.epoch)
         print(f"{label}epoch {result.epoch}/{p.epochs}: g_loss {result.metrics['g_loss']:.4f} d_loss {result.metrics['d_loss']:.4f} "
               f"val_g_loss {result.metrics['val_g_loss']:.4f} val_ssim {result.metrics['val_ssim']:.3f} ({result.seconds:.1f} s, ETA {eta})"
-              f"{' *best*' if result.improved else ''}", flush=True)
+              f"{' *best*' if result.improved and p.select == 'val_loss' else ''}", flush=True)
         if result.epoch % p.grid_every == 0 or result.epoch == p.epochs:
             generated = trainer_.render(val, grid_rows)
             titles = ["mask"] + [f"{name} {kind}" for name in (("FLAIR", "T1ce") if channels >= 3 else ("ch0",)) for kind in ("real", "generated")]
