@@ -24,8 +24,19 @@ def _eager(model, inputs: np.ndarray, batch_size: int) -> np.ndarray:
                            for i in range(0, len(inputs), batch_size)])
 
 
+@pytest.fixture
+def policy(request):
+    """The global Keras dtype policy for one test (the stages build and load generators under
+    mixed_bfloat16 on this CPU), restored afterwards."""
+    before = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(request.param)
+    yield request.param
+    keras.mixed_precision.set_global_policy(before)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"], indirect=True)
 @pytest.mark.parametrize("name, channels", [("pix2pix", 4), ("spade", 9)])
-def test_compiled_batches_equal_eager_calls_bit_for_bit_in_both_modes(name, channels):
+def test_compiled_batches_equal_eager_calls_bit_for_bit_in_both_modes(name, channels, policy):
     keras.utils.set_random_seed(3)
     model = generators.build(name, 32, channels, 4, 0.3, 0.25)
     x = _conditioning(11, 32, channels)                      # 11 = two full batches of 4 and a last one of 3
