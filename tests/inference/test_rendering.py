@@ -1,4 +1,10 @@
-"""Rendering through one compiled call per model: the same numbers as the eager call it replaced."""
+"""Rendering through one compiled call per model, against the eager call it replaced.
+
+On these small models the compiled and the eager call agree bit for bit, dropout draws included (the
+same masks: a different draw would move outputs by far more than rounding). On the default 128-px SPADE
+inpainting generator graph-mode kernel fusion rounds differently: max |difference| 0.009, mean 0.0008 on
+the tanh scale (docs/benchmarks.md), so these tests pin the dropout draws and the batching, not the bits
+of every model."""
 import gc
 import logging
 import weakref
