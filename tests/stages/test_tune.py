@@ -57,10 +57,13 @@ def test_tiny_study_writes_alpha_that_train_gan_uses(trained_copy):
     })
     import matplotlib
 
-    style = {k: v for k, v in matplotlib.rcParams.items() if k != "backend"}
+    def style() -> dict:  # every rcParam but the backend choice (tune selects Agg on purpose)
+        return {k: v for k, v in matplotlib.rcParams.items() if not k.startswith("backend")}
+
+    before = style()
     assert tune.run(str(path)) == 0
     # optuna's ggplot style stays inside tune's plotting (no later figure of the process is recoloured)
-    assert {k: v for k, v in matplotlib.rcParams.items() if k != "backend"} == style
+    assert style() == before
     best = json.loads((trained / "work/tune/best_alpha.json").read_text())
     assert best["source"] == "optuna" and 1.0 <= best["alpha"] <= 300.0 and best["completed_trials"] >= 1
     assert best["study"].startswith("tiny-alpha-")  # scoped by a hash of data + params + code
