@@ -128,8 +128,14 @@ def test_the_copy_paste_arm_leaves_the_other_samples_as_they_were():
     train = SplitArrays(images=images, labels=labels, brain=brain, conditioning=np.zeros((n, size, size, 4), np.float32),
                         case_ids=np.array([f"c{i}" for i in range(n)]), spacing=np.ones(n))
 
-    def generator(x, training=False):  # a stand-in: a tanh image of the conditioning's first two channels
-        return np.tanh(x[..., :2])
+    import keras
+
+    # a stand-in generator (a Keras model, as rendering compiles one): tanh of the conditioning's first two channels
+    conditioning = keras.Input((size, size, 4))
+    generator = keras.Model(conditioning, keras.layers.Conv2D(2, 1, activation="tanh", use_bias=False)(conditioning))
+    kernel = np.zeros((1, 1, 4, 2), np.float32)
+    kernel[0, 0, 0, 0] = kernel[0, 0, 1, 1] = 1.0
+    generator.set_weights([kernel])
 
     params = AugmentParams(factor=3, sample_dropout=False)
     without, _ = synthesis.synthesise(train, generator, params, ("none", "classic", "gan", "classic+gan"), "full")
