@@ -27,6 +27,8 @@ def _matplotlib_rc_restored():
 
     with matplotlib.rc_context():
         yield
+
+
 TINY_SHAPE = (48, 48, 12)
 MODS = ("flair", "t1", "t1ce", "t2")
 
