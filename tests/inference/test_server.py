@@ -221,6 +221,58 @@ def test_concurrent_requests_share_model_calls_and_each_gets_its_own_rows():
     assert broken.calls == 1
 
 
+def test_the_batcher_waits_for_requests_being_decoded_and_not_for_abandoned_ones():
+    """A request whose body is in and is being decoded (`admit`) joins the model call of a request that
+    is already queued, even when it takes longer than `wait_s`; one that fails validation (leaves the
+    `with` block without rows) releases the batcher at once instead of holding it for `decode_wait_s`."""
+    import threading
+
+    from mrisynth.inference.server import MicroBatcher
+
+    sizes = []
+    batcher = MicroBatcher(lambda batch: sizes.append(len(batch)) or batch + 1, max_batch=4, wait_s=0.0, decode_wait_s=60.0)
+    decoded, results = threading.Event(), {}
+
+    late_admission = batcher.admit()  # both counted before either thread runs: no race with the batcher
+
+    def decoding_request():
+        with late_admission:
+            decoded.wait(timeout=30)  # "decoding" until the queued request is in
+            results["late"] = late_admission.predict(np.full((2, 1, 1, 1), 5.0))
+
+    with batcher.admit() as admission:
+        late = threading.Thread(target=decoding_request)
+        late.start()
+        early = threading.Thread(target=lambda: results.setdefault("early", admission.predict(np.zeros((1, 1, 1, 1)))))
+        early.start()
+        early.join(timeout=0.2)
+        assert early.is_alive() and sizes == []  # queued, and the batcher waits for the request being decoded
+        decoded.set()
+        early.join(timeout=30)
+        late.join(timeout=30)
+    assert sizes == [3] and batcher.calls == 1  # one model call for both
+    assert np.array_equal(results["early"], np.ones((1, 1, 1, 1))) and np.array_equal(results["late"], np.full((2, 1, 1, 1), 6.0))
+
+    abandoned = threading.Event()
+
+    invalid_admission = batcher.admit()
+
+    def invalid_request():
+        with invalid_admission:
+            abandoned.wait(timeout=30)  # validation fails: the block ends without rows
+
+    invalid = threading.Thread(target=invalid_request)
+    invalid.start()
+    done = threading.Thread(target=lambda: results.setdefault("alone", batcher.predict(np.zeros((1, 1, 1, 1)))))
+    done.start()
+    done.join(timeout=0.2)
+    assert done.is_alive()  # still waiting for the request being decoded
+    abandoned.set()
+    done.join(timeout=30)  # far below decode_wait_s: released when the invalid request left
+    invalid.join(timeout=30)
+    assert not done.is_alive() and sizes == [3, 1]
+
+
 class _FakeGenerator:
     """A stand-in for served_model.Generator: 8 x 8 pixels, 4 channels in and out, no TensorFlow."""
 
