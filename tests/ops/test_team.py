@@ -81,6 +81,8 @@ def test_team_stack_end_to_end(tmp_path, monkeypatch):
     params["tune"]["n_trials"] = 1  # the stage's own trials, after the two workers'
     params["train_gan"] |= {"strategy": "multi_worker", "cluster_wait_s": 120, "peer_timeout_s": 20,  # 2 workers (TF_CONFIG)
                             "draws": 1, "synthesis": "full"}  # several draws and inpainting train on one device only
+    # the arms and seeds are the tiny repro's business (tests/pipeline): here the fewest the stages accept
+    params["train_segmenter"] |= {"seeds": [1], "arms": ["none", "classic+gan"]}
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     brats = tmp_path / "brats"
     for i in range(1, 9):
