@@ -8,7 +8,7 @@ export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup gpu-check data run paper test bench clean dvc-graph sweep
+.PHONY: setup gpu-check data data-check run paper test bench clean dvc-graph sweep
 
 # GPU=1 (make setup GPU=1): TensorFlow with CUDA 12 from requirements-gpu.lock instead of tensorflow-cpu.
 GPU ?= 0
@@ -42,6 +42,10 @@ data: setup
 	  mrisynth data default && dvc add -q data && \
 	  { git diff --quiet HEAD -- data.dvc 2>/dev/null || echo "WARNING: recreated data/ differs from data.dvc (see docs/data.md: Versioned data)"; }; \
 	fi
+
+# The whole default dataset rebuilt in a temporary folder and compared with data.dvc (make test checks six cases).
+data-check: setup
+	MRISYNTH_FULL_DATA_CHECK=1 python -m pytest -q tests/test_cli.py -k default_data_recreation_matches_data_dvc
 
 run: data
 	dvc repro

@@ -143,16 +143,14 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def _cmd_default(args: argparse.Namespace) -> int:
     """Recreate the shipped default dataset from params.yaml's `data` section (phantom, then import)."""
     from mrisynth.config import load_params
-    from mrisynth.data.ingest import ImportOptions, import_brats, make_phantom
+    from mrisynth.data.ingest import default_recipe, import_brats, make_phantom
 
     data = load_params(args.params).data
     out = Path(args.out or data.out)
+    counts, options, source = default_recipe(data)
     with tempfile.TemporaryDirectory(prefix="mrisynth-phantom-") as raw:
         make_phantom(Path(raw), data.phantom_cases, data.seed, workers=args.workers, version=data.phantom_version)
-        options = ImportOptions(size=data.image_size, modalities=data.modalities, slice_rule=data.slice, fit=data.fit)
-        counts = {"train": data.train, "val": data.val, "test": data.test}
-        manifest = import_brats(Path(raw), out, counts, data.seed, options, force=args.force, workers=args.workers,
-                                source_label=f"phantom(version={data.phantom_version}, cases={data.phantom_cases}, seed={data.seed})")
+        manifest = import_brats(Path(raw), out, counts, data.seed, options, force=args.force, workers=args.workers, source_label=source)
     print(f"default dataset: {len(manifest)} slices from {data.phantom_cases} phantom cases (seed {data.seed}) in {out}")
     return 0
 

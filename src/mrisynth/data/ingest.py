@@ -86,6 +86,14 @@ def make_phantom(out: Path, cases: int, seed: int, workers: int = 1, version: in
     return [r["case_id"] for r in rows]
 
 
+def default_recipe(data) -> tuple[dict[str, int], ImportOptions, str]:
+    """How `mrisynth data default` imports its phantom cases, from params.yaml's `data` section
+    (config.DataParams): the split counts, the import options and the source label of the manifest."""
+    options = ImportOptions(size=data.image_size, modalities=tuple(data.modalities), slice_rule=data.slice, fit=data.fit)
+    counts = {"train": data.train, "val": data.val, "test": data.test}
+    return counts, options, f"phantom(version={data.phantom_version}, cases={data.phantom_cases}, seed={data.seed})"
+
+
 def case_facts(src: Path) -> dict[str, dict]:
     """Per-case facts a source folder ships: grade from name_mapping.csv (BraTS 2020 has it), and
     location/site/... from phantom_cases.csv. Missing files or columns give no entry."""

@@ -198,14 +198,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.BAD_REQUEST, f"{what}: send {{\"inputs\": (N, S, S, 4) nested lists}} with at least one image")
             return
         try:
-            raw = np.asarray(inputs)  # no dtype: strings stay strings ("0" is not 0), booleans stay booleans
+            # A body whose only quotes are its key's holds no strings (booleans and nulls were refused above):
+            # converted straight to float32. Otherwise no dtype, so strings stay strings ("0" is not 0).
+            raw = np.array(inputs, np.float32) if body.count(b'"') == 2 else np.asarray(inputs)
         except (ValueError, TypeError, RecursionError):
             raw = None
         if raw is None or raw.dtype.kind not in "iuf":
             self._error(HTTPStatus.BAD_REQUEST, "conditioning: expected numbers (no strings, booleans or nulls) in nested lists "
                                                 "of shape (N, S, S, 4)")
             return
-        array = raw.astype(np.float32)
+        array = raw.astype(np.float32, copy=False)
         count = 1 if array.ndim == 3 else (int(array.shape[0]) if array.ndim else 0)  # (S, S, 4) is one image
         if count > self.service.max_batch:
             self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{count} images in one request; the limit is {self.service.max_batch}")
