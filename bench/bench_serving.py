@@ -4,7 +4,7 @@ generation: `mrisynth.inference.rendering.render` (what `augment` runs: batches 
             `model.predict(x, batch_size=8)`, images/s, --repeats interleaved rounds of --images masks (ratio with
             its min-max over the rounds);
 serving:    the `mrisynth serve` HTTP service (in this process, on 127.0.0.1, a free port; validation,
-            bounds, JSON) answering one-image requests at concurrency 1 and 4, --requests per level:
+            bounds, JSON decoded in its decode worker processes) answering one-image requests at concurrency 1 and 4, --requests per level:
             p50/p95 latency (ms) and requests/s (medians over --repeats rounds, the two levels interleaved), the
             throughput ratio c4/c1 per round with its min-max, next to the bare `Generator.predict` of one image.
 The generator is the paper's U-Net (pix2pix, 4-channel label conditioning) at the default profile's
@@ -29,7 +29,7 @@ from mrisynth.inference import rendering
 from mrisynth.config import load_params
 from mrisynth.core import encoding, models
 from mrisynth.io import devices
-from mrisynth.inference.server import Service
+from mrisynth.inference.server import DECODE_WORKERS, Service
 from mrisynth.inference.served_model import Generator, export_model
 
 import common
@@ -95,7 +95,7 @@ def main() -> None:
     served = Generator(export_model(generator), "bench")
     one = cond[:1]
     direct = common.median_rate(10, common.timings(lambda: [served.predict(one) for _ in range(10)], args.repeats))
-    service = Service(served)
+    service = Service(served, decode_workers=DECODE_WORKERS)  # as `mrisynth serve` starts it
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), service.handler())
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -112,6 +112,7 @@ def main() -> None:
     finally:
         httpd.shutdown()
         httpd.server_close()
+        service.close()
     for c, r in levels.items():
         print(f"serving, one {size}px image per request, concurrency {c}: p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, "
               f"{r['requests_per_s']} requests/s ({args.requests} requests)")
@@ -122,7 +123,7 @@ def main() -> None:
         "repeats": args.repeats, "generation_images": args.images, "generation_batch": 8,
         "generation_images_per_s": round(ours, 2), "reference_predict_images_per_s": round(plain, 2),
         **common.ratio_keys("generation_ratio", generation), **common.ratio_keys("serving_c4_c1_ratio", scaling),
-        "serving_requests": args.requests, "serving_payload_bytes": len(body),
+        "serving_requests": args.requests, "serving_payload_bytes": len(body), "serving_decode_workers": DECODE_WORKERS,
         **{f"serving_c{c}_{k}": v for c, r in levels.items() for k, v in r.items()},
         "direct_predict_ms": round(1000 / direct, 1),
         "serving_overhead_ratio_c1": round(levels[1]["p50_ms"] / (1000 / direct), 3)})

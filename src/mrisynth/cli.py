@@ -210,7 +210,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise MrisynthError(f"--body-timeout {args.body_timeout}: expected a finite number of seconds > 0")
     if not 0 <= args.batch_wait_ms < 1000:
         raise MrisynthError(f"--batch-wait-ms {args.batch_wait_ms}: expected 0 <= ms < 1000")
-    serve(args.model, args.host, args.port, args.max_batch, args.max_bytes, args.body_timeout, args.batch_wait_ms)
+    if args.decode_workers is not None and not 0 <= args.decode_workers <= 64:
+        raise MrisynthError(f"--decode-workers {args.decode_workers}: expected 0 (decode in the request's thread) to 64 processes")
+    serve(args.model, args.host, args.port, args.max_batch, args.max_bytes, args.body_timeout, args.batch_wait_ms,
+          args.decode_workers)
     return 0
 
 
@@ -357,6 +360,9 @@ def _model_commands(sub) -> None:
                     help="seconds for a request's whole body to arrive; slower -> HTTP 408")
     se.add_argument("--batch-wait-ms", type=float, default=5.0,
                     help="concurrent requests arriving within this many ms share one model call, up to --max-batch images")
+    se.add_argument("--decode-workers", type=int, default=None,
+                    help="processes that decode and validate request JSON side by side; 0: in the request's thread "
+                         "(default: one per core, at most 4)")
     se.set_defaults(func=_cmd_serve)
 
 

@@ -273,6 +273,82 @@ def test_the_batcher_waits_for_requests_being_decoded_and_not_for_abandoned_ones
     assert not done.is_alive() and sizes == [3, 1]
 
 
+def test_decode_workers_answer_like_the_request_thread_and_survive_a_killed_worker(capfd):
+    """Decoding in worker processes (`serve`'s default) gives the same arrays and the same error answers
+    as decoding in the request's thread; a killed worker costs no request: it is decoded in its thread
+    and new workers take over."""
+    import os
+    import signal
+
+    from mrisynth.inference import decoding
+    from mrisynth.inference.server import Service
+
+    bodies = [json.dumps({"inputs": np.zeros((2, 8, 8, 4)).tolist()}).encode(),  # valid: (2, 8, 8, 4)
+              json.dumps({"instances": np.eye(4)[np.zeros((8, 8), int)].tolist()}).encode(),  # one (S, S, 4) image
+              b"{not json", json.dumps({"inputs": [[[["0"] * 4] * 8] * 8]}).encode(), b'{"inputs": [true]}',
+              json.dumps({"inputs": np.full((1, 8, 8, 4), 0.5).tolist()}).encode(),  # values: 400
+              json.dumps({"inputs": np.zeros((3, 8, 8, 4)).tolist()}).encode(),  # over max_batch: 413
+              json.dumps({"inputs": np.zeros((1, 9, 8, 4)).tolist()}).encode(), json.dumps({"inputs": []}).encode()]
+
+    def answer(service, body):
+        try:
+            return service.decode(body)
+        except decoding.RequestError as exc:
+            return exc.status, exc.message
+
+    in_thread, pooled = Service(_FakeGenerator(), max_batch=2), Service(_FakeGenerator(), max_batch=2, decode_workers=2)
+    try:
+        for body in bodies:
+            ours, theirs = answer(pooled, body), answer(in_thread, body)
+            if isinstance(theirs, tuple):
+                assert ours == theirs and theirs[0] in (400, 413), (body[:40], ours, theirs)
+            else:
+                assert ours.dtype == np.float32 and np.array_equal(ours, theirs) and theirs.ndim == 4
+        victim = pooled.decoders._pool.submit(decoding.worker_pid).result()
+        assert victim != os.getpid()
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while "a decode worker died" not in capfd.readouterr().err:  # until a request meets the broken pool
+            assert time.monotonic() < deadline, "the killed worker was never noticed"
+            assert np.array_equal(answer(pooled, bodies[0]), answer(in_thread, bodies[0]))  # every request answered
+            time.sleep(0.05)
+        assert np.array_equal(answer(pooled, bodies[1]), answer(in_thread, bodies[1]))  # by the new workers
+        assert pooled.decoders._pool.submit(decoding.worker_pid).result() != victim
+    finally:
+        pooled.close()
+
+
+def test_decode_workers_end_with_their_server_even_when_it_is_killed():
+    """SIGKILL leaves a server no time to stop its decode workers: they notice and end themselves."""
+    import os
+    import signal
+
+    script = ("from mrisynth.inference.server import DecodePool\n"
+              "from mrisynth.inference import decoding\n"
+              "if __name__ == '__main__':\n"
+              "    pool = DecodePool(2)\n"
+              "    print(*sorted({pool._pool.submit(decoding.worker_pid).result() for _ in range(20)}), flush=True)\n"
+              "    import time; time.sleep(600)\n")
+    server = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(pid) for pid in server.stdout.readline().split()]
+        assert workers and all(os.path.exists(f"/proc/{pid}") for pid in workers)
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, f"decode workers {workers} outlived their killed server"
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
 class _FakeGenerator:
     """A stand-in for served_model.Generator: 8 x 8 pixels, 4 channels in and out, no TensorFlow."""
 

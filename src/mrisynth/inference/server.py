@@ -6,7 +6,9 @@
 Bounds (configurable): a request body over `max_bytes` is refused with 413 before it is read; more
 than `max_batch` images -> 413; a body without Content-Length -> 411. The body is read first, under one
 deadline for the whole body (`body_timeout_s`, 408 after it: a client that trickles bytes cannot hold
-the server), and only then does the request take one of `MAX_ACTIVE` slots to be parsed and validated;
+the server), and only then does the request take one of `MAX_ACTIVE` slots to be parsed and validated
+(`decoding.decode`, in one of `decode_workers` processes: JSON decoding holds Python's interpreter lock, so
+threads would decode concurrent requests one at a time);
 its images then join a micro-batch (`MicroBatcher`): requests that arrive within `batch_wait_ms` of each
 other are merged into one model call of at most `max_batch` images, and each gets its own rows back (one
 model call runs at a time; requests whose body is in and that are still being decoded are waited for, up
@@ -22,10 +24,15 @@ line to stderr: method, path, status and milliseconds until the answer starts
 from __future__ import annotations
 
 import gc
+import multiprocessing
+import os
+import signal
 import sys
 import threading
 import time
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,7 +40,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import orjson
 
-from mrisynth.inference.served_model import DEFAULT_MAX_BATCH, Generator, InputError, check_conditioning
+from mrisynth.inference import decoding
+from mrisynth.inference.decoding import RequestError
+from mrisynth.inference.served_model import DEFAULT_MAX_BATCH, Generator, InputError
 
 BYTES_PER_VALUE = 8  # generous JSON size of one conditioning value ("1.0, ")
 MAX_ACTIVE = 4       # requests being parsed/validated/predicted at once (bodies are read before, under their own deadline)
@@ -42,6 +51,7 @@ BODY_TIMEOUT_S = 30.0  # the whole body of a request must arrive within this man
 BODY_BUDGET = 4        # request bodies (of max_bytes) held in memory at once, read or waiting for a slot
 BATCH_WAIT_MS = 5.0    # how long the micro-batcher waits for more requests to join the first one
 DECODE_WAIT_MS = 50.0  # ... and for requests whose body is in and that are being decoded (JSON -> array, validation)
+DECODE_WORKERS = min(MAX_ACTIVE, os.cpu_count() or 1)  # `serve`'s decode worker processes (decoding.decode, one per core)
 
 
 _CONTROL_CHARS = str.maketrans({c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)})  # escaped in the access log
@@ -178,43 +188,12 @@ class _Handler(BaseHTTPRequestHandler):
         return b"".join(chunks)
 
     def _invoke(self, body: bytes, admission) -> None:
-        if b"true" in body or b"false" in body or b"null" in body:  # no key holds these letters: a literal is not a number
-            self._error(HTTPStatus.BAD_REQUEST, "conditioning: expected numbers (no strings, booleans or nulls) in nested lists "
-                                                "of shape (N, S, S, 4)")
-            return
-        try:
-            payload = orjson.loads(body)  # a JSONDecodeError (a ValueError) also for NaN literals and absurd nesting
-        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly nested brackets
-            self._error(HTTPStatus.BAD_REQUEST, "body is not JSON; send {\"inputs\": (N, S, S, 4) nested lists}")
-            return
-        if not isinstance(payload, dict) or not ({"inputs", "instances", "conditioning"} & set(payload)):
-            self._error(HTTPStatus.BAD_REQUEST, "missing 'inputs': expected a JSON object with key 'inputs' holding "
-                                                "(N, S, S, 4) conditioning")
-            return
-        key = next(k for k in ("inputs", "instances", "conditioning") if k in payload)
-        inputs = payload[key]
-        if isinstance(inputs, list) and not inputs:  # nothing to render: say so, not "found shape (0,)"
-            what = "'inputs' is empty" if key == "inputs" else f"missing 'inputs' ('{key}' is empty)"
-            self._error(HTTPStatus.BAD_REQUEST, f"{what}: send {{\"inputs\": (N, S, S, 4) nested lists}} with at least one image")
-            return
-        try:
-            # A body whose only quotes are its key's holds no strings (booleans and nulls were refused above):
-            # converted straight to float32. Otherwise no dtype, so strings stay strings ("0" is not 0).
-            raw = np.array(inputs, np.float32) if body.count(b'"') == 2 else np.asarray(inputs)
-        except (ValueError, TypeError, RecursionError):
-            raw = None
-        if raw is None or raw.dtype.kind not in "iuf":
-            self._error(HTTPStatus.BAD_REQUEST, "conditioning: expected numbers (no strings, booleans or nulls) in nested lists "
-                                                "of shape (N, S, S, 4)")
-            return
-        array = raw.astype(np.float32, copy=False)
-        count = 1 if array.ndim == 3 else (int(array.shape[0]) if array.ndim else 0)  # (S, S, 4) is one image
-        if count > self.service.max_batch:
-            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{count} images in one request; the limit is {self.service.max_batch}")
-            return
-        try:  # validated per request (a bad one never fails its batch), then predicted in a micro-batch
-            batch = check_conditioning(array, self.service.generator.size, self.service.generator.in_channels)
+        try:  # decoded and validated per request (a bad one never fails its batch), then predicted in a micro-batch
+            batch = self.service.decode(body)
             images = admission.predict(batch)
+        except RequestError as exc:
+            self._error(HTTPStatus(exc.status), exc.message)
+            return
         except InputError as exc:
             self._error(HTTPStatus.BAD_REQUEST, exc.message if hasattr(exc, "message") else str(exc))
             return
@@ -338,9 +317,45 @@ class MicroBatcher:
                 job.done.set()
 
 
+class DecodePool:
+    """`workers` spawned processes that run `decoding.decode` (they never import TensorFlow): the JSON
+    of concurrent requests is decoded side by side on the machine's cores, where threads would take turns
+    under one interpreter lock. Started at once (each worker imports the decoder before the first request).
+    A worker that dies breaks the pool: the request that met it is decoded in its own thread and a new pool
+    takes over."""
+
+    def __init__(self, workers: int):
+        self.workers, self._lock = workers, threading.Lock()
+        self._pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),  # never fork a TensorFlow process
+                                   initializer=decoding.start_worker)
+        list(pool.map(decoding.worker_pid, range(self.workers)))  # start-up, not paid by the first requests
+        return pool
+
+    def decode(self, *args) -> np.ndarray:
+        pool = self._pool
+        try:
+            return pool.submit(decoding.decode, *args).result()
+        except BrokenProcessPool:
+            with self._lock:
+                if self._pool is pool:
+                    sys.stderr.write("a decode worker died; starting new ones\n")
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    self._pool = self._start()
+            return decoding.decode(*args)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class Service:
+    """The request path of `serve`: body budget, request slots, decoding (`decode_workers` processes, or 0:
+    in the request's thread) and the micro-batcher around one `Generator`."""
+
     def __init__(self, generator: Generator, max_batch: int = DEFAULT_MAX_BATCH, max_bytes: int | None = None,
-                 body_timeout_s: float = BODY_TIMEOUT_S, batch_wait_ms: float = BATCH_WAIT_MS):
+                 body_timeout_s: float = BODY_TIMEOUT_S, batch_wait_ms: float = BATCH_WAIT_MS, decode_workers: int = 0):
         self.generator = generator
         self.max_batch = max_batch
         self.body_timeout_s = body_timeout_s
@@ -350,8 +365,21 @@ class Service:
         self.batcher = MicroBatcher(generator.predict, max_batch, batch_wait_ms / 1000)
         # The process now holds TensorFlow's and the model's long-lived objects (~0.5 M); each request then
         # allocates ~10^5 Python floats, which sets off full garbage collections that scanned all of them
-        # (100s of ms, a p95 of 300 ms at concurrency 1). Frozen, they are no longer scanned.
+        # (100s of ms, a p95 of 300 ms at concurrency 1). Frozen (after one collection, so no garbage is kept), they
+        # are no longer scanned.
+        gc.collect()
         gc.freeze()
+        self.decoders = DecodePool(decode_workers) if decode_workers > 0 else None
+
+    def decode(self, body: bytes) -> np.ndarray:
+        """A request body -> its validated conditioning batch (decoding.decode; RequestError otherwise)."""
+        args = (body, self.generator.size, self.generator.in_channels, self.max_batch)
+        return self.decoders.decode(*args) if self.decoders else decoding.decode(*args)
+
+    def close(self) -> None:
+        """Stop the decode workers (the HTTP server is the caller's)."""
+        if self.decoders:
+            self.decoders.close()
 
     def reserve(self, length: int) -> bool:
         """Take `length` bytes of the body budget (BODY_BUDGET x max_bytes); False when it would overflow."""
@@ -371,16 +399,25 @@ class Service:
 
 
 def serve(model_uri: str, host: str = "127.0.0.1", port: int = 5001, max_batch: int = DEFAULT_MAX_BATCH,
-          max_bytes: int | None = None, body_timeout_s: float = BODY_TIMEOUT_S, batch_wait_ms: float = BATCH_WAIT_MS) -> None:
+          max_bytes: int | None = None, body_timeout_s: float = BODY_TIMEOUT_S, batch_wait_ms: float = BATCH_WAIT_MS,
+          decode_workers: int | None = None) -> None:
     from mrisynth.inference.promote import require_model
 
     require_model(model_uri)  # a missing model, alias or version: one line saying what to run, no MLflow traceback
-    service = Service(Generator.load(model_uri), max_batch, max_bytes, body_timeout_s, batch_wait_ms)
+    workers = DECODE_WORKERS if decode_workers is None else decode_workers
+    service = Service(Generator.load(model_uri), max_batch, max_bytes, body_timeout_s, batch_wait_ms, workers)
     httpd = ThreadingHTTPServer((host, port), service.handler())
-    print(f"serving {model_uri} on http://{host}:{port} (max {service.max_batch} images, {service.max_bytes} bytes per request)", flush=True)
+
+    def stop(signum, frame):  # SIGTERM (a process manager, `kill`) stops like Ctrl-C: the decode workers are shut down
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    print(f"serving {model_uri} on http://{host}:{port} (max {service.max_batch} images, {service.max_bytes} bytes per request, "
+          f"{workers} decode workers)", flush=True)
     try:
         httpd.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         httpd.server_close()
+        service.close()
