@@ -45,7 +45,7 @@ data: setup
 
 # The whole default dataset rebuilt in a temporary folder and compared with data.dvc (make test checks six cases).
 data-check: setup
-	MRISYNTH_FULL_DATA_CHECK=1 python -m pytest -q tests/test_cli.py -k default_data_recreation_matches_data_dvc
+	MRISYNTH_FULL_DATA_CHECK=1 python -m pytest -q tests/test_cli.py::test_default_data_recreation_matches_data_dvc
 
 run: data
 	dvc repro

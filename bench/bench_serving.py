@@ -22,17 +22,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import ThreadingHTTPServer
 
-import keras
 import numpy as np
 
-from mrisynth.inference import rendering
-from mrisynth.config import load_params
-from mrisynth.core import encoding, models
-from mrisynth.io import devices
-from mrisynth.inference.server import DECODE_WORKERS, Service
-from mrisynth.inference.served_model import Generator, export_model
+from mrisynth.core import encoding
 
 import common
+
+# TensorFlow and the server are imported in main(): `serve`'s decode workers are spawned processes, which
+# import this script again as their __main__ module, and must stay as light as the ones `mrisynth serve` starts
 
 
 def _conditioning(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -78,6 +75,15 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--json", help="write the figures here (make bench)")
     args = parser.parse_args()
+    import keras
+
+    from mrisynth.config import load_params
+    from mrisynth.core import models
+    from mrisynth.inference import rendering
+    from mrisynth.inference.server import DECODE_WORKERS, Service, freeze_heap
+    from mrisynth.inference.served_model import Generator, export_model
+    from mrisynth.io import devices
+
     params = load_params(args.params)
     size, gan = params.preprocess.image_size, params.train_gan
     precision = devices.resolve_precision(gan.precision)
@@ -96,6 +102,7 @@ def main() -> None:
     one = cond[:1]
     direct = common.median_rate(10, common.timings(lambda: [served.predict(one) for _ in range(10)], args.repeats))
     service = Service(served, decode_workers=DECODE_WORKERS)  # as `mrisynth serve` starts it
+    freeze_heap()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), service.handler())
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

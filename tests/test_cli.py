@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -54,8 +55,9 @@ def test_the_committed_file_listing_is_the_one_data_dvc_records():
 @pytest.mark.slow
 def test_default_data_recreation_matches_data_dvc_case_by_case(tmp_path):
     """`mrisynth data default`'s recipe (phantom case, then import) rebuilds, byte for byte, the files that
-    data.dvc records for the first and last case of every split. (Each case's slice depends only on the
-    case: the split only names its folder.) The whole folder, manifest and card included: make data-check."""
+    data.dvc records for the first and last case of every split, and every case lies in the split the
+    import's seeded order puts it in. (Each case's slice depends only on the case: the split only names its
+    folder.) The whole folder, manifest and card included: make data-check."""
     from mrisynth.config import load_params
     from mrisynth.data.ingest import _phantom_case, default_recipe, import_brats
     from mrisynth.io.manifest import SPLITS
@@ -65,6 +67,11 @@ def test_default_data_recreation_matches_data_dvc_case_by_case(tmp_path):
     split_of = {path.split("/")[-1][: -len(".tif")]: path.split("/")[0] for path in listing if path.split("/")[1:2] == ["images"]}
     chosen = [ids[i] for split in SPLITS if (ids := sorted(c for c, s in split_of.items() if s == split)) for i in (0, -1)]
     assert {split_of[c] for c in chosen} == {"train", "val", "test"} and len(set(chosen)) == 6
+    # which case went to which split: the import's seeded order over every phantom case, cut 30 / 20 / 50
+    ids = [f"BraTS20_Training_{i + 1:03d}" for i in range(data.phantom_cases)]
+    order = [ids[i] for i in np.random.default_rng(data.seed).permutation(len(ids))]
+    cuts = np.cumsum([0, data.train, data.val, data.test])
+    assert split_of == {c: split for split, a, b in zip(("train", "val", "test"), cuts, cuts[1:]) for c in order[a:b]}
     raw = tmp_path / "raw"
     for case_id in chosen:  # BraTS20_Training_007 is the phantom's case index 6
         _phantom_case((raw, data.seed, int(case_id.rsplit("_", 1)[1]) - 1, data.phantom_version))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import threading
 import time
 from http import HTTPStatus
@@ -64,17 +65,17 @@ def decode(body: bytes, size: int, channels: int, max_batch: int) -> np.ndarray:
         raise RequestError(HTTPStatus.BAD_REQUEST, exc.message if hasattr(exc, "message") else str(exc)) from None
 
 
-def start_worker() -> None:
+def start_worker(server_pid: int) -> None:
     """A decode worker's start (the pool's initializer): the objects its imports made (MLflow's among them)
     are frozen for the garbage collector, so the ~10^5 floats each request allocates do not set off full
     collections that scan them all (pauses of 100 ms, a p95 of 150 ms at concurrency 1); and the worker
     ends itself when its server is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the server stops its workers
     gc.collect()
     gc.freeze()
-    parent = os.getppid()
 
     def watch_parent() -> None:  # a server killed outright (SIGKILL) leaves no orphan decoding workers behind
-        while os.getppid() == parent:
+        while os.getppid() == server_pid:
             time.sleep(0.5)
         os._exit(0)
 

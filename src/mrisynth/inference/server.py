@@ -51,7 +51,8 @@ BODY_TIMEOUT_S = 30.0  # the whole body of a request must arrive within this man
 BODY_BUDGET = 4        # request bodies (of max_bytes) held in memory at once, read or waiting for a slot
 BATCH_WAIT_MS = 5.0    # how long the micro-batcher waits for more requests to join the first one
 DECODE_WAIT_MS = 50.0  # ... and for requests whose body is in and that are being decoded (JSON -> array, validation)
-DECODE_WORKERS = min(MAX_ACTIVE, os.cpu_count() or 1)  # `serve`'s decode worker processes (decoding.decode, one per core)
+DECODE_WORKERS = min(MAX_ACTIVE, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)  # `serve`'s decode
+# worker processes (decoding.decode): one per core this process may use
 
 
 _CONTROL_CHARS = str.maketrans({c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)})  # escaped in the access log
@@ -197,6 +198,10 @@ class _Handler(BaseHTTPRequestHandler):
         except InputError as exc:
             self._error(HTTPStatus.BAD_REQUEST, exc.message if hasattr(exc, "message") else str(exc))
             return
+        except Exception as exc:  # noqa: BLE001 - the model or a worker failed: a short answer, the cause on stderr
+            sys.stderr.write(f"error while answering {self.path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}\n")
+            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, "the server failed to render this request; see its log")
+            return
         self._reply(200, {"predictions": np.ascontiguousarray(images, np.float32)})
 
 
@@ -241,7 +246,9 @@ class MicroBatcher:
     the model calls."""
 
     def __init__(self, predict, max_batch: int, wait_s: float = BATCH_WAIT_MS / 1000, decode_wait_s: float = DECODE_WAIT_MS / 1000):
-        self._predict, self._max, self._wait, self._decode_wait = predict, max_batch, wait_s, max(wait_s, decode_wait_s)
+        # --batch-wait-ms 0 asks for no batching wait at all: then requests being decoded are not waited for either
+        self._predict, self._max, self._wait = predict, max_batch, wait_s
+        self._decode_wait = max(wait_s, decode_wait_s) if wait_s > 0 else 0.0
         self._jobs: deque[_Job] = deque()
         self._decoding = 0  # admitted requests that have not submitted their rows yet
         self._changed = threading.Condition()
@@ -328,14 +335,21 @@ class DecodePool:
         self.workers, self._lock = workers, threading.Lock()
         self._pool = self._start()
 
-    def _start(self) -> ProcessPoolExecutor:
-        pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),  # never fork a TensorFlow process
-                                   initializer=decoding.start_worker)
-        list(pool.map(decoding.worker_pid, range(self.workers)))  # start-up, not paid by the first requests
-        return pool
+    def _start(self) -> ProcessPoolExecutor | None:
+        """A running pool, or None (decoding stays in the requests' threads) when processes cannot be started."""
+        try:
+            pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),  # never fork a TensorFlow process
+                                       initializer=decoding.start_worker, initargs=(os.getpid(),))
+            list(pool.map(decoding.worker_pid, range(self.workers)))  # start-up, not paid by the first requests
+            return pool
+        except (OSError, BrokenProcessPool) as exc:
+            sys.stderr.write(f"decode workers could not start ({type(exc).__name__}: {exc}); decoding in the request threads\n")
+            return None
 
     def decode(self, *args) -> np.ndarray:
         pool = self._pool
+        if pool is None:
+            return decoding.decode(*args)
         try:
             return pool.submit(decoding.decode, *args).result()
         except BrokenProcessPool:
@@ -347,7 +361,10 @@ class DecodePool:
             return decoding.decode(*args)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class Service:
@@ -363,12 +380,6 @@ class Service:
         self.max_bytes = max_bytes or default_max_bytes(generator.size, max_batch, generator.in_channels)
         self.active = threading.BoundedSemaphore(MAX_ACTIVE)
         self.batcher = MicroBatcher(generator.predict, max_batch, batch_wait_ms / 1000)
-        # The process now holds TensorFlow's and the model's long-lived objects (~0.5 M); each request then
-        # allocates ~10^5 Python floats, which sets off full garbage collections that scanned all of them
-        # (100s of ms, a p95 of 300 ms at concurrency 1). Frozen (after one collection, so no garbage is kept), they
-        # are no longer scanned.
-        gc.collect()
-        gc.freeze()
         self.decoders = DecodePool(decode_workers) if decode_workers > 0 else None
 
     def decode(self, body: bytes) -> np.ndarray:
@@ -398,6 +409,16 @@ class Service:
         return type("Handler", (_Handler,), {"service": self})
 
 
+def freeze_heap() -> None:
+    """For a serving process, once its model is loaded: it holds TensorFlow's and the model's long-lived objects
+    (~0.5 M), and each request allocates ~10^5 Python floats, which sets off full garbage collections that
+    scanned all of them (pauses of 100s of ms, a p95 of 300 ms at concurrency 1). Frozen (after one
+    collection, so no garbage is kept) they are no longer scanned. A process-wide step: `serve` (and the
+    serving benchmark) take it, a `Service` built in a test does not."""
+    gc.collect()
+    gc.freeze()
+
+
 def serve(model_uri: str, host: str = "127.0.0.1", port: int = 5001, max_batch: int = DEFAULT_MAX_BATCH,
           max_bytes: int | None = None, body_timeout_s: float = BODY_TIMEOUT_S, batch_wait_ms: float = BATCH_WAIT_MS,
           decode_workers: int | None = None) -> None:
@@ -406,12 +427,14 @@ def serve(model_uri: str, host: str = "127.0.0.1", port: int = 5001, max_batch: 
     require_model(model_uri)  # a missing model, alias or version: one line saying what to run, no MLflow traceback
     workers = DECODE_WORKERS if decode_workers is None else decode_workers
     service = Service(Generator.load(model_uri), max_batch, max_bytes, body_timeout_s, batch_wait_ms, workers)
+    freeze_heap()
     httpd = ThreadingHTTPServer((host, port), service.handler())
 
     def stop(signum, frame):  # SIGTERM (a process manager, `kill`) stops like Ctrl-C: the decode workers are shut down
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, stop)
+    if threading.current_thread() is threading.main_thread():  # signal handlers belong to the main thread
+        signal.signal(signal.SIGTERM, stop)
     print(f"serving {model_uri} on http://{host}:{port} (max {service.max_batch} images, {service.max_bytes} bytes per request, "
           f"{workers} decode workers)", flush=True)
     try:
