@@ -14,8 +14,9 @@ other are merged into one model call of at most `max_batch` images, and each get
 model call runs at a time; requests whose body is in and that are still being decoded are waited for, up
 to `DECODE_WAIT_MS`). Slow senders never delay the others. Bodies being read or waiting
 hold at most `BODY_BUDGET` x max_bytes of memory together; past that a request gets 503 at once. JSON must be numbers in
-nested lists (strings, booleans, nulls and absurd nesting are 400, not converted). Errors are short
-JSON ({"error_code", "message"}) and never echo the input. Each answered request writes one access-log
+nested lists (strings, booleans, nulls and absurd nesting are 400, not converted); a failure that is not the
+request's (the model's) is 500, its cause on stderr. Errors are short JSON ({"error_code", "message"}) and
+never echo the input. Each answered request writes one access-log
 line to stderr: method, path, status and milliseconds until the answer starts
 (`POST /invocations 200 12.3 ms`), never the payload. The model is loaded with
 `served_model.Generator.load` (Keras flavor, safe_mode): no code from the artifact store runs; a
