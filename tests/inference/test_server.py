@@ -177,7 +177,7 @@ def test_request_bodies_share_a_memory_budget():
 
     from mrisynth.inference.server import BODY_BUDGET, Service
 
-    service = Service(SimpleNamespace(size=64, in_channels=4, predict=lambda batch: batch), max_batch=2, max_bytes=1000)
+    service = Service(SimpleNamespace(size=64, in_channels=4, predict_checked=lambda batch: batch), max_batch=2, max_bytes=1000)
     assert all(service.reserve(1000) for _ in range(BODY_BUDGET))
     assert not service.reserve(1)  # a further body would overflow: 503 at once
     service.release(1000)
@@ -366,11 +366,11 @@ def test_a_failing_model_is_a_short_500_and_the_server_stays_up(capfd):
     class Flaky(_FakeGenerator):
         calls = 0
 
-        def predict(self, batch):
+        def predict_checked(self, batch):
             Flaky.calls += 1
             if Flaky.calls == 1:
                 raise RuntimeError("out of memory in a kernel")
-            return super().predict(batch)
+            return super().predict_checked(batch)
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Service(Flaky(), max_batch=2).handler())
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
@@ -391,7 +391,7 @@ class _FakeGenerator:
 
     size, in_channels, channels, source = 8, 4, 4, "fake"
 
-    def predict(self, batch):
+    def predict_checked(self, batch):  # the server's model call (rows already validated by its decoder)
         return np.zeros(batch.shape[:3] + (self.channels,), np.float32)
 
 

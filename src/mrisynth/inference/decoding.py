@@ -4,8 +4,8 @@ One pure function (`decode`), run in the server's decode worker processes (`serv
 concurrent requests are decoded side by side instead of one at a time under one interpreter lock, or in
 the request's own thread (`decode_workers=0`). JSON must be numbers in nested lists of shape (N, S, S, K)
 (or (S, S, K), one image): strings, booleans, nulls and absurd nesting are 400, never converted; more
-than `max_batch` images are 413; the values are checked by `served_model.check_conditioning`. Messages
-never echo the input."""
+than `max_batch` images are 413; the values are checked by `core.conditioning.check` (NumPy only, so the
+workers import neither MLflow nor TensorFlow). Messages never echo the input."""
 from __future__ import annotations
 
 import gc
@@ -18,7 +18,7 @@ from http import HTTPStatus
 import numpy as np
 import orjson
 
-from mrisynth.inference.served_model import InputError, check_conditioning
+from mrisynth.core import conditioning
 
 _NUMBERS = "conditioning: expected numbers (no strings, booleans or nulls) in nested lists of shape (N, S, S, 4)"
 _SEND = "send {\"inputs\": (N, S, S, 4) nested lists}"
@@ -60,13 +60,13 @@ def decode(body: bytes, size: int, channels: int, max_batch: int) -> np.ndarray:
     if count > max_batch:
         raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{count} images in one request; the limit is {max_batch}")
     try:
-        return check_conditioning(array, size, channels)
-    except InputError as exc:
-        raise RequestError(HTTPStatus.BAD_REQUEST, exc.message if hasattr(exc, "message") else str(exc)) from None
+        return conditioning.check(array, size, channels)
+    except conditioning.ConditioningError as exc:
+        raise RequestError(HTTPStatus.BAD_REQUEST, str(exc)) from None
 
 
 def start_worker(server_pid: int) -> None:
-    """A decode worker's start (the pool's initializer): the objects its imports made (MLflow's among them)
+    """A decode worker's start (the pool's initializer): the objects its imports made
     are frozen for the garbage collector, so the ~10^5 floats each request allocates do not set off full
     collections that scan them all (pauses of 100 ms, a p95 of 150 ms at concurrency 1); and the worker
     ends itself when its server is gone."""

@@ -14,8 +14,9 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from mrisynth.errors import MrisynthError
 
+from mrisynth.core import conditioning
 from mrisynth.core.encoding import CONDITION_CHANNELS
-from mrisynth.core.inpaint import BRAIN_CHANNEL, REGION_CHANNEL
+from mrisynth.core.inpaint import REGION_CHANNEL
 from mrisynth.inference import rendering
 
 
@@ -34,30 +35,11 @@ class InputError(MlflowException, ValueError):
 
 def check_conditioning(batch, size: int, channels: int = CONDITION_CHANNELS) -> np.ndarray:
     """Validate a conditioning batch of `channels` channels (4, or 5 + C for an inpainting generator);
-    returns it as float32 or raises InputError saying what is wrong."""
-    array = np.asarray(batch)
-    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-        raise InputError(f"conditioning: expected numbers, found dtype {array.dtype}")
-    if array.ndim == 3:
-        array = array[None]
-    expected = f"(N, {size}, {size}, {channels})"
-    if array.ndim != 4 or array.shape[1:] != (size, size, channels):
-        raise InputError(f"conditioning: expected shape {expected}, found {array.shape}")
-    array = array.astype(np.float32)
-    if not np.all(np.isfinite(array)):
-        raise InputError("conditioning: found NaN or inf values, expected 0 or 1")
-    binary = array[..., : min(channels, REGION_CHANNEL + 1)]  # labels, brain (and the inpainting region)
-    values = np.unique(binary)
-    if not set(values.tolist()) <= {0.0, 1.0}:
-        raise InputError(f"conditioning: expected only 0 and 1, found values {values[:6].tolist()}")
-    if channels > REGION_CHANNEL + 1 and (array[..., REGION_CHANNEL + 1 :].min() < -1 or array[..., REGION_CHANNEL + 1 :].max() > 1):
-        raise InputError(f"conditioning: channels {REGION_CHANNEL + 1}-{channels - 1} (the real slice) must lie in [-1, 1]")
-    tumour = array[..., :BRAIN_CHANNEL]
-    if np.any(tumour.sum(axis=-1) > 1):
-        raise InputError("conditioning: a pixel has more than one tumour class; channels 0-2 must be one-hot or all 0")
-    if np.any((tumour.sum(axis=-1) > 0) & (array[..., BRAIN_CHANNEL] == 0)):
-        raise InputError("conditioning: tumour pixels outside the brain mask (channel 3)")
-    return array
+    returns it as float32 or raises InputError saying what is wrong (the rules: `core.conditioning.check`)."""
+    try:
+        return conditioning.check(batch, size, channels)
+    except conditioning.ConditioningError as exc:
+        raise InputError(str(exc)) from None
 
 
 SERVED_LAYER = "to_unit_range"
@@ -135,8 +117,13 @@ class Generator:
                                "artifact store runs; serve a generator registered by `train_gan`)") from None
         return cls(model, model_uri)
 
-    def predict(self, conditioning, batch_size: int = 8) -> np.ndarray:
-        batch = check_conditioning(conditioning, self.size, self.in_channels)
+    def predict(self, batch, batch_size: int = 8) -> np.ndarray:
+        """(N, S, S, C) images in [0, 1] for a conditioning batch; InputError when it breaks the encoding."""
+        return self.predict_checked(check_conditioning(batch, self.size, self.in_channels), batch_size)
+
+    def predict_checked(self, batch: np.ndarray, batch_size: int = 8) -> np.ndarray:
+        """`predict` for a batch that `check_conditioning` (or `core.conditioning.check`) already returned:
+        float32 (N, S, S, in_channels), not validated again (the server validates each request once, in its decoder)."""
         if len(batch) == 0:
             return np.zeros((0, self.size, self.size, self.channels), np.float32)
         return rendering.clip_to_brain(rendering.predict_batches(self.model, batch, batch_size), batch)

@@ -43,7 +43,7 @@ import orjson
 
 from mrisynth.inference import decoding
 from mrisynth.inference.decoding import RequestError
-from mrisynth.inference.served_model import DEFAULT_MAX_BATCH, Generator, InputError
+from mrisynth.inference.served_model import DEFAULT_MAX_BATCH, Generator
 
 BYTES_PER_VALUE = 8  # generous JSON size of one conditioning value ("1.0, ")
 MAX_ACTIVE = 4       # requests being parsed/validated/predicted at once (bodies are read before, under their own deadline)
@@ -196,9 +196,6 @@ class _Handler(BaseHTTPRequestHandler):
         except RequestError as exc:
             self._error(HTTPStatus(exc.status), exc.message)
             return
-        except InputError as exc:
-            self._error(HTTPStatus.BAD_REQUEST, exc.message if hasattr(exc, "message") else str(exc))
-            return
         except Exception as exc:  # noqa: BLE001 - the model or a worker failed: a short answer, the cause on stderr
             sys.stderr.write(f"error while answering {self.path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}\n")
             self._error(HTTPStatus.INTERNAL_SERVER_ERROR, "the server failed to render this request; see its log")
@@ -330,11 +327,11 @@ class DecodePool:
     of concurrent requests is decoded side by side on the machine's cores, where threads would take turns
     under one interpreter lock. Started at once (each worker imports the decoder before the first request).
     A worker that dies breaks the pool: the request that met it is decoded in its own thread and a new pool
-    takes over."""
+    takes over. `workers` 0 (or processes that cannot start): every request is decoded in its own thread."""
 
     def __init__(self, workers: int):
         self.workers, self._lock = workers, threading.Lock()
-        self._pool = self._start()
+        self._pool = self._start() if workers > 0 else None
 
     def _start(self) -> ProcessPoolExecutor | None:
         """A running pool, or None (decoding stays in the requests' threads) when processes cannot be started."""
@@ -380,18 +377,16 @@ class Service:
         self._held, self._held_lock = 0, threading.Lock()
         self.max_bytes = max_bytes or default_max_bytes(generator.size, max_batch, generator.in_channels)
         self.active = threading.BoundedSemaphore(MAX_ACTIVE)
-        self.batcher = MicroBatcher(generator.predict, max_batch, batch_wait_ms / 1000)
-        self.decoders = DecodePool(decode_workers) if decode_workers > 0 else None
+        self.batcher = MicroBatcher(generator.predict_checked, max_batch, batch_wait_ms / 1000)  # rows validated by `decode`
+        self.decoders = DecodePool(decode_workers)
 
     def decode(self, body: bytes) -> np.ndarray:
         """A request body -> its validated conditioning batch (decoding.decode; RequestError otherwise)."""
-        args = (body, self.generator.size, self.generator.in_channels, self.max_batch)
-        return self.decoders.decode(*args) if self.decoders else decoding.decode(*args)
+        return self.decoders.decode(body, self.generator.size, self.generator.in_channels, self.max_batch)
 
     def close(self) -> None:
         """Stop the decode workers (the HTTP server is the caller's)."""
-        if self.decoders:
-            self.decoders.close()
+        self.decoders.close()
 
     def reserve(self, length: int) -> bool:
         """Take `length` bytes of the body budget (BODY_BUDGET x max_bytes); False when it would overflow."""
