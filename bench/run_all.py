@@ -31,10 +31,11 @@ def _scripts(quick: bool) -> dict[str, list[str]]:
         return {"data": ["bench_data.py", "--cases", "56"], "gan": ["bench_gan.py", "--size", "128", "--steps", "2", "--repeats", "2"],
                 "segmenter": ["bench_segmenter.py", "--steps", "10", "--repeats", "2"],
                 "segmenter_paper": ["bench_segmenter.py", "--profile", "paper", "--size", "128", "--steps", "4", "--repeats", "2"],
+                "segmenter_runs": ["bench_segmenter_runs.py", "--size", "64", "--runs", "2", "--epochs", "1", "--repeats", "1"],
                 "serving": ["bench_serving.py", "--images", "16", "--requests", "8", "--repeats", "2"]}
     return {"data": ["bench_data.py"], "gan": ["bench_gan.py"], "segmenter": ["bench_segmenter.py"],
             "segmenter_paper": ["bench_segmenter.py", "--profile", "paper", "--size", "256", "--steps", "12", "--repeats", "5"],
-            "serving": ["bench_serving.py"]}
+            "segmenter_runs": ["bench_segmenter_runs.py", "--runs", "6"], "serving": ["bench_serving.py"]}
 
 
 # The paper profile's segmenter work (Makefile PAPER_OVERRIDES): every arm x seeds 1-3, 50 epochs, one pass
@@ -90,6 +91,11 @@ def table(result: dict) -> str:
                      f"{s['ours_images_per_s']} img/s", f"plain model.fit, fp32: {s['reference_images_per_s']} img/s", _ratio(s)))
         rows.append((f"paper profile segmenter stage, lower bound ({len(PAPER_ARMS)} arms x {PAPER_SEEDS} seeds x {PAPER_EPOCHS} epochs)",
                      f"{s['paper_segmenter_min_lower_bound']} min for {s['paper_segmenter_train_images']} training images", "budget for all of make paper: 60 min", ""))
+    if "segmenter_runs" in b:
+        s = b["segmenter_runs"]
+        rows.append((f"segmenter stage, {s['runs']} runs of {s['epochs']} x {s['steps_per_epoch']} updates, {s['size']} px: {s['workers']} workers "
+                     f"x {s['threads_per_worker']} thread(s), pool start included", f"{s['ours_images_per_s']} img/s",
+                     f"one run at a time, default threads: {s['reference_images_per_s']} img/s", _ratio(s)))
     if "serving" in b:
         v = b["serving"]
         rows.append((f"generation (augment render), {v['size']} px", f"{v['generation_images_per_s']} img/s",

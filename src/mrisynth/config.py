@@ -252,6 +252,10 @@ class AugmentParams:
             raise ConfigError("augment.rotation and augment.shift must be >= 0, augment.brightness in [0, 1)")
 
 
+SEGMENTER_SCHEDULES = ("constant", "cosine")
+SEGMENTER_SELECT = ("best", "last")
+
+
 @dataclass
 class TrainSegmenterParams:
     """Base U-Net per augmentation arm and seed (the paper's segmentation experiment). Paper profile: 50 epochs, 3 seeds."""
@@ -267,12 +271,15 @@ class TrainSegmenterParams:
     depth: int = 4  # U-Net levels
     base_filters: int = 8  # filters of the first U-Net level (doubled per level)
     dropout: float = 0.1  # dropout in the U-Net bottleneck
-    learning_rate: float = 2e-3  # Adam learning rate
+    learning_rate: float = 2e-3  # Adam learning rate (the start of the schedule)
+    schedule: str = "constant"  # constant | cosine (decays to 0 over epochs x steps_per_epoch updates)
+    select: str = "best"  # best: the epoch with the best validation tumour Dice, early stopping | last: the final weights, all epochs
     dice_weight: float = 1.0  # weight of the soft Dice term next to cross-entropy
     equal_steps: bool = True  # every arm gets the same number of updates per epoch (False: one pass per arm, as the paper)
     real_share: float | None = None  # augmented arms: each batch element is a real slice with this probability (null: every image alike, the paper)
     steps_per_epoch: int = 25  # > 0: this many updates per epoch for every arm (an "epoch" = a validation/early-stopping period)
     precision: str = "auto"  # auto, float32, mixed_bfloat16 or mixed_float16
+    workers: int = 0  # runs trained side by side, each in its own process with cores // workers threads (0: one per usable core)
     experiment: str = "mrisynth"  # MLflow experiment of the runs
     registry_name: str = "mrisynth-segmenter"  # MLflow registered model of the segmenters
     out_dir: str = "work/segmenter"  # checkpoints of every arm and seed, runs.json
@@ -283,6 +290,8 @@ class TrainSegmenterParams:
             raise ConfigError(f"train_segmenter.min_epochs: expected 1..epochs ({self.epochs}), found {self.min_epochs}")
         if self.min_delta < 0:
             raise ConfigError(f"train_segmenter.min_delta: expected >= 0, found {self.min_delta}")
+        if self.workers < 0:
+            raise ConfigError(f"train_segmenter.workers: expected 0 (one per usable core) or a positive count, found {self.workers}")
         if self.steps_per_epoch < 0:
             raise ConfigError(f"train_segmenter.steps_per_epoch: expected 0 (derive from the data) or a positive count, found {self.steps_per_epoch}")
         unknown = [a for a in self.arms if a not in ARMS]
@@ -294,6 +303,10 @@ class TrainSegmenterParams:
             raise ConfigError(f"train_segmenter.seeds: expected one or more distinct integers, found {list(self.seeds)}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"train_segmenter.dropout: expected a value in [0, 1), found {self.dropout}")
+        if self.schedule not in SEGMENTER_SCHEDULES:
+            raise ConfigError(f"train_segmenter.schedule={self.schedule!r}: expected one of {SEGMENTER_SCHEDULES}")
+        if self.select not in SEGMENTER_SELECT:
+            raise ConfigError(f"train_segmenter.select={self.select!r}: expected one of {SEGMENTER_SELECT}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train_segmenter.precision={self.precision!r}: expected one of {PRECISIONS}")
         if self.real_share is not None and not 0 < self.real_share < 1:

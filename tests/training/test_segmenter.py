@@ -72,3 +72,35 @@ def test_jitter_moves_image_and_mask_together(seed):
     out_image, out_classes = out_image.numpy(), out_classes.numpy()
     assert out_classes.sum() > 0 and set(np.unique(out_classes)) <= {0, 2}
     np.testing.assert_array_equal(out_image[..., 0] > 0.5, out_classes == 2)  # still aligned after flip/shift/scale
+
+
+def test_select_last_keeps_the_final_epoch_and_never_stops_early(tmp_path, monkeypatch):
+    """select "last": the scores that would stop "best" after 3 epochs run all 6; the kept epoch is the 6th."""
+    images, classes = _data()
+    scores = iter([0.9, 0.5, 0.4, 0.3, 0.2, 0.1])
+    monkeypatch.setattr(segmenter.segmetrics, "mean_dice", lambda cm, include_background=True: next(scores) if not include_background else 0.0)
+    params = dataclasses.replace(P, epochs=6, patience=2, min_epochs=1, select="last")
+    result = segmenter.train(params, 1, images, classes, images[:2], classes[:2], tmp_path / "m.keras", steps_per_epoch=1)
+    assert result["epochs_run"] == 6 and result["best_epoch"] == 6 and not result["stopped_early"]
+    assert result["best_val_dice_tumour"] == 0.1  # the kept (last) epoch's score, not the best one
+
+
+@pytest.mark.parametrize(("step", "expected"), [(0, 2e-3), (5, 1e-3), (10, 0.0)])
+def test_cosine_schedule_decays_to_zero_over_the_run(step, expected):
+    schedule = segmenter.learning_rate(dataclasses.replace(P, schedule="cosine", learning_rate=2e-3), total_steps=10)
+    assert float(schedule(step)) == pytest.approx(expected, abs=1e-9)
+    assert segmenter.learning_rate(P, 10) == P.learning_rate  # constant: the plain rate
+
+
+def test_a_reused_model_restarts_its_cosine_schedule(tmp_path):
+    """The schedule follows the optimizer's step count, which a reused compiled model resets: the same seed
+    trains the same weights before and after another run."""
+    images, classes = _data()
+    params = dataclasses.replace(P, schedule="cosine", select="last")
+    segmenter._COMPILED.clear()
+    first = segmenter.train(params, 5, images, classes, images[:2], classes[:2], tmp_path / "a.keras", steps_per_epoch=3)
+    segmenter.train(params, 9, images, classes, images[:2], classes[:2], tmp_path / "other.keras", steps_per_epoch=3)
+    again = segmenter.train(params, 5, images, classes, images[:2], classes[:2], tmp_path / "b.keras", steps_per_epoch=3)
+    assert first["history"] == again["history"]
+    for a, b in zip(_weights(tmp_path / "a.keras"), _weights(tmp_path / "b.keras")):
+        np.testing.assert_array_equal(a, b)

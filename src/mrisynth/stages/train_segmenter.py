@@ -7,12 +7,12 @@ Writes work/segmenter/<arm>/seed<k>/best.keras, work/segmenter/runs.json (run id
 
 Arms (mrisynth.core.arms): none, classic, gan, classic+gan. Every arm: the same real validation split,
 the same schedule (`equal_steps`: the same updates per epoch), the same selection rule (best
-validation tumour Dice) and early stopping (`patience`), the same optional jitter."""
+validation tumour Dice) and early stopping (`patience`), the same optional jitter. Runs are trained `train_segmenter.workers` at a time in worker processes
+(mrisynth.training.parallel; 0 = one per usable core), then logged here one by one, in a fixed order."""
 from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +50,7 @@ def arm_digest(arm: str, draw: int, augmented: Path, data_hash: str) -> tuple[st
 
 
 def run(params_path: str = "params.yaml") -> int:
-    from mrisynth.training import segmenter
+    from mrisynth.training import parallel, segmenter
 
     params = load_params(params_path)
     p, pre = params.train_segmenter, params.preprocess
@@ -71,60 +71,55 @@ def run(params_path: str = "params.yaml") -> int:
                                     "augment_synthetic_fraction": params.augment.synthetic_fraction,
                                     "augment_sample_dropout": params.augment.sample_dropout,
                                     "steps_per_epoch": steps or "one pass per arm"}
-    progress = Progress(sum(len(draws[arm]) for arm in p.arms) * len(p.seeds), "train_segmenter: run")
-    with tracking.stage_run("train_segmenter", tags, run_params, system_metrics=True) as parent:
+    jobs = [parallel.Run(arm, draw, seed, str(out_root / arm_slug(arm) / (f"seed{seed}" if draw == 0 else f"draw{draw + 1}_seed{seed}") / "best.keras"))
+            for arm in p.arms for draw in draws[arm] for seed in p.seeds]
+    workers = parallel.worker_count(p.workers, len(jobs))
+    progress = Progress(len(jobs), "train_segmenter: run")
+    print(f"train_segmenter: {len(jobs)} runs, {workers} at a time", flush=True)
+    with tracking.stage_run("train_segmenter", tags, run_params | {"workers": workers}, system_metrics=True) as parent:
         trained["parent_run_id"] = parent.run_id
         tracking.log_split_inputs({"train": train, "val": val}, tags["data_hash"])
+        for job, result in parallel.train_all(p, pre.out_dir, str(augmented), jobs, steps, workers):
+            arm, draw, seed = job.arm, job.draw, job.seed
+            images, classes = data[arm, draw]
+            # draw 1 keeps the plain layout (seed keys "1", "2", folders seed<k>); other generator draws add "-g<k>"
+            suffix = "" if draw == 0 else f"-g{draw + 1}"
+            name = f"{arm} seed {seed}" + (f" generator {draw + 1}" if len(draws[arm]) > 1 else "")
+            print(progress.step(f"({name}, {len(images)} images) trained in {result['seconds']:.0f} s"), flush=True)
+            with parent.child(name, tags | {"augmentation": arm, "seed": str(seed), "generator_draw": str(draw + 1)}) as child:
+                child.log_params({"augmentation": arm, "seed": seed, "generator_draw": draw + 1, "train_images": len(images), "val_images": len(val),
+                                   "steps_per_epoch": steps or math.ceil(len(images) / p.batch_size), "max_epochs": p.epochs,
+                                   "patience": p.patience, "jitter": p.jitter, "schedule": p.schedule, "select": p.select})
+                digest, source = arm_digest(arm, draw, augmented, tags["data_hash"])
+                tracking.log_training_input(dataset_name(arm, draw), images, classes, digest, source)
+                tracking.log_split_inputs({"val": val}, tags["data_hash"])
+                for epoch, row in enumerate(result["history"], start=1):
+                    child.log_metrics(row, step=epoch)
+                child.log_metrics({"best_val_dice_tumour": result["best_val_dice_tumour"], "best_epoch": result["best_epoch"],
+                                    "epochs_run": result["epochs_run"], "train_seconds": result["seconds"]})
+                card = cards.segmenter_card(
+                    p.registry_name,
+                    {"training set": f"{dataset_name(arm, draw)}: {len(images)} images ({int(real[arm, draw].sum())} real), {source}, digest {digest[:10]}",
+                     "validation set": f"{len(val)} real slices (val split)", "data hash (data.dvc)": tags["data_hash"],
+                     "data source": card_io.data_source(pre.data_dir)},
+                    {"augmentation arm": f"{arm} ({arms.get(arm).label})", "seed": seed,
+                     "generator draw": draw + 1 if uses_generator(arm) else None,
+                     "epochs": f"{result['epochs_run']} run, kept {result['best_epoch']} (max {p.epochs}, "
+                               + (f"patience {p.patience})" if p.select == "best" else "the last)"),
+                     "git commit": tags["git_commit"]},
+                    {"validation Dice (tumour) of the kept epoch": result["best_val_dice_tumour"]},
+                    images.shape[1], images.shape[-1], encoding.NUM_CLASSES)
+                version = registry.register_keras_model(
+                    segmenter.load(Path(job.path)), "segmenter", p.registry_name,
+                    registry.segmenter_signature(images.shape[1], images.shape[-1], encoding.NUM_CLASSES),
+                    {"augmentation": arm, "seed": seed, "best_val_dice_tumour": result["best_val_dice_tumour"]},
+                    description=card, model_description=cards.SEGMENTER_MODEL)
+            trained["arms"].setdefault(arm, {})[f"{seed}{suffix}"] = {
+                "run_id": child.run_id, "model_version": version, "path": job.path, "seed": seed, "draw": draw + 1,
+                "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"], "stopped_early": result["stopped_early"],
+                "best_val_dice_tumour": result["best_val_dice_tumour"], "train_images": len(images), "seconds": result["seconds"]}
         for arm in p.arms:
-            trained["arms"][arm] = {}
-            for draw in draws[arm]:
-                images, classes = data[arm, draw]
-                # draw 1 keeps the plain layout (seed keys "1", "2", folders seed<k>); other generator draws add "-g<k>"
-                suffix = "" if draw == 0 else f"-g{draw + 1}"
-                for seed in p.seeds:
-                    path = out_root / arm_slug(arm) / (f"seed{seed}" if draw == 0 else f"draw{draw + 1}_seed{seed}") / "best.keras"
-                    started = time.perf_counter()
-                    name = f"{arm} seed {seed}" + (f" generator {draw + 1}" if len(draws[arm]) > 1 else "")
-                    print(progress.step(f"({name}, {len(images)} images)"), flush=True)
-                    with parent.child(name, tags | {"augmentation": arm, "seed": str(seed), "generator_draw": str(draw + 1)}) as child:
-                        child.log_params({"augmentation": arm, "seed": seed, "generator_draw": draw + 1, "train_images": len(images), "val_images": len(val),
-                                           "steps_per_epoch": steps or math.ceil(len(images) / p.batch_size), "max_epochs": p.epochs,
-                                           "patience": p.patience, "jitter": p.jitter})
-                        digest, source = arm_digest(arm, draw, augmented, tags["data_hash"])
-                        tracking.log_training_input(dataset_name(arm, draw), images, classes, digest, source)
-                        tracking.log_split_inputs({"val": val}, tags["data_hash"])
-
-                        def on_epoch(epoch, row, improved, arm=arm, seed=seed, child=child):
-                            child.log_metrics(row, step=epoch)
-                            print(f"[{arm} seed {seed}] epoch {epoch}/{p.epochs}: loss {row['loss']:.4f} "
-                                  f"val_dice_tumour {row['val_dice_tumour']:.4f}{' *best*' if improved else ''}", flush=True)
-
-                        result = segmenter.train(p, seed, images, classes, val.images, val_classes, path, on_epoch, steps, real[arm, draw])
-                        seconds = time.perf_counter() - started
-                        child.log_metrics({"best_val_dice_tumour": result["best_val_dice_tumour"], "best_epoch": result["best_epoch"],
-                                            "epochs_run": result["epochs_run"], "train_seconds": seconds})
-                        card = cards.segmenter_card(
-                            p.registry_name,
-                            {"training set": f"{dataset_name(arm, draw)}: {len(images)} images ({int(real[arm, draw].sum())} real), {source}, digest {digest[:10]}",
-                             "validation set": f"{len(val)} real slices (val split)", "data hash (data.dvc)": tags["data_hash"],
-                             "data source": card_io.data_source(pre.data_dir)},
-                            {"augmentation arm": f"{arm} ({arms.get(arm).label})", "seed": seed,
-                             "generator draw": draw + 1 if uses_generator(arm) else None,
-                             "epochs": f"{result['epochs_run']} run, best {result['best_epoch']} (max {p.epochs}, patience {p.patience})",
-                             "git commit": tags["git_commit"]},
-                            {"best validation Dice (tumour)": result["best_val_dice_tumour"]},
-                            images.shape[1], images.shape[-1], encoding.NUM_CLASSES)
-                        version = registry.register_keras_model(
-                            segmenter.load(path), "segmenter", p.registry_name,
-                            registry.segmenter_signature(images.shape[1], images.shape[-1], encoding.NUM_CLASSES),
-                            {"augmentation": arm, "seed": seed, "best_val_dice_tumour": result["best_val_dice_tumour"]},
-                            description=card, model_description=cards.SEGMENTER_MODEL)
-                    trained["arms"][arm][f"{seed}{suffix}"] = {"run_id": child.run_id, "model_version": version, "path": str(path),
-                                                        "seed": seed, "draw": draw + 1,
-                                                        "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"],
-                                                        "stopped_early": result["stopped_early"],
-                                                        "best_val_dice_tumour": result["best_val_dice_tumour"],
-                                                        "train_images": len(images), "seconds": round(seconds, 1)}
+            images, _ = data[arm, draws[arm][0]]
             values = [r["best_val_dice_tumour"] for r in trained["arms"][arm].values()]
             summary[arm] = {"best_val_dice_tumour_mean": float(np.mean(values)), "best_val_dice_tumour_std": float(np.std(values)),
                             "train_images": len(images),

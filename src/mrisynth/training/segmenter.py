@@ -50,14 +50,16 @@ def predict_classes(model: keras.Model, images: np.ndarray, batch_size: int = 16
 
 
 class _BestByValDice(keras.callbacks.Callback):
-    """Keeps the checkpoint with the best validation tumour Dice; stops after `patience` epochs in
-    which that Dice never rose more than `min_delta` above the level of the last such improvement
-    (or on a NaN loss)."""
+    """select "best": keeps the checkpoint with the best validation tumour Dice; stops after `patience`
+    epochs in which that Dice never rose more than `min_delta` above the level of the last such
+    improvement. select "last": keeps every epoch's weights in turn (the final ones remain), never
+    stops early. Either way it stops on a NaN loss and records the validation scores of every epoch."""
 
-    def __init__(self, val_images, val_classes, path: Path, on_epoch, patience: int, min_delta: float = 0.0, min_epochs: int = 1):
+    def __init__(self, val_images, val_classes, path: Path, on_epoch, patience: int, min_delta: float = 0.0, min_epochs: int = 1,
+                 select: str = "best"):
         super().__init__()
         self.val_images, self.val_classes, self.path, self.on_epoch = val_images, val_classes, path, on_epoch
-        self.patience, self.min_delta, self.min_epochs = patience, min_delta, min_epochs
+        self.patience, self.min_delta, self.min_epochs, self.select = patience, min_delta, min_epochs, select
         self.best, self.best_epoch, self.history = -math.inf, -1, []
         self.level, self.level_epoch = -math.inf, -1   # early-stopping reference
         self.stopped_early = False
@@ -69,13 +71,13 @@ class _BestByValDice(keras.callbacks.Callback):
                "val_dice_tumour": segmetrics.mean_dice(cm, False), "val_mean_iou": segmetrics.mean_iou(cm, True)}
         if not math.isfinite(row["loss"]):
             self.model.stop_training = True
-        improved = row["val_dice_tumour"] > self.best
+        improved = self.select == "last" or row["val_dice_tumour"] > self.best
         if improved:
             self.best, self.best_epoch = row["val_dice_tumour"], epoch
             self.model.save(self.path)
         if row["val_dice_tumour"] > self.level + self.min_delta:
             self.level, self.level_epoch = row["val_dice_tumour"], epoch
-        elif epoch + 1 >= self.min_epochs and epoch - self.level_epoch >= self.patience:
+        elif self.select == "best" and epoch + 1 >= self.min_epochs and epoch - self.level_epoch >= self.patience:
             self.model.stop_training = True
             self.stopped_early = True
         self.history.append(row)
@@ -127,8 +129,15 @@ def mixed_stream(images: np.ndarray, classes: np.ndarray, real: np.ndarray | Non
 _COMPILED: dict[tuple, keras.Model] = {}
 
 
-def _fresh_model(params: TrainSegmenterParams, seed: int, size: int, channels: int) -> keras.Model:
-    """A compiled U-Net with the initial weights of `seed`.
+def learning_rate(params: TrainSegmenterParams, total_steps: int):
+    """Adam's learning rate: params.learning_rate, constant or (schedule "cosine") decaying to 0 over total_steps updates."""
+    if params.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(params.learning_rate, decay_steps=max(1, total_steps))
+    return params.learning_rate
+
+
+def _fresh_model(params: TrainSegmenterParams, seed: int, size: int, channels: int, total_steps: int = 0) -> keras.Model:
+    """A compiled U-Net with the initial weights of `seed` (total_steps: the updates of the run, for the schedule).
 
     Tracing the train step costs several seconds; the verdict trains 13 U-Nets of one architecture,
     so a compiled model is kept per architecture and reset for each run: every variable (weights,
@@ -137,10 +146,11 @@ def _fresh_model(params: TrainSegmenterParams, seed: int, size: int, channels: i
     (tests/training/test_segmenter.py)."""
     keras.utils.set_random_seed(seed)
     fresh = models.build_segmenter(size, channels, NUM_CLASSES, params.depth, params.base_filters, params.dropout)
-    key = (size, channels, params.depth, params.base_filters, params.dropout, params.learning_rate, params.dice_weight, params.precision)
+    key = (size, channels, params.depth, params.base_filters, params.dropout, params.learning_rate, params.dice_weight, params.precision,
+           params.schedule, total_steps if params.schedule != "constant" else 0)
     model = _COMPILED.get(key)
     if model is None:
-        fresh.compile(optimizer=keras.optimizers.Adam(params.learning_rate), loss=ce_dice_loss(NUM_CLASSES, params.dice_weight))
+        fresh.compile(optimizer=keras.optimizers.Adam(learning_rate(params, total_steps)), loss=ce_dice_loss(NUM_CLASSES, params.dice_weight))
         _COMPILED.clear()  # one architecture at a time
         _COMPILED[key] = fresh
         return fresh
@@ -165,9 +175,12 @@ def train(
     steps_per_epoch: int | None = None,
     real: np.ndarray | None = None,
 ) -> dict:
-    """Train one segmenter for at most `params.epochs` epochs, stopping (not before `params.min_epochs`)
-    after `params.patience` epochs without a validation tumour Dice gain above `params.min_delta`; the best model (highest
-    validation tumour Dice) is saved to out_path (.keras).
+    """Train one segmenter for at most `params.epochs` epochs and save the kept model to out_path (.keras).
+    params.select "best": stop (not before `params.min_epochs`) after `params.patience` epochs without a
+    validation tumour Dice gain above `params.min_delta` and keep the epoch with the highest validation
+    tumour Dice; "last": run every epoch and keep the final weights (validation only recorded). The
+    learning rate follows params.schedule over params.epochs x steps updates. The result's `best_*`
+    keys describe the kept epoch.
 
     steps_per_epoch: gradient updates per epoch (default: one pass over the images). Setting it to
     the same value for every arm gives each arm the same number of updates, so an arm with more
@@ -180,10 +193,10 @@ def train(
 
     keras.mixed_precision.set_global_policy(devices.resolve_precision(params.precision))
     tf.config.experimental.enable_op_determinism()
-    model = _fresh_model(params, seed, images.shape[1], images.shape[-1])
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    best = _BestByValDice(val_images, val_classes, out_path, on_epoch, params.patience, params.min_delta, params.min_epochs)
     steps = steps_per_epoch or math.ceil(len(images) / params.batch_size)
+    model = _fresh_model(params, seed, images.shape[1], images.shape[-1], params.epochs * steps)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    best = _BestByValDice(val_images, val_classes, out_path, on_epoch, params.patience, params.min_delta, params.min_epochs, params.select)
     data = mixed_stream(images, classes, real, params.real_share, seed)
     if params.jitter:
         data = data.map(jitter_fn(images.shape[1]), num_parallel_calls=1, deterministic=True)

@@ -1,0 +1,56 @@
+"""Segmenter runs in worker processes: results come back in the order given, and a run's result does not
+depend on which worker trains it or what it trained before."""
+import dataclasses
+
+import numpy as np
+
+from mrisynth.config import TrainSegmenterParams
+from mrisynth.io import arrays
+from mrisynth.training import parallel, segmenter
+
+P = TrainSegmenterParams(epochs=2, patience=5, batch_size=2, depth=2, base_filters=4, precision="float32", learning_rate=1e-3)
+
+
+def _split(seed, n, size=32):
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((n, size, size), np.uint8)
+    labels[:, 8:16, 8:16] = 2
+    labels[:, 10:14, 10:14] = 4
+    images = rng.random((n, size, size, 2)).astype(np.float32) * 0.5
+    images[..., 0] += (labels > 0) * 0.5
+    brain = np.ones((n, size, size), bool)
+    return arrays.SplitArrays(images, labels, brain, np.zeros((n, size, size, 4), np.float32),
+                              np.array([f"case{seed}_{i}" for i in range(n)]), np.ones(n, np.float32))
+
+
+def test_worker_count_follows_cores_and_runs():
+    assert parallel.worker_count(3, 10) == 3
+    assert parallel.worker_count(4, 2) == 2  # never more workers than runs
+    assert parallel.worker_count(0, 100) == parallel.usable_cores()
+    assert parallel.worker_count(0, 1) == 1
+
+
+def test_pooled_runs_come_back_in_order_and_equal_whatever_worker_trains_them(tmp_path):
+    pre = tmp_path / "pre"
+    arrays.save_split(pre / "train.npz", _split(0, 6))
+    arrays.save_split(pre / "val.npz", _split(1, 2))
+    runs = [parallel.Run("none", 0, seed, str(tmp_path / f"{i}" / "best.keras")) for i, seed in enumerate([5, 9, 5, 9, 5])]
+    results = list(parallel.train_all(P, str(pre), str(tmp_path / "augmented"), runs, 3, workers=2))
+    assert [run for run, _ in results] == runs
+    histories = [result["history"] for _, result in results]
+    assert histories[0] == histories[2] == histories[4] and histories[1] == histories[3] and histories[0] != histories[1]
+    weights = [[np.asarray(w) for w in segmenter.load(run.path).get_weights()] for run in runs]
+    for a, b in zip(weights[0], weights[4]):
+        np.testing.assert_array_equal(a, b)
+    assert all(result["seconds"] > 0 and result["epochs_run"] == P.epochs for _, result in results)
+
+
+def test_a_failing_run_fails_the_whole_call(tmp_path):
+    """A run that cannot train (no preprocessed arrays) raises in the caller, not silently skipped."""
+    import pytest
+
+    from mrisynth.errors import DataError
+
+    runs = [parallel.Run("none", 0, 1, str(tmp_path / "a.keras")), parallel.Run("none", 0, 2, str(tmp_path / "b.keras"))]
+    with pytest.raises(DataError, match="expected preprocessed arrays"):
+        list(parallel.train_all(dataclasses.replace(P), str(tmp_path / "missing"), str(tmp_path), runs, 1, workers=2))
