@@ -1,4 +1,4 @@
-"""The segmenter stage's runs side by side vs one at a time, in one process (not a test).
+"""The segmenter stage's runs side by side in worker processes vs one at a time in this process (not a test).
 
 ours:      `train_segmenter`'s path — `training.parallel.train_all` with `--workers` worker processes
            (default: one per usable core), each with cores // workers TensorFlow threads; the pool's

@@ -1,8 +1,10 @@
 """Segmenter runs in worker processes: results come back in the order given, and a run's result does not
 depend on which worker trains it or what it trained before."""
 import dataclasses
+import os
 
 import numpy as np
+import pytest
 
 from mrisynth.config import TrainSegmenterParams
 from mrisynth.io import arrays
@@ -23,11 +25,22 @@ def _split(seed, n, size=32):
                               np.array([f"case{seed}_{i}" for i in range(n)]), np.ones(n, np.float32))
 
 
-def test_worker_count_follows_cores_and_runs():
+def test_worker_count_follows_cores_runs_and_gpus():
     assert parallel.worker_count(3, 10) == 3
     assert parallel.worker_count(4, 2) == 2  # never more workers than runs
     assert parallel.worker_count(0, 100) == parallel.usable_cores()
     assert parallel.worker_count(0, 1) == 1
+    assert parallel.worker_count(0, 100, gpus=1) == 1  # each TensorFlow process would claim the GPU's memory
+    assert parallel.worker_count(2, 100, gpus=1) == 2  # asked for: memory growth lets them share
+
+
+@pytest.mark.parametrize(("cpu_max", "expected"), [("150000 100000\n", 2), ("50000 100000\n", 1), ("max 100000\n", None), (None, None)])
+def test_usable_cores_honours_a_cgroup_cpu_quota(tmp_path, cpu_max, expected):
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    affinity = len(os.sched_getaffinity(0))
+    assert parallel.usable_cores(str(path)) == (min(affinity, expected) if expected else affinity)
 
 
 def test_pooled_runs_come_back_in_order_and_equal_whatever_worker_trains_them(tmp_path):
@@ -46,9 +59,7 @@ def test_pooled_runs_come_back_in_order_and_equal_whatever_worker_trains_them(tm
 
 
 def test_a_failing_run_fails_the_whole_call(tmp_path):
-    """A run that cannot train (no preprocessed arrays) raises in the caller, not silently skipped."""
-    import pytest
-
+    """A run that cannot train (no preprocessed arrays) raises in the caller, not silently skipped; the workers are stopped."""
     from mrisynth.errors import DataError
 
     runs = [parallel.Run("none", 0, 1, str(tmp_path / "a.keras")), parallel.Run("none", 0, 2, str(tmp_path / "b.keras"))]

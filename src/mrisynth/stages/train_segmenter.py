@@ -5,27 +5,31 @@ Writes work/segmenter/<arm>/seed<k>/best.keras, work/segmenter/runs.json (run id
        reports/train_segmenter.json; one parent MLflow run with a child run per arm and seed, each
        trained segmenter registered (tags augmentation=<arm>, seed=<k>).
 
-Arms (mrisynth.core.arms): none, classic, gan, classic+gan. Every arm: the same real validation split,
-the same schedule (`equal_steps`: the same updates per epoch), the same selection rule (best
-validation tumour Dice) and early stopping (`patience`), the same optional jitter. Runs are trained `train_segmenter.workers` at a time in worker processes
-(mrisynth.training.parallel; 0 = one per usable core), then logged here one by one, in a fixed order."""
+Arms (mrisynth.core.arms): none, classic, gan, classic+gan, paste. Every arm: the same real validation split,
+the same schedule (`equal_steps`: the same updates per epoch; `schedule`), the same selection rule (`select`:
+best validation tumour Dice with early stopping after `patience` epochs, or the last epoch), the same
+optional jitter. Runs are trained `train_segmenter.workers` at a time in worker processes
+(mrisynth.training.parallel; 0 = one per usable core, 1 with GPUs), then logged here one by one, in a
+fixed order."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
 
 from mrisynth.augment.arm_data import arm_data, arm_real
 from mrisynth.core import arms, cards
-from mrisynth.core.progress import Progress
+from mrisynth.core.progress import clock
 from mrisynth.core.arms import arm_slug, uses_generator
 from mrisynth import paths
 from mrisynth.config import as_flat_dict, load_params
 from mrisynth.core import encoding
 from mrisynth.stages import params_main
-from mrisynth.io import arrays, tracking
+from mrisynth.io import arrays, devices, tracking
 from mrisynth.io import card as card_io, registry
 
 
@@ -73,51 +77,55 @@ def run(params_path: str = "params.yaml") -> int:
                                     "steps_per_epoch": steps or "one pass per arm"}
     jobs = [parallel.Run(arm, draw, seed, str(out_root / arm_slug(arm) / (f"seed{seed}" if draw == 0 else f"draw{draw + 1}_seed{seed}") / "best.keras"))
             for arm in p.arms for draw in draws[arm] for seed in p.seeds]
-    workers = parallel.worker_count(p.workers, len(jobs))
-    progress = Progress(len(jobs), "train_segmenter: run")
+    workers = parallel.worker_count(p.workers, len(jobs), len(devices.gpus()))
+    started = time.perf_counter()
     print(f"train_segmenter: {len(jobs)} runs, {workers} at a time", flush=True)
     with tracking.stage_run("train_segmenter", tags, run_params | {"workers": workers}, system_metrics=True) as parent:
         trained["parent_run_id"] = parent.run_id
         tracking.log_split_inputs({"train": train, "val": val}, tags["data_hash"])
-        for job, result in parallel.train_all(p, pre.out_dir, str(augmented), jobs, steps, workers):
-            arm, draw, seed = job.arm, job.draw, job.seed
-            images, classes = data[arm, draw]
-            # draw 1 keeps the plain layout (seed keys "1", "2", folders seed<k>); other generator draws add "-g<k>"
-            suffix = "" if draw == 0 else f"-g{draw + 1}"
-            name = f"{arm} seed {seed}" + (f" generator {draw + 1}" if len(draws[arm]) > 1 else "")
-            print(progress.step(f"({name}, {len(images)} images) trained in {result['seconds']:.0f} s"), flush=True)
-            with parent.child(name, tags | {"augmentation": arm, "seed": str(seed), "generator_draw": str(draw + 1)}) as child:
-                child.log_params({"augmentation": arm, "seed": seed, "generator_draw": draw + 1, "train_images": len(images), "val_images": len(val),
-                                   "steps_per_epoch": steps or math.ceil(len(images) / p.batch_size), "max_epochs": p.epochs,
-                                   "patience": p.patience, "jitter": p.jitter, "schedule": p.schedule, "select": p.select})
-                digest, source = arm_digest(arm, draw, augmented, tags["data_hash"])
-                tracking.log_training_input(dataset_name(arm, draw), images, classes, digest, source)
-                tracking.log_split_inputs({"val": val}, tags["data_hash"])
-                for epoch, row in enumerate(result["history"], start=1):
-                    child.log_metrics(row, step=epoch)
-                child.log_metrics({"best_val_dice_tumour": result["best_val_dice_tumour"], "best_epoch": result["best_epoch"],
-                                    "epochs_run": result["epochs_run"], "train_seconds": result["seconds"]})
-                card = cards.segmenter_card(
-                    p.registry_name,
-                    {"training set": f"{dataset_name(arm, draw)}: {len(images)} images ({int(real[arm, draw].sum())} real), {source}, digest {digest[:10]}",
-                     "validation set": f"{len(val)} real slices (val split)", "data hash (data.dvc)": tags["data_hash"],
-                     "data source": card_io.data_source(pre.data_dir)},
-                    {"augmentation arm": f"{arm} ({arms.get(arm).label})", "seed": seed,
-                     "generator draw": draw + 1 if uses_generator(arm) else None,
-                     "epochs": f"{result['epochs_run']} run, kept {result['best_epoch']} (max {p.epochs}, "
-                               + (f"patience {p.patience})" if p.select == "best" else "the last)"),
-                     "git commit": tags["git_commit"]},
-                    {"validation Dice (tumour) of the kept epoch": result["best_val_dice_tumour"]},
-                    images.shape[1], images.shape[-1], encoding.NUM_CLASSES)
-                version = registry.register_keras_model(
-                    segmenter.load(Path(job.path)), "segmenter", p.registry_name,
-                    registry.segmenter_signature(images.shape[1], images.shape[-1], encoding.NUM_CLASSES),
-                    {"augmentation": arm, "seed": seed, "best_val_dice_tumour": result["best_val_dice_tumour"]},
-                    description=card, model_description=cards.SEGMENTER_MODEL)
-            trained["arms"].setdefault(arm, {})[f"{seed}{suffix}"] = {
-                "run_id": child.run_id, "model_version": version, "path": job.path, "seed": seed, "draw": draw + 1,
-                "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"], "stopped_early": result["stopped_early"],
-                "best_val_dice_tumour": result["best_val_dice_tumour"], "train_images": len(images), "seconds": result["seconds"]}
+        # any failure in this block closes the generator, which stops the workers at once
+        with contextlib.closing(parallel.train_all(p, pre.out_dir, str(augmented), jobs, steps, workers)) as trained_runs:
+            for done, (job, result) in enumerate(trained_runs, start=1):
+                arm, draw, seed = job.arm, job.draw, job.seed
+                images, classes = data[arm, draw]
+                # draw 1 keeps the plain layout (seed keys "1", "2", folders seed<k>); other generator draws add "-g<k>"
+                suffix = "" if draw == 0 else f"-g{draw + 1}"
+                name = f"{arm} seed {seed}" + (f" generator {draw + 1}" if len(draws[arm]) > 1 else "")
+                elapsed = time.perf_counter() - started
+                print(f"train_segmenter: run {done}/{len(jobs)} ({name}, {len(images)} images) trained in {result['seconds']:.0f} s: "
+                      f"elapsed {clock(elapsed)}, ETA {clock(elapsed / done * (len(jobs) - done))}", flush=True)
+                with parent.child(name, tags | {"augmentation": arm, "seed": str(seed), "generator_draw": str(draw + 1)}) as child:
+                    child.log_params({"augmentation": arm, "seed": seed, "generator_draw": draw + 1, "train_images": len(images), "val_images": len(val),
+                                       "steps_per_epoch": steps or math.ceil(len(images) / p.batch_size), "max_epochs": p.epochs,
+                                       "patience": p.patience, "jitter": p.jitter, "schedule": p.schedule, "select": p.select})
+                    digest, source = arm_digest(arm, draw, augmented, tags["data_hash"])
+                    tracking.log_training_input(dataset_name(arm, draw), images, classes, digest, source)
+                    tracking.log_split_inputs({"val": val}, tags["data_hash"])
+                    for epoch, row in enumerate(result["history"], start=1):
+                        child.log_metrics(row, step=epoch)
+                    child.log_metrics({"best_val_dice_tumour": result["best_val_dice_tumour"], "best_epoch": result["best_epoch"],
+                                        "epochs_run": result["epochs_run"], "train_seconds": result["seconds"]})
+                    card = cards.segmenter_card(
+                        p.registry_name,
+                        {"training set": f"{dataset_name(arm, draw)}: {len(images)} images ({int(real[arm, draw].sum())} real), {source}, digest {digest[:10]}",
+                         "validation set": f"{len(val)} real slices (val split)", "data hash (data.dvc)": tags["data_hash"],
+                         "data source": card_io.data_source(pre.data_dir)},
+                        {"augmentation arm": f"{arm} ({arms.get(arm).label})", "seed": seed,
+                         "generator draw": draw + 1 if uses_generator(arm) else None,
+                         "epochs": f"{result['epochs_run']} run, kept {result['best_epoch']} (max {p.epochs}, "
+                                   + (f"patience {p.patience})" if p.select == "best" else "the last)"),
+                         "git commit": tags["git_commit"]},
+                        {"validation Dice (tumour) of the kept epoch": result["best_val_dice_tumour"]},
+                        images.shape[1], images.shape[-1], encoding.NUM_CLASSES)
+                    version = registry.register_keras_model(
+                        segmenter.load(Path(job.path)), "segmenter", p.registry_name,
+                        registry.segmenter_signature(images.shape[1], images.shape[-1], encoding.NUM_CLASSES),
+                        {"augmentation": arm, "seed": seed, "best_val_dice_tumour": result["best_val_dice_tumour"]},
+                        description=card, model_description=cards.SEGMENTER_MODEL)
+                trained["arms"].setdefault(arm, {})[f"{seed}{suffix}"] = {
+                    "run_id": child.run_id, "model_version": version, "path": job.path, "seed": seed, "draw": draw + 1,
+                    "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"], "stopped_early": result["stopped_early"],
+                    "best_val_dice_tumour": result["best_val_dice_tumour"], "train_images": len(images), "seconds": result["seconds"]}
         for arm in p.arms:
             images, _ = data[arm, draws[arm][0]]
             values = [r["best_val_dice_tumour"] for r in trained["arms"][arm].values()]

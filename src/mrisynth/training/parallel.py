@@ -11,7 +11,9 @@ not on which worker runs it or in which order. No MLflow here: the stage logs ea
 card and model after it returns (`train_segmenter`)."""
 from __future__ import annotations
 
+import math
 import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -29,24 +31,44 @@ class Run:
     path: str
 
 
-def usable_cores() -> int:
+def usable_cores(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup (v2) CPU quota when one is set."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path(cpu_max).read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 file, or an unexpected format: the affinity stands
+        pass
+    return cores
 
 
-def worker_count(requested: int, runs: int) -> int:
-    """`requested` workers (0: one per usable core), never more than there are runs."""
-    return max(1, min(requested or usable_cores(), runs))
+def worker_count(requested: int, runs: int, gpus: int = 0) -> int:
+    """`requested` workers (0: one per usable core, or 1 on a machine with GPUs, where each TensorFlow process
+    would claim the GPUs' memory), never more than there are runs."""
+    default = 1 if gpus else usable_cores()
+    return max(1, min(requested or default, runs))
 
 
-def start_worker(threads: int) -> None:
-    """A worker's start: TensorFlow gets `threads` threads for one operation and runs one at a time."""
+def start_worker(threads: int, parent_pid: int) -> None:
+    """A worker's start: TensorFlow gets `threads` threads for one operation and runs one at a time, takes GPU
+    memory as it needs it (workers share a GPU); the worker ends itself when the stage's process is gone."""
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+
+    def watch_parent() -> None:  # a stage killed outright leaves no run training on behind it
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
 
 
 _DATA: dict[tuple, tuple] = {}
@@ -72,7 +94,7 @@ def train_run(params, preprocessed: str, augmented: str, run: Run, steps: int | 
     from mrisynth.training import segmenter
 
     images, classes, real, val_images, val_classes = _arm_arrays(preprocessed, augmented, run.arm, run.draw)
-    name = f"{run.arm} seed {run.seed}" + (f" generator {run.draw + 1}" if run.draw else "")
+    name = f"{run.arm} seed {run.seed}" + (f" generator {run.draw + 1}" if run.draw else "")  # the stage's names, draw 1 unmarked
 
     def on_epoch(epoch, row, improved):
         print(f"[{name}] epoch {epoch}/{params.epochs}: loss {row['loss']:.4f} "
@@ -95,14 +117,19 @@ def train_all(params, preprocessed: str, augmented: str, runs: list[Run], steps:
     import multiprocessing
 
     threads = max(1, usable_cores() // workers)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker,
-                             initargs=(threads,)) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker,
+                               initargs=(threads, os.getpid()))
+    try:
         futures = [pool.submit(train_run, params, preprocessed, augmented, run, steps) for run in runs]
-        try:
-            for run, future in zip(runs, futures):
-                yield run, future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+        for run, future in zip(runs, futures):
+            yield run, future.result()
+    except BaseException:  # a failed run, Ctrl-C, SIGTERM or a failure of the caller: stop every worker now
+        processes = list((pool._processes or {}).values())  # noqa: SLF001 - the executor offers no other handle
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join(timeout=10)
+        raise
+    pool.shutdown(wait=True)
 
