@@ -47,13 +47,15 @@ def test_pooled_runs_come_back_in_order_and_equal_whatever_worker_trains_them(tm
     pre = tmp_path / "pre"
     arrays.save_split(pre / "train.npz", _split(0, 6))
     arrays.save_split(pre / "val.npz", _split(1, 2))
-    runs = [parallel.Run("none", 0, seed, str(tmp_path / f"{i}" / "best.keras")) for i, seed in enumerate([5, 9, 5, 9, 5])]
+    # 2 workers, 3 runs: the first two start side by side, the third (seed 5 again) goes to whichever is free,
+    # after that worker trained another run (the reused compiled model is reset per run)
+    runs = [parallel.Run("none", 0, seed, str(tmp_path / f"{i}" / "best.keras")) for i, seed in enumerate([5, 9, 5])]
     results = list(parallel.train_all(P, str(pre), str(tmp_path / "augmented"), runs, 3, workers=2))
     assert [run for run, _ in results] == runs
     histories = [result["history"] for _, result in results]
-    assert histories[0] == histories[2] == histories[4] and histories[1] == histories[3] and histories[0] != histories[1]
+    assert histories[0] == histories[2] and histories[0] != histories[1]
     weights = [[np.asarray(w) for w in segmenter.load(run.path).get_weights()] for run in runs]
-    for a, b in zip(weights[0], weights[4]):
+    for a, b in zip(weights[0], weights[2]):
         np.testing.assert_array_equal(a, b)
     assert all(result["seconds"] > 0 and result["epochs_run"] == P.epochs for _, result in results)
 
