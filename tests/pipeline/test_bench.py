@@ -20,6 +20,18 @@ def test_record_resources_writes_wall_cpu_and_peak_memory(tmp_path):
     assert saved["cpu_s"] >= 0
 
 
+def test_record_resources_adds_the_peaks_of_workers_that_ran_beside_the_stage(tmp_path, monkeypatch):
+    import mrisynth.stages as stages
+
+    monkeypatch.setattr(stages, "_WORKER_PEAKS", {})
+    alone = record_resources("train_segmenter", 1.0, tmp_path)["peak_rss_mib"]
+    stages.note_worker_peak_rss(101, 500 * 1024)
+    stages.note_worker_peak_rss(101, 300 * 1024)   # a later, lower report of the same worker changes nothing
+    stages.note_worker_peak_rss(102, 400 * 1024)
+    together = record_resources("train_segmenter", 1.0, tmp_path)["peak_rss_mib"]
+    assert together == pytest.approx(alone + 900, abs=1.0)  # this process + 500 MiB + 400 MiB
+
+
 RESULT = {
     "machine": "x86_64, 2 cores", "finished": "2026-11-27 15:00 UTC", "quick": False, "failed": [],
     "benchmarks": {

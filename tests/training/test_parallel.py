@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mrisynth.config import TrainSegmenterParams
-from mrisynth.io import arrays
+from mrisynth.io import arrays, workers
 from mrisynth.training import parallel, segmenter
 
 P = TrainSegmenterParams(epochs=2, patience=5, batch_size=2, depth=2, base_filters=4, precision="float32", learning_rate=1e-3)
@@ -28,7 +28,7 @@ def _split(seed, n, size=32):
 def test_worker_count_follows_cores_runs_and_gpus():
     assert parallel.worker_count(3, 10) == 3
     assert parallel.worker_count(4, 2) == 2  # never more workers than runs
-    assert parallel.worker_count(0, 100) == parallel.usable_cores()
+    assert parallel.worker_count(0, 100) == workers.usable_cores()
     assert parallel.worker_count(0, 1) == 1
     assert parallel.worker_count(0, 100, gpus=1) == 1  # each TensorFlow process would claim the GPU's memory
     assert parallel.worker_count(2, 100, gpus=1) == 2  # asked for: memory growth lets them share
@@ -40,7 +40,7 @@ def test_usable_cores_honours_a_cgroup_cpu_quota(tmp_path, cpu_max, expected):
     if cpu_max is not None:
         path.write_text(cpu_max)
     affinity = len(os.sched_getaffinity(0))
-    assert parallel.usable_cores(str(path)) == (min(affinity, expected) if expected else affinity)
+    assert workers.usable_cores(str(path)) == (min(affinity, expected) if expected else affinity)
 
 
 def test_pooled_runs_come_back_in_order_and_equal_whatever_worker_trains_them(tmp_path):

@@ -24,16 +24,67 @@ def _weights(path):
     return [np.asarray(w) for w in segmenter.load(path).get_weights()]
 
 
-def test_reused_compiled_model_trains_like_a_new_one(tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+def test_reused_compiled_model_trains_like_a_new_one(tmp_path, precision):
+    """mixed_float16 (the GPU default) wraps Adam in a LossScaleOptimizer: a reset must restore its loss
+    scale, not zero it (a zero scale skips every update of every later run)."""
+    import keras
+
+    params = dataclasses.replace(P, precision=precision)
     images, classes = _data()
     segmenter._COMPILED.clear()
-    first = segmenter.train(P, 5, images, classes, images[:2], classes[:2], tmp_path / "a.keras", steps_per_epoch=3)
-    segmenter.train(P, 9, images, classes, images[:2], classes[:2], tmp_path / "other.keras", steps_per_epoch=3)  # another seed in between
-    again = segmenter.train(P, 5, images, classes, images[:2], classes[:2], tmp_path / "b.keras", steps_per_epoch=3)  # reused model
-    segmenter._COMPILED.clear()
-    fresh = segmenter.train(P, 5, images, classes, images[:2], classes[:2], tmp_path / "c.keras", steps_per_epoch=3)  # newly built
+    try:
+        first = segmenter.train(params, 5, images, classes, images[:2], classes[:2], tmp_path / "a.keras", steps_per_epoch=3)
+        segmenter.train(params, 9, images, classes, images[:2], classes[:2], tmp_path / "other.keras", steps_per_epoch=3)  # another seed between
+        again = segmenter.train(params, 5, images, classes, images[:2], classes[:2], tmp_path / "b.keras", steps_per_epoch=3)  # reused model
+        segmenter._COMPILED.clear()
+        fresh = segmenter.train(params, 5, images, classes, images[:2], classes[:2], tmp_path / "c.keras", steps_per_epoch=3)  # newly built
+    finally:
+        segmenter._COMPILED.clear()
+        keras.mixed_precision.set_global_policy("float32")
     assert first["history"] == again["history"] == fresh["history"]
-    for a, b in zip(_weights(tmp_path / "a.keras"), _weights(tmp_path / "c.keras")):
+    for a, b, c in zip(_weights(tmp_path / "a.keras"), _weights(tmp_path / "b.keras"), _weights(tmp_path / "c.keras")):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
+def test_reset_optimizer_restores_the_initial_loss_scale():
+    import keras
+
+    inner = keras.optimizers.Adam(1e-3)
+    optimizer = keras.optimizers.LossScaleOptimizer(inner, initial_scale=256.0)
+    weight = keras.Variable(np.ones(3, np.float32))
+    optimizer.apply([np.full(3, np.inf, np.float32)], [weight])  # an overflow halves the scale
+    optimizer.apply([np.ones(3, np.float32)], [weight])
+    assert float(optimizer.dynamic_scale.numpy()) == 128.0 and int(inner.iterations.numpy()) == 1
+    segmenter.reset_optimizer(optimizer)
+    assert float(optimizer.dynamic_scale.numpy()) == 256.0
+    assert int(inner.iterations.numpy()) == 0 and int(optimizer.step_counter.numpy()) == 0
+    assert all(not np.asarray(v).any() for v in inner.variables if v.path.rsplit("/", 1)[-1] not in ("learning_rate",))
+    assert float(inner.learning_rate.numpy()) == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("select", ["best", "last"])
+def test_a_diverged_epoch_stops_training_and_keeps_the_epoch_before(tmp_path, monkeypatch, select):
+    """A non-finite loss at epoch 3 stops the run; the kept model is epoch 2's, whatever the selection rule."""
+    images, classes = _data()
+    losses = iter([1.0, 0.9, float("nan"), 0.5, 0.4])
+    scores = iter([0.3, 0.4, 0.9, 0.95, 0.99])  # the NaN epoch's score would look best
+    monkeypatch.setattr(segmenter.segmetrics, "mean_dice", lambda cm, include_background=True: next(scores) if not include_background else 0.0)
+    callback = segmenter._BestByValDice
+
+    class FakeLoss(callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.save(tmp_path / "epoch2.keras")
+            super().on_epoch_end(epoch, {"loss": next(losses)})
+
+    monkeypatch.setattr(segmenter, "_BestByValDice", FakeLoss)
+    params = dataclasses.replace(P, epochs=5, patience=5, min_epochs=1, select=select)
+    result = segmenter.train(params, 1, images, classes, images[:2], classes[:2], tmp_path / "m.keras", steps_per_epoch=1)
+    assert result["epochs_run"] == 3 and result["best_epoch"] == 2 and result["best_val_dice_tumour"] == 0.4
+    assert len(result["epoch_times_ms"]) == 3 and result["epoch_times_ms"] == sorted(result["epoch_times_ms"])
+    for a, b in zip(_weights(tmp_path / "m.keras"), _weights(tmp_path / "epoch2.keras")):
         np.testing.assert_array_equal(a, b)
 
 

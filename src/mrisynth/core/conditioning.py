@@ -1,4 +1,4 @@
-"""Validation of a generator's conditioning batch (pure: NumPy only, no MLflow or TensorFlow).
+"""Validation of a generator's conditioning batch (pure: NumPy, and SciPy through core.inpaint; no MLflow or TensorFlow).
 
 The encoding (mrisynth.core.encoding, mrisynth.core.inpaint): float32 (N, S, S, 4), channels NCR/NET,
 edema, enhancing, brain mask, values 0 or 1, the tumour channels one-hot or all 0 and inside the brain;

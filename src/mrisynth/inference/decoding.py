@@ -11,14 +11,13 @@ from __future__ import annotations
 import gc
 import os
 import signal
-import threading
-import time
 from http import HTTPStatus
 
 import numpy as np
 import orjson
 
 from mrisynth.core import conditioning
+from mrisynth.io.workers import end_with_parent
 
 _NUMBERS = "conditioning: expected numbers (no strings, booleans or nulls) in nested lists of shape (N, S, S, 4)"
 _SEND = "send {\"inputs\": (N, S, S, 4) nested lists}"
@@ -74,12 +73,7 @@ def start_worker(server_pid: int) -> None:
     gc.collect()
     gc.freeze()
 
-    def watch_parent() -> None:  # a server killed outright (SIGKILL) leaves no orphan decoding workers behind
-        while os.getppid() == server_pid:
-            time.sleep(0.5)
-        os._exit(0)
-
-    threading.Thread(target=watch_parent, daemon=True, name="parent-watch").start()
+    end_with_parent(server_pid, 0.5, 0)  # a server killed outright (SIGKILL) leaves no orphan decoding workers behind
 
 
 def worker_pid(_: object = None) -> int:

@@ -44,6 +44,7 @@ import orjson
 from mrisynth.inference import decoding
 from mrisynth.inference.decoding import RequestError
 from mrisynth.inference.served_model import DEFAULT_MAX_BATCH, Generator
+from mrisynth.io.workers import usable_cores
 
 BYTES_PER_VALUE = 8  # generous JSON size of one conditioning value ("1.0, ")
 MAX_ACTIVE = 4       # requests being parsed/validated/predicted at once (bodies are read before, under their own deadline)
@@ -52,7 +53,7 @@ BODY_TIMEOUT_S = 30.0  # the whole body of a request must arrive within this man
 BODY_BUDGET = 4        # request bodies (of max_bytes) held in memory at once, read or waiting for a slot
 BATCH_WAIT_MS = 5.0    # how long the micro-batcher waits for more requests to join the first one
 DECODE_WAIT_MS = 50.0  # ... and for requests whose body is in and that are being decoded (JSON -> array, validation)
-DECODE_WORKERS = min(MAX_ACTIVE, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)  # `serve`'s decode
+DECODE_WORKERS = min(MAX_ACTIVE, usable_cores())  # `serve`'s decode
 # worker processes (decoding.decode): one per core this process may use
 
 

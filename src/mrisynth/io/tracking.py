@@ -225,12 +225,13 @@ class StageRun:
 
         mlflow.log_params(params)
 
-    def log_metrics(self, metrics: dict[str, object], step: int | None = None) -> None:
+    def log_metrics(self, metrics: dict[str, object], step: int | None = None, timestamp_ms: int | None = None) -> None:
+        """`metrics` (None skipped) at `step`, stamped `timestamp_ms` (default: now)."""
         import mlflow
 
         values = _numbers(metrics)
         if values:
-            mlflow.log_metrics(values, step=step)
+            mlflow.log_metrics(values, step=step, timestamp=timestamp_ms)
 
     def set_tags(self, tags: dict[str, object]) -> None:
         import mlflow

@@ -82,13 +82,25 @@ def _watch_launcher(interval: float = 1.0) -> None:
 RESOURCES_DIR = Path("work/resources")
 
 
+_WORKER_PEAKS: dict[int, float] = {}
+
+
+def note_worker_peak_rss(pid: int, peak_kib: float) -> None:
+    """A worker process running beside the stage's own (e.g. a segmenter worker) reports its peak resident
+    memory (KiB, as ru_maxrss); `record_resources` adds each worker's highest report to the stage's own."""
+    _WORKER_PEAKS[pid] = max(_WORKER_PEAKS.get(pid, 0.0), float(peak_kib))
+
+
 def record_resources(stage: str, wall_s: float, folder: Path = RESOURCES_DIR) -> dict:
     """Write this process's wall time, CPU time and peak resident memory to work/resources/<stage>.json
-    (read by `make bench`; not a DVC output, so it never invalidates a stage)."""
+    (read by `make bench`; not a DVC output, so it never invalidates a stage). Peak memory: the larger of
+    the largest single process (this one or a child) and this one plus every reported worker's peak
+    (`note_worker_peak_rss`; workers that run side by side hold their memory at the same time)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak_kib = max(usage.ru_maxrss, children.ru_maxrss, usage.ru_maxrss + sum(_WORKER_PEAKS.values()))  # ru_maxrss is in KiB on Linux
     record = {"stage": stage, "wall_s": round(wall_s, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime, 1),
-              "peak_rss_mib": round(max(usage.ru_maxrss, children.ru_maxrss) / 1024, 1),  # ru_maxrss is in KiB on Linux
+              "peak_rss_mib": round(peak_kib / 1024, 1),
               "cpu_count": os.cpu_count(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{stage}.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -28,7 +28,7 @@ from mrisynth.core.arms import arm_slug, uses_generator
 from mrisynth import paths
 from mrisynth.config import as_flat_dict, load_params
 from mrisynth.core import encoding
-from mrisynth.stages import params_main
+from mrisynth.stages import note_worker_peak_rss, params_main
 from mrisynth.io import arrays, devices, tracking
 from mrisynth.io import card as card_io, registry
 
@@ -87,6 +87,8 @@ def run(params_path: str = "params.yaml") -> int:
         with contextlib.closing(parallel.train_all(p, pre.out_dir, str(augmented), jobs, steps, workers)) as trained_runs:
             for done, (job, result) in enumerate(trained_runs, start=1):
                 arm, draw, seed = job.arm, job.draw, job.seed
+                if workers > 1:
+                    note_worker_peak_rss(result["pid"], result["peak_rss_kib"])
                 images, classes = data[arm, draw]
                 # draw 1 keeps the plain layout (seed keys "1", "2", folders seed<k>); other generator draws add "-g<k>"
                 suffix = "" if draw == 0 else f"-g{draw + 1}"
@@ -101,8 +103,8 @@ def run(params_path: str = "params.yaml") -> int:
                     digest, source = arm_digest(arm, draw, augmented, tags["data_hash"])
                     tracking.log_training_input(dataset_name(arm, draw), images, classes, digest, source)
                     tracking.log_split_inputs({"val": val}, tags["data_hash"])
-                    for epoch, row in enumerate(result["history"], start=1):
-                        child.log_metrics(row, step=epoch)
+                    for epoch, (row, stamp) in enumerate(zip(result["history"], result["epoch_times_ms"], strict=True), start=1):
+                        child.log_metrics(row, step=epoch, timestamp_ms=stamp)  # when the worker ran the epoch
                     child.log_metrics({"best_val_dice_tumour": result["best_val_dice_tumour"], "best_epoch": result["best_epoch"],
                                         "epochs_run": result["epochs_run"], "train_seconds": result["seconds"]})
                     card = cards.segmenter_card(

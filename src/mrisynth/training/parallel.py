@@ -11,14 +11,15 @@ not on which worker runs it or in which order. No MLflow here: the stage logs ea
 card and model after it returns (`train_segmenter`)."""
 from __future__ import annotations
 
-import math
 import os
-import threading
+import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+from mrisynth.io.workers import end_with_parent, usable_cores
 
 
 @dataclass(frozen=True)
@@ -29,21 +30,6 @@ class Run:
     draw: int
     seed: int
     path: str
-
-
-def usable_cores(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
-    """The cores this process may use: its CPU affinity, capped by a cgroup (v2) CPU quota when one is set."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    try:
-        quota, period = Path(cpu_max).read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):  # no cgroup v2 file, or an unexpected format: the affinity stands
-        pass
-    return cores
 
 
 def worker_count(requested: int, runs: int, gpus: int = 0) -> int:
@@ -62,13 +48,7 @@ def start_worker(threads: int, parent_pid: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(1)
     for gpu in tf.config.list_physical_devices("GPU"):
         tf.config.experimental.set_memory_growth(gpu, True)
-
-    def watch_parent() -> None:  # a stage killed outright leaves no run training on behind it
-        while os.getppid() == parent_pid:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
+    end_with_parent(parent_pid)  # a stage killed outright leaves no run training on behind it
 
 
 _DATA: dict[tuple, tuple] = {}
@@ -90,7 +70,8 @@ def _arm_arrays(preprocessed: str, augmented: str, arm: str, draw: int):
 
 
 def train_run(params, preprocessed: str, augmented: str, run: Run, steps: int | None) -> dict:
-    """Train one run (`segmenter.train`) and return its result with `seconds`; prints one line per epoch."""
+    """Train one run (`segmenter.train`) and return its result with `seconds`, the process's `pid` and its
+    `peak_rss_kib` so far; prints one line per epoch."""
     from mrisynth.training import segmenter
 
     images, classes, real, val_images, val_classes = _arm_arrays(preprocessed, augmented, run.arm, run.draw)
@@ -102,7 +83,8 @@ def train_run(params, preprocessed: str, augmented: str, run: Run, steps: int | 
 
     started = time.perf_counter()
     result = segmenter.train(params, run.seed, images, classes, val_images, val_classes, Path(run.path), on_epoch, steps, real)
-    return result | {"seconds": round(time.perf_counter() - started, 1)}
+    return result | {"seconds": round(time.perf_counter() - started, 1), "pid": os.getpid(),
+                     "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
 
 
 def train_all(params, preprocessed: str, augmented: str, runs: list[Run], steps: int | None, workers: int) -> Iterator[tuple[Run, dict]]:

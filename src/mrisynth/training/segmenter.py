@@ -7,6 +7,7 @@ callers that need other values pass `dataclasses.replace(params, ...)`."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -53,14 +54,16 @@ class _BestByValDice(keras.callbacks.Callback):
     """select "best": keeps the checkpoint with the best validation tumour Dice; stops after `patience`
     epochs in which that Dice never rose more than `min_delta` above the level of the last such
     improvement. select "last": keeps every epoch's weights in turn (the final ones remain), never
-    stops early. Either way it stops on a NaN loss and records the validation scores of every epoch."""
+    stops early. Either way it stops on a non-finite loss, keeping the checkpoint of the epoch before
+    (none after a first epoch that diverged: `train` raises), and records every epoch's validation
+    scores and wall-clock time (`time_ms`, for the tracking server's per-epoch timestamps)."""
 
     def __init__(self, val_images, val_classes, path: Path, on_epoch, patience: int, min_delta: float = 0.0, min_epochs: int = 1,
                  select: str = "best"):
         super().__init__()
         self.val_images, self.val_classes, self.path, self.on_epoch = val_images, val_classes, path, on_epoch
         self.patience, self.min_delta, self.min_epochs, self.select = patience, min_delta, min_epochs, select
-        self.best, self.best_epoch, self.history = -math.inf, -1, []
+        self.best, self.best_epoch, self.history, self.times_ms = -math.inf, -1, [], []
         self.level, self.level_epoch = -math.inf, -1   # early-stopping reference
         self.stopped_early = False
 
@@ -69,18 +72,21 @@ class _BestByValDice(keras.callbacks.Callback):
         cm = segmetrics.confusion(self.val_classes, pred)
         row = {"loss": float((logs or {}).get("loss", float("nan"))), "val_dice": segmetrics.mean_dice(cm, True),
                "val_dice_tumour": segmetrics.mean_dice(cm, False), "val_mean_iou": segmetrics.mean_iou(cm, True)}
-        if not math.isfinite(row["loss"]):
+        finite = math.isfinite(row["loss"])
+        if not finite:  # diverged: stop, and keep the checkpoint saved before (this epoch's weights are not a model)
             self.model.stop_training = True
-        improved = self.select == "last" or row["val_dice_tumour"] > self.best
+        improved = finite and (self.select == "last" or row["val_dice_tumour"] > self.best)
         if improved:
             self.best, self.best_epoch = row["val_dice_tumour"], epoch
             self.model.save(self.path)
-        if row["val_dice_tumour"] > self.level + self.min_delta:
-            self.level, self.level_epoch = row["val_dice_tumour"], epoch
-        elif self.select == "best" and epoch + 1 >= self.min_epochs and epoch - self.level_epoch >= self.patience:
-            self.model.stop_training = True
-            self.stopped_early = True
+        if self.select == "best" and finite:
+            if row["val_dice_tumour"] > self.level + self.min_delta:
+                self.level, self.level_epoch = row["val_dice_tumour"], epoch
+            elif epoch + 1 >= self.min_epochs and epoch - self.level_epoch >= self.patience:
+                self.model.stop_training = True
+                self.stopped_early = True
         self.history.append(row)
+        self.times_ms.append(int(time.time() * 1000))
         if self.on_epoch:
             self.on_epoch(epoch + 1, row, improved)
 
@@ -136,13 +142,25 @@ def learning_rate(params: TrainSegmenterParams, total_steps: int):
     return params.learning_rate
 
 
+def reset_optimizer(optimizer: keras.optimizers.Optimizer) -> None:
+    """Return `optimizer` to its state before the first update: moments and step counters 0, a
+    LossScaleOptimizer's (mixed_float16) dynamic loss scale back to its initial scale (zeroing it would
+    make every later gradient 0/0 and skip every update); learning rates kept."""
+    for variable in optimizer.variables:
+        name = variable.path.rsplit("/", 1)[-1]
+        if name == "learning_rate":
+            continue
+        value = getattr(optimizer, "initial_scale", 0.0) if name == "dynamic_scale" else 0.0
+        variable.assign(np.full(variable.shape, value, variable.dtype))
+
+
 def _fresh_model(params: TrainSegmenterParams, seed: int, size: int, channels: int, total_steps: int = 0) -> keras.Model:
     """A compiled U-Net with the initial weights of `seed` (total_steps: the updates of the run, for the schedule).
 
     Tracing the train step costs several seconds; the verdict trains 13 U-Nets of one architecture,
     so a compiled model is kept per architecture and reset for each run: every variable (weights,
     BatchNorm statistics, the dropout seed state) from a newly built model with this seed, the
-    optimizer's moments and step count to zero. The result equals a newly built and compiled model
+    optimizer as before its first update (`reset_optimizer`). The result equals a newly built and compiled model
     (tests/training/test_segmenter.py)."""
     keras.utils.set_random_seed(seed)
     fresh = models.build_segmenter(size, channels, NUM_CLASSES, params.depth, params.base_filters, params.dropout)
@@ -156,9 +174,7 @@ def _fresh_model(params: TrainSegmenterParams, seed: int, size: int, channels: i
         return fresh
     for target, source in zip(model.variables, fresh.variables, strict=True):
         target.assign(source)
-    for variable in model.optimizer.variables:
-        if not variable.path.endswith("learning_rate"):
-            variable.assign(np.zeros(variable.shape, variable.dtype))
+    reset_optimizer(model.optimizer)
     keras.utils.set_random_seed(seed)  # the same random stream as a newly built model would see
     return model
 
@@ -178,9 +194,10 @@ def train(
     """Train one segmenter for at most `params.epochs` epochs and save the kept model to out_path (.keras).
     params.select "best": stop (not before `params.min_epochs`) after `params.patience` epochs without a
     validation tumour Dice gain above `params.min_delta` and keep the epoch with the highest validation
-    tumour Dice; "last": run every epoch and keep the final weights (validation only recorded). The
+    tumour Dice; "last": run every epoch and keep the final weights (validation only recorded); a
+    non-finite loss stops either, keeping the epoch before. The
     learning rate follows params.schedule over params.epochs x steps updates. The result's `best_*`
-    keys describe the kept epoch.
+    keys describe the kept epoch; `history` has one row of scores per epoch, `epoch_times_ms` its end time.
 
     steps_per_epoch: gradient updates per epoch (default: one pass over the images). Setting it to
     the same value for every arm gives each arm the same number of updates, so an arm with more
@@ -204,7 +221,7 @@ def train(
     model.fit(data, steps_per_epoch=steps, epochs=params.epochs, verbose=0, callbacks=[best], shuffle=False)  # the stream is shuffled
     if best.best_epoch < 0:
         raise RuntimeError(f"segmenter training produced no checkpoint at {out_path}")
-    return {"best_epoch": best.best_epoch + 1, "best_val_dice_tumour": best.best, "history": best.history,
+    return {"best_epoch": best.best_epoch + 1, "best_val_dice_tumour": best.best, "history": best.history, "epoch_times_ms": best.times_ms,
             "steps_per_epoch": steps, "epochs_run": len(best.history), "stopped_early": best.stopped_early}
 
 
