@@ -5,7 +5,8 @@ import sys
 import time
 from pathlib import Path
 
-CHILD = "import sys, time; from mrisynth.io.workers import end_with_parent; end_with_parent(int(sys.argv[1]), 0.05, 3); time.sleep(60)"
+CHILD = ("import sys, time; from mrisynth.io.workers import end_with_parent; end_with_parent(int(sys.argv[1]), 0.05, 3); "
+         "print('ready', flush=True); time.sleep(60)")
 # the middle process starts the worker, prints its pid and exits at once (as a killed stage or server would)
 MIDDLE = (f"import os, subprocess, sys; p = subprocess.Popen([sys.executable, '-c', {CHILD!r}, str(os.getpid())], "
           "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); print(p.pid, flush=True)")
@@ -32,8 +33,9 @@ def test_a_worker_ends_itself_when_its_parent_is_gone():
 
 
 def test_a_worker_keeps_running_while_its_parent_lives():
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(os.getpid())])
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(os.getpid())], stdout=subprocess.PIPE, text=True)
     try:
+        assert child.stdout.readline().strip() == "ready"  # its watch is running
         time.sleep(1.5)  # 30 checks of its parent
         assert child.poll() is None
     finally:

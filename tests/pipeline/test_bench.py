@@ -20,16 +20,26 @@ def test_record_resources_writes_wall_cpu_and_peak_memory(tmp_path):
     assert saved["cpu_s"] >= 0
 
 
-def test_record_resources_adds_the_peaks_of_workers_that_ran_beside_the_stage(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("self_kib", "children_kib", "expected_mib"), [
+    (100 * 1024, 50 * 1024, 1000.0),    # this process (100 MiB) + workers 500 + 400 MiB
+    (100 * 1024, 2000 * 1024, 2000.0),  # one child alone held more than all of them together
+])
+def test_record_resources_adds_the_peaks_of_workers_that_ran_beside_the_stage(tmp_path, monkeypatch, self_kib, children_kib, expected_mib):
+    import resource
+    import types
+
     import mrisynth.stages as stages
 
+    def usage(who):
+        return types.SimpleNamespace(ru_utime=1.0, ru_stime=0.5, ru_maxrss=self_kib if who == resource.RUSAGE_SELF else children_kib)
+
+    monkeypatch.setattr(stages.resource, "getrusage", usage)
     monkeypatch.setattr(stages, "_WORKER_PEAKS", {})
-    alone = record_resources("train_segmenter", 1.0, tmp_path)["peak_rss_mib"]
     stages.note_worker_peak_rss(101, 500 * 1024)
     stages.note_worker_peak_rss(101, 300 * 1024)   # a later, lower report of the same worker changes nothing
     stages.note_worker_peak_rss(102, 400 * 1024)
-    together = record_resources("train_segmenter", 1.0, tmp_path)["peak_rss_mib"]
-    assert together == pytest.approx(alone + 900, abs=1.0)  # this process + 500 MiB + 400 MiB
+    record = record_resources("train_segmenter", 1.0, tmp_path)
+    assert record["peak_rss_mib"] == expected_mib and record["cpu_s"] == 3.0
 
 
 RESULT = {

@@ -33,6 +33,7 @@ def test_reused_compiled_model_trains_like_a_new_one(tmp_path, precision):
     params = dataclasses.replace(P, precision=precision)
     images, classes = _data()
     segmenter._COMPILED.clear()
+    before = keras.mixed_precision.global_policy().name
     try:
         first = segmenter.train(params, 5, images, classes, images[:2], classes[:2], tmp_path / "a.keras", steps_per_epoch=3)
         segmenter.train(params, 9, images, classes, images[:2], classes[:2], tmp_path / "other.keras", steps_per_epoch=3)  # another seed between
@@ -41,7 +42,7 @@ def test_reused_compiled_model_trains_like_a_new_one(tmp_path, precision):
         fresh = segmenter.train(params, 5, images, classes, images[:2], classes[:2], tmp_path / "c.keras", steps_per_epoch=3)  # newly built
     finally:
         segmenter._COMPILED.clear()
-        keras.mixed_precision.set_global_policy("float32")
+        keras.mixed_precision.set_global_policy(before)
     assert first["history"] == again["history"] == fresh["history"]
     for a, b, c in zip(_weights(tmp_path / "a.keras"), _weights(tmp_path / "b.keras"), _weights(tmp_path / "c.keras")):
         np.testing.assert_array_equal(a, b)
@@ -82,7 +83,7 @@ def test_a_diverged_epoch_stops_training_and_keeps_the_epoch_before(tmp_path, mo
     monkeypatch.setattr(segmenter, "_BestByValDice", FakeLoss)
     params = dataclasses.replace(P, epochs=5, patience=5, min_epochs=1, select=select)
     result = segmenter.train(params, 1, images, classes, images[:2], classes[:2], tmp_path / "m.keras", steps_per_epoch=1)
-    assert result["epochs_run"] == 3 and result["best_epoch"] == 2 and result["best_val_dice_tumour"] == 0.4
+    assert result["epochs_run"] == 3 and result["best_epoch"] == 2 and result["best_val_dice_tumour"] == 0.4 and result["diverged"]
     assert len(result["epoch_times_ms"]) == 3 and result["epoch_times_ms"] == sorted(result["epoch_times_ms"])
     for a, b in zip(_weights(tmp_path / "m.keras"), _weights(tmp_path / "epoch2.keras")):
         np.testing.assert_array_equal(a, b)
@@ -155,3 +156,16 @@ def test_a_reused_model_restarts_its_cosine_schedule(tmp_path):
     assert first["history"] == again["history"]
     for a, b in zip(_weights(tmp_path / "a.keras"), _weights(tmp_path / "b.keras")):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_first_epoch_that_diverges_is_an_error_that_says_so(tmp_path, monkeypatch):
+    images, classes = _data()
+
+    class Diverged(segmenter._BestByValDice):
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, {"loss": float("nan")})
+
+    monkeypatch.setattr(segmenter, "_BestByValDice", Diverged)
+    with pytest.raises(RuntimeError, match=r"diverged in its first epoch \(loss nan\).*learning_rate"):
+        segmenter.train(dataclasses.replace(P, epochs=3), 1, images, classes, images[:2], classes[:2], tmp_path / "m.keras", steps_per_epoch=1)
+    assert not (tmp_path / "m.keras").exists()

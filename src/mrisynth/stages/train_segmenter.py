@@ -100,6 +100,7 @@ def run(params_path: str = "params.yaml") -> int:
                     child.log_params({"augmentation": arm, "seed": seed, "generator_draw": draw + 1, "train_images": len(images), "val_images": len(val),
                                        "steps_per_epoch": steps or math.ceil(len(images) / p.batch_size), "max_epochs": p.epochs,
                                        "patience": p.patience, "jitter": p.jitter, "schedule": p.schedule, "select": p.select})
+                    child.set_tags({"diverged": str(result["diverged"]).lower()})  # a non-finite loss stopped it; the epoch before is kept
                     digest, source = arm_digest(arm, draw, augmented, tags["data_hash"])
                     tracking.log_training_input(dataset_name(arm, draw), images, classes, digest, source)
                     tracking.log_split_inputs({"val": val}, tags["data_hash"])
@@ -126,7 +127,7 @@ def run(params_path: str = "params.yaml") -> int:
                         description=card, model_description=cards.SEGMENTER_MODEL)
                 trained["arms"].setdefault(arm, {})[f"{seed}{suffix}"] = {
                     "run_id": child.run_id, "model_version": version, "path": job.path, "seed": seed, "draw": draw + 1,
-                    "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"], "stopped_early": result["stopped_early"],
+                    "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"], "stopped_early": result["stopped_early"], "diverged": result["diverged"],
                     "best_val_dice_tumour": result["best_val_dice_tumour"], "train_images": len(images), "seconds": result["seconds"]}
         for arm in p.arms:
             images, _ = data[arm, draws[arm][0]]

@@ -56,7 +56,7 @@ class _BestByValDice(keras.callbacks.Callback):
     improvement. select "last": keeps every epoch's weights in turn (the final ones remain), never
     stops early. Either way it stops on a non-finite loss, keeping the checkpoint of the epoch before
     (none after a first epoch that diverged: `train` raises), and records every epoch's validation
-    scores and wall-clock time (`time_ms`, for the tracking server's per-epoch timestamps)."""
+    scores and end time (`times_ms`, for the tracking server's per-epoch timestamps); `diverged` tells."""
 
     def __init__(self, val_images, val_classes, path: Path, on_epoch, patience: int, min_delta: float = 0.0, min_epochs: int = 1,
                  select: str = "best"):
@@ -65,7 +65,7 @@ class _BestByValDice(keras.callbacks.Callback):
         self.patience, self.min_delta, self.min_epochs, self.select = patience, min_delta, min_epochs, select
         self.best, self.best_epoch, self.history, self.times_ms = -math.inf, -1, [], []
         self.level, self.level_epoch = -math.inf, -1   # early-stopping reference
-        self.stopped_early = False
+        self.stopped_early = self.diverged = False
 
     def on_epoch_end(self, epoch, logs=None):
         pred = predict_classes(self.model, self.val_images)
@@ -74,7 +74,7 @@ class _BestByValDice(keras.callbacks.Callback):
                "val_dice_tumour": segmetrics.mean_dice(cm, False), "val_mean_iou": segmetrics.mean_iou(cm, True)}
         finite = math.isfinite(row["loss"])
         if not finite:  # diverged: stop, and keep the checkpoint saved before (this epoch's weights are not a model)
-            self.model.stop_training = True
+            self.model.stop_training = self.diverged = True
         improved = finite and (self.select == "last" or row["val_dice_tumour"] > self.best)
         if improved:
             self.best, self.best_epoch = row["val_dice_tumour"], epoch
@@ -197,7 +197,8 @@ def train(
     tumour Dice; "last": run every epoch and keep the final weights (validation only recorded); a
     non-finite loss stops either, keeping the epoch before. The
     learning rate follows params.schedule over params.epochs x steps updates. The result's `best_*`
-    keys describe the kept epoch; `history` has one row of scores per epoch, `epoch_times_ms` its end time.
+    keys describe the kept epoch; `history` has one row of scores per epoch, `epoch_times_ms` its end time;
+    `diverged`: a non-finite loss stopped the run (a first epoch that diverged raises: no model to keep).
 
     steps_per_epoch: gradient updates per epoch (default: one pass over the images). Setting it to
     the same value for every arm gives each arm the same number of updates, so an arm with more
@@ -220,9 +221,10 @@ def train(
     data = data.batch(params.batch_size).prefetch(tf.data.AUTOTUNE)
     model.fit(data, steps_per_epoch=steps, epochs=params.epochs, verbose=0, callbacks=[best], shuffle=False)  # the stream is shuffled
     if best.best_epoch < 0:
-        raise RuntimeError(f"segmenter training produced no checkpoint at {out_path}")
+        raise RuntimeError(f"segmenter training (seed {seed}) diverged in its first epoch (loss {best.history[0]['loss'] if best.history else 'none'}), "
+                           f"so there is no model to keep at {out_path}; lower train_segmenter.learning_rate or set train_segmenter.precision: float32")
     return {"best_epoch": best.best_epoch + 1, "best_val_dice_tumour": best.best, "history": best.history, "epoch_times_ms": best.times_ms,
-            "steps_per_epoch": steps, "epochs_run": len(best.history), "stopped_early": best.stopped_early}
+            "steps_per_epoch": steps, "epochs_run": len(best.history), "stopped_early": best.stopped_early, "diverged": best.diverged}
 
 
 def load(path: Path) -> keras.Model:
