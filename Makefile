@@ -87,8 +87,11 @@ sweep: data
 	done
 	python pipelines/sweep_summary.py
 
+# Two xdist workers (PYTEST_WORKERS=1 for one process): the CI machine has 2 cores and most tests are single-threaded
+# TensorFlow start-up and subprocess waits; the long end-to-end tests go first (tests/conftest.py) so neither worker idles.
+PYTEST_WORKERS ?= 2
 test: setup
-	python -m pytest -q -p randomly --durations=25
+	python -m pytest -q -p randomly -n $(PYTEST_WORKERS) --durations=25
 
 # Every benchmark side by side -> reports/bench.json, the table in docs/benchmarks.md, an MLflow run `bench`.
 bench: setup

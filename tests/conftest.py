@@ -296,3 +296,11 @@ class _cwd:
 
     def __exit__(self, *exc):
         os.chdir(self.before)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """The long end-to-end tests (marked `slow`) first, in pytest-randomly's order among themselves, the rest
+    after them in its order: under `make test`'s two xdist workers a several-minute test that started last
+    would leave the other worker idle until it ends."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
