@@ -7,7 +7,7 @@ import sys
 import mlflow
 import pytest
 
-from mrisynth.inference.promote import PromotionError, promote
+from mrisynth.inference.promote import PromotionError, is_validation_metric, promote
 
 GATE = "val_dice_gain_beyond_classic"
 
@@ -27,6 +27,16 @@ def _reset(versions) -> None:
     except mlflow.exceptions.MlflowException:
         pass
     client.set_registered_model_alias("promo-generator", "challenger", versions[-1])
+
+
+@pytest.mark.parametrize("name, allowed", [
+    ("val_dice_gain_beyond_classic", True), ("val_gan_train_dice_tumour", True), ("diversity_val", True),
+    ("test_dice_gain_beyond_classic", False), ("test_gan_train_dice_tumour", False), ("diversity_test", False),
+    ("dice_gain_beyond_classic", False),  # no split in the name: not known to be validation
+    ("val_dice_on_test", False), ("evaluate_run_id", False), ("promotion_decision", False),
+])
+def test_only_validation_tags_may_decide_promotion(name, allowed):
+    assert is_validation_metric(name) is allowed
 
 
 def test_promotion_gate(promo):

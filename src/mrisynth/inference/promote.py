@@ -35,6 +35,13 @@ class Decision:
     reason: str
 
 
+def is_validation_metric(name: str) -> bool:
+    """Whether a version tag may decide promotion: an allowlist, not a blocklist, so a test result tagged later
+    under another prefix cannot slip in. Validation tags are named `val_*` (val_dice_gain_beyond_classic,
+    val_gan_train_dice_tumour) or `*_val` (diversity_val); a name that mentions `test` anywhere is refused."""
+    return (name.startswith("val_") or name.endswith("_val")) and "test" not in name.lower()
+
+
 def _metric(version, metric: str) -> float | None:
     raw = (version.tags or {}).get(metric)
     try:
@@ -55,8 +62,9 @@ def promote(name: str, version: str | None = None, metric: str = PromoteParams.m
     None: no absolute gate."""
     from mrisynth.io import registry
 
-    if metric.startswith("test"):
-        raise PromotionError(f"promotion metric {metric!r}: expected a validation metric (val_*); the test split never decides promotion")
+    if not is_validation_metric(metric):
+        raise PromotionError(f"promotion metric {metric!r}: expected a validation metric (a tag named val_* or *_val, e.g. "
+                             f"{PromoteParams.metric!r}); the test split never decides promotion. Set promote.metric in params.yaml")
     try:
         candidate = registry.get_version(name, version, alias=CHALLENGER)
     except LookupError as exc:
