@@ -49,7 +49,8 @@ examples:
     "generate": """\
 examples:
   mrisynth generate --model models:/mrisynth-generator@champion --masks data/test/masks --out generated/
-  mrisynth generate --model models:/mrisynth-generator/2 --masks my_masks --brain my_brains --out generated/""",
+  mrisynth generate --model models:/mrisynth-generator/2 --masks my_masks --brain my_brains --out generated/  # full synthesis
+  mrisynth generate --model models:/mrisynth-generator@champion --masks my_masks --images my_slices --out generated/  # inpainting""",
     "serve": """\
 examples:
   mrisynth serve --model models:/mrisynth-generator@champion --port 5001
@@ -100,7 +101,7 @@ def _add(sub, name: str, help: str, **kwargs) -> argparse.ArgumentParser:  # noq
 def _cmd_phantom(args: argparse.Namespace) -> int:
     from mrisynth.data.ingest import make_phantom
 
-    ids = make_phantom(Path(args.out), args.cases, args.seed, workers=args.workers, version=args.version)
+    ids = make_phantom(Path(args.out), args.cases, args.seed, workers=args.workers, version=args.version, force=args.force)
     print(f"wrote {len(ids)} phantom cases ({ids[0]} .. {ids[-1]}) to {args.out}")
     return 0
 
@@ -143,10 +144,11 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def _cmd_default(args: argparse.Namespace) -> int:
     """Recreate the shipped default dataset from params.yaml's `data` section (phantom, then import)."""
     from mrisynth.config import load_params
-    from mrisynth.data.ingest import default_recipe, import_brats, make_phantom
+    from mrisynth.data.ingest import check_output, default_recipe, import_brats, make_phantom
 
     data = load_params(args.params).data
     out = Path(args.out or data.out)
+    check_output(out, args.force)  # before minutes of phantom cases, not after
     counts, options, source = default_recipe(data)
     with tempfile.TemporaryDirectory(prefix="mrisynth-phantom-") as raw:
         make_phantom(Path(raw), data.phantom_cases, data.seed, workers=args.workers, version=data.phantom_version)
@@ -222,7 +224,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from mrisynth.io import tracking
 
     tracking.configure_uri()
-    written = generate(args.model, Path(args.masks), Path(args.out), Path(args.brain) if args.brain else None)
+    written = generate(args.model, Path(args.masks), Path(args.out), Path(args.brain) if args.brain else None,
+                       images_dir=Path(args.images) if args.images else None, force=args.force)
     print(f"wrote {len(written)} images (TIFF + NIfTI) to {args.out}")
     return 0
 
@@ -262,6 +265,7 @@ def _data_commands(data) -> None:
     ph.add_argument("--workers", type=int, default=2, help="worker processes")
     ph.add_argument("--version", type=int, default=d.phantom_version, choices=[1, 2],
                     help="2: realistic variety (core/phantom_v2.py), 1: the original easy phantom")
+    ph.add_argument("--force", action="store_true", help="replace phantom cases written earlier into OUT (nothing else is deleted)")
     ph.set_defaults(func=_cmd_phantom)
 
     ca = _add(data, "card", "the dataset card of an imported folder: grades, sub-regions, areas, contrasts, threshold baseline")
@@ -341,8 +345,11 @@ def _model_commands(sub) -> None:
                           "and one NIfTI per modality, OUT/<name>_<modality>.nii.gz.")
     ge.add_argument("--model", required=True, help="registered generator, e.g. models:/mrisynth-generator@champion")
     ge.add_argument("--masks", required=True, help="folder of uint8 label TIFFs")
-    ge.add_argument("--brain", help="folder of brain-mask TIFFs with the same names (default: the split's images)")
-    ge.add_argument("--out", required=True, help="output folder (created if needed)")
+    ge.add_argument("--brain", help="folder of brain-mask TIFFs with the same names (default: from the images)")
+    ge.add_argument("--images", help="folder of the real slices, float (H, W, C) TIFFs in [0, 1] with the same names: the context an "
+                                     "inpainting generator keeps outside the tumour region (default: the split's images/ beside --masks)")
+    ge.add_argument("--out", required=True, help="output folder (created if needed; never a folder that is read)")
+    ge.add_argument("--force", action="store_true", help="overwrite files of an earlier run in --out")
     ge.set_defaults(func=_cmd_generate)
 
     se = _add(sub, "serve", "serve a registered generator over HTTP (validated, bounded; no code from the artifact store runs)",

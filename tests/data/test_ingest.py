@@ -240,3 +240,50 @@ def test_split_and_modalities_cannot_name_paths_and_symlinked_files_are_the_data
     image.symlink_to(store / "blob")
     assert is_inside(data, original.loc[0, "image"]) and len(read_manifest(data)) == len(original)
     assert not is_inside(data, "train/../../x.tif") and not is_inside(data, "/etc/passwd") and is_inside(data, "train/./a.tif")
+
+
+def test_a_slice_index_beyond_the_volume_is_one_line_naming_the_case(tiny_brats, tmp_path):
+    import dataclasses
+
+    beyond = dataclasses.replace(OPTS, slice_rule="40")
+    with pytest.raises(DataError, match=r"BraTS20_Training_\d{3}: --slice 40: slice index 40 is outside 0\.\.11 \(12 axial slices\)"):
+        _import(tiny_brats, tmp_path / "out", options=beyond)
+    with pytest.raises(DataError, match="valid cases requested, found only 0"):  # --skip-invalid rejects them, never crashes
+        _import(tiny_brats, tmp_path / "out", options=beyond, skip_invalid=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_cases_requested_says_so(tiny_brats, tmp_path):
+    with pytest.raises(DataError, match="no cases requested .*at least one of --train/--val/--test"):
+        _import(tiny_brats, tmp_path / "out", counts={"train": 0, "val": 0, "test": 0})
+
+
+def test_phantom_cases_never_mix_with_other_files(tmp_path):
+    from mrisynth.data.ingest import make_phantom
+
+    out = tmp_path / "raw"
+    (out / "BraTS20_Training_002").mkdir(parents=True)  # e.g. left from an earlier run with more cases
+    with pytest.raises(DataError, match="already holds files; .*--force"):
+        make_phantom(out, cases=1, seed=7, version=1)
+    with pytest.raises(DataError, match="replaces only phantom cases .* nothing was deleted"):
+        make_phantom(out, cases=1, seed=7, version=1, force=True)
+    assert (out / "BraTS20_Training_002").is_dir()
+    (out / "phantom_cases.csv").write_text("case_id\nBraTS20_Training_002\n")
+    assert make_phantom(out, cases=1, seed=7, version=1, force=True) == ["BraTS20_Training_001"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["BraTS20_Training_001"]  # the old case is gone
+
+
+def test_data_default_refuses_a_full_folder_before_making_phantom_cases(tmp_path, monkeypatch, capsys):
+    from mrisynth import cli
+    from mrisynth.data import ingest
+
+    def never(*args, **kwargs):
+        raise AssertionError("phantom cases were made before the output folder was checked")
+
+    monkeypatch.setattr(ingest, "make_phantom", never)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    params = str(Path(__file__).resolve().parents[2] / "params.yaml")
+    assert cli.main(["data", "default", "--params", params, "--out", str(tmp_path / "data")]) == 2
+    assert "output folder already holds data" in capsys.readouterr().err

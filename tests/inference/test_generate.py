@@ -1,9 +1,11 @@
 """`mrisynth generate` (mrisynth.inference.generate): TIFF and per-modality NIfTI from masks, masks of other
 sizes fitted to the model's input, bad labels refused in one line."""
+import re
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 
 def test_generate_writes_tiff_and_nifti(champion, trained, tmp_path):
@@ -45,3 +47,111 @@ def test_generate_writes_tiff_and_nifti(champion, trained, tmp_path):
     r = subprocess.run([sys.executable, "-m", "mrisynth.cli", "generate", "--model", "models:/promo-generator@champion",
                         "--masks", str(bad), "--out", str(tmp_path / "o2")], cwd=trained, capture_output=True, text=True)
     assert r.returncode == 2 and "x.tif: labels [3]" in r.stderr and "Traceback" not in r.stderr
+
+
+# ------------------------------------------------ inputs and outputs around the model (a stand-in model, no registry)
+class _Identity:
+    """Stands in for a registered generator: size 16, 4 channels; an inpainting one (9 input channels) returns
+    its context channels back in [0, 1] (the real slice outside the region, 0 inside), a full one zeros."""
+
+    size, channels = 16, 4
+
+    def __init__(self, in_channels: int):
+        self.in_channels = in_channels
+
+    def predict(self, cond):
+        if self.in_channels == 4:
+            return np.zeros((*cond.shape[:3], 4), np.float32)
+        return ((cond[..., 5:] + 1.0) / 2.0).astype(np.float32)
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    from mrisynth.inference import promote, served_model
+
+    def use(in_channels: int):
+        monkeypatch.setattr(promote, "require_model", lambda uri: None)
+        monkeypatch.setattr(served_model.Generator, "load", staticmethod(lambda uri: _Identity(in_channels)))
+    return use
+
+
+def _case(folder, side=16, scale=1.0):
+    """A mask folder, a brain folder and an image folder with one case `x`."""
+    import tifffile
+
+    mask = np.zeros((side, side), np.uint8)
+    mask[2:5, 2:5] = 2
+    image = np.full((side, side, 4), 0.25, np.float32) * scale
+    image[8:, 8:] = 0.75 * scale
+    for name, array in (("m", mask), ("b", np.ones((side, side), np.uint8)), ("s", image)):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(folder / name / "x.tif", array)
+    return folder / "m", folder / "b", folder / "s", image
+
+
+def test_an_inpainting_generator_keeps_the_slice_given_with_images(stand_in, tmp_path):
+    import tifffile
+
+    from mrisynth.inference.generate import generate
+
+    stand_in(9)
+    masks, _, slices, image = _case(tmp_path)
+    generate("models:/g/1", masks, tmp_path / "out", images_dir=slices)  # brain from the images (any channel > 0)
+    out = tifffile.imread(tmp_path / "out" / "x.tif")
+    np.testing.assert_allclose(out[8:, 8:], image[8:, 8:], atol=1e-6)  # far from the tumour: the real slice
+    assert np.all(out[2:5, 2:5] == 0.0)  # inside the region the stand-in drew nothing
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("no images", "pass --images DIR"),
+    ("8-bit images", "x.tif: intensities 63.75 .. 191.25, expected [0, 1]"),
+])
+def test_an_inpainting_generator_says_what_its_slices_lack(stand_in, tmp_path, problem, message):
+    from mrisynth.errors import DataError
+    from mrisynth.inference.generate import generate
+
+    stand_in(9)
+    masks, brains, slices, _ = _case(tmp_path, scale=255.0 if problem == "8-bit images" else 1.0)
+    with pytest.raises(DataError, match=re.escape(message)):
+        generate("models:/g/1", masks, tmp_path / "out", brain_dir=brains, images_dir=None if problem == "no images" else slices)
+
+
+def test_generate_never_writes_into_a_folder_it_reads_and_keeps_earlier_outputs_unless_forced(stand_in, tmp_path):
+    import tifffile
+
+    from mrisynth.errors import DataError
+    from mrisynth.inference.generate import generate
+
+    stand_in(4)
+    masks, brains, _, _ = _case(tmp_path)
+    before = tifffile.imread(masks / "x.tif")
+    for out in (masks, brains):
+        for force in (False, True):
+            with pytest.raises(DataError, match="folder: generating there would overwrite"):
+                generate("models:/g/1", masks, out, brain_dir=brains, force=force)
+    np.testing.assert_array_equal(tifffile.imread(masks / "x.tif"), before)
+
+    split = tmp_path / "data" / "test"  # an imported split: its images/ are read (brain), so never an output
+    _case(split)
+    (split / "m").rename(split / "masks")
+    (split / "s").rename(split / "images")
+    with pytest.raises(DataError, match="is the split's images folder"):
+        generate("models:/g/1", split / "masks", split / "images", force=True)
+
+    generate("models:/g/1", masks, tmp_path / "out", brain_dir=brains)
+    with pytest.raises(DataError, match="already holds 5 of the files this run writes.*--force"):
+        generate("models:/g/1", masks, tmp_path / "out", brain_dir=brains)
+    assert generate("models:/g/1", masks, tmp_path / "out", brain_dir=brains, force=True) == [tmp_path / "out" / "x.tif"]
+
+
+def test_generate_names_a_missing_folder_and_tiff_spelling(stand_in, tmp_path):
+    from mrisynth.errors import DataError
+    from mrisynth.inference.generate import generate
+
+    stand_in(4)
+    with pytest.raises(DataError, match="no such folder"):
+        generate("models:/g/1", tmp_path / "nowhere", tmp_path / "out")
+    (tmp_path / "tiffs").mkdir()
+    (tmp_path / "tiffs" / "x.tiff").write_bytes(b"")
+    with pytest.raises(DataError, match=r"found x\.tiff: rename"):
+        generate("models:/g/1", tmp_path / "tiffs", tmp_path / "out")

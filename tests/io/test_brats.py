@@ -33,10 +33,10 @@ def tree_2021(root, n=4):
     return root
 
 
-def tree_2023(root, n=4, **kw):
+def tree_2023(root, n=4, cohort="GLI", **kw):
     segs = {}
     for i in range(n):
-        case = f"BraTS-GLI-{i:05d}-000"
+        case = f"BraTS-{cohort}-{i:05d}-000"
         segs[case] = _write(root, case, i, "-", GLI_NAMES, labels_2023=True, **kw)
     return root, segs
 
@@ -48,6 +48,32 @@ def test_detection():
     assert brats.detect_layout(["case_a", "case_b"]) == "brats2020"  # permissive default
     with pytest.raises(DataError, match="several BraTS releases are mixed"):
         brats.detect_layout(["BraTS2021_00000", "BraTS-GLI-00001-000"])
+
+
+def test_brats2023_cohorts_with_gli_labels_are_detected_and_paediatric_cases_refused():
+    assert brats.detect_layout(["BraTS-GLI-00001-000", "BraTS-SSA-00002-000", "BraTS-MEN-00004-000", "BraTS-MET-00010-001"]) == "brats2023"
+    for names in (["BraTS-PED-00001-000"], ["BraTS-GLI-00001-000", "BraTS-PED-00002-000"]):
+        with pytest.raises(DataError, match="BraTS-PED-0000[12]-000: BraTS 2023 paediatric .* GLI, SSA, MEN and MET labels only"):
+            brats.detect_layout(names)
+
+
+def test_paediatric_cases_are_refused_even_with_the_layout_forced(tmp_path):
+    root, _ = tree_2023(tmp_path / "ped", n=2, cohort="PED")
+    with pytest.raises(DataError, match="paediatric"):
+        brats.discover(root, ("flair", "t1", "t1ce", "t2"), layout="brats2023")
+
+
+def test_a_meningioma_tree_imports_through_its_parent_folder(tmp_path):
+    root, _ = tree_2023(tmp_path / "parent" / "ASNR-MICCAI-BraTS2023-MEN-Challenge-TrainingData", cohort="MEN")
+    manifest = import_brats(tmp_path / "parent", tmp_path / "out", {"train": 2, "val": 1, "test": 1}, 1, ImportOptions(size=64))
+    assert set(manifest["release"]) == {"brats2023"} and len(manifest) == 4
+    assert json.loads((tmp_path / "out" / "dataset.json").read_text())["label_mapping"] == {"3": 4}
+
+
+def test_a_forced_layout_names_its_folder_pattern(tmp_path):
+    src = tree_2021(tmp_path / "t2021", n=2)
+    with pytest.raises(DataError, match=r"does not match the brats2023 layout \(BraTS-\{GLI,SSA,MEN,MET\}-NNNNN-NNN\); .* --layout brats2021"):
+        brats.discover(src, ("flair",), layout="brats2023")
 
 
 def test_brats2021_tree_imports(tmp_path):

@@ -71,14 +71,27 @@ def _phantom_case(args: tuple[Path, int, int, int]) -> dict:
     return {"case_id": case_id, **case.info}
 
 
-def make_phantom(out: Path, cases: int, seed: int, workers: int = 1, version: int = 2) -> list[str]:
+def make_phantom(out: Path, cases: int, seed: int, workers: int = 1, version: int = 2, force: bool = False) -> list[str]:
     """Write `cases` phantom cases into OUT in the BraTS 2020 training layout, plus name_mapping.csv
-    (with each case's grade, as BraTS ships it) and phantom_cases.csv (grade, location, site, ...)."""
+    (with each case's grade, as BraTS ships it) and phantom_cases.csv (grade, location, site, ...).
+
+    OUT must be empty or new: cases of another seed or count left beside the new ones would be imported
+    with them. `force` replaces a folder of phantom cases written earlier (it holds phantom_cases.csv),
+    nothing else."""
     if cases < 1:
         raise DataError(f"--cases must be at least 1, got {cases}")
     if version not in PHANTOM_VERSIONS:
         raise DataError(f"--version {version}: expected one of {list(PHANTOM_VERSIONS)} (2 = the realistic default, 1 = the easy original)")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is a file, not a folder; choose a folder path")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise DataError(f"{out}: folder already holds files; choose an empty folder or pass --force to replace earlier phantom cases")
+        if not (out / CASE_INFO).is_file():
+            raise DataError(f"{out}: --force replaces only phantom cases written by this tool ({CASE_INFO}); this folder holds other "
+                            "files, so nothing was deleted: choose another folder or empty it yourself")
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = list(_map(_phantom_case, [(out, seed, i, version) for i in range(cases)], workers, desc="phantom"))
     brats.write_name_mapping(out, [(r["case_id"], r["grade"]) for r in rows])
@@ -161,7 +174,11 @@ def _process_case(args: tuple[brats.CaseFiles, ImportOptions]) -> SliceResult:
         result.error = str(exc)
         return result
     brain = slicing.brain_mask(volumes)
-    index = slicing.choose_slice(seg, brain, options.slice_rule, rng=np.random.default_rng([options.seed, zlib.crc32(case.case_id.encode())]))
+    try:
+        index = slicing.choose_slice(seg, brain, options.slice_rule, rng=np.random.default_rng([options.seed, zlib.crc32(case.case_id.encode())]))
+    except ValueError as exc:  # --slice N beyond this case's volume
+        result.error = f"{case.case_id}: --slice {options.slice_rule}: {exc} ({seg.shape[2]} axial slices); pick an index inside it or a rule (max-tumor, ...)"
+        return result
     image = np.stack([slicing.normalise_volume(v, brain)[:, :, index] for v in volumes], axis=-1)
     result.slice_index = index
     result.image = slicing.fit(image, options.size, options.fit, is_mask=False).astype(np.float32)
@@ -207,7 +224,8 @@ def _dataset_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _check_output(out: Path, force: bool) -> None:
+def check_output(out: Path, force: bool) -> None:
+    """Refuse an output folder that holds data, unless `force` and it is a dataset this tool imported."""
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is a file, not a folder; choose a folder path (--force only replaces a dataset folder)")
     if out.exists() and any(out.iterdir()):
@@ -234,11 +252,13 @@ def import_brats(
     Every selected case is checked before anything is written; the output is built in a temporary
     folder beside OUT and moved into place at the end. Returns the manifest."""
     out = Path(out)
-    _check_output(out, force)
+    check_output(out, force)
     for split, n in counts.items():
         if n < 0 or split not in SPLITS:
             raise DataError(f"split {split}={n}: expected a count >= 0 for one of {', '.join(SPLITS)}")
     requested = sum(counts.values())
+    if requested == 0:
+        raise DataError(f"no cases requested ({', '.join(f'{k} {v}' for k, v in counts.items())}): pass at least one of --train/--val/--test above 0")
     cases = brats.discover(Path(src), options.modalities, options.layout)
     layout = brats.LAYOUTS[cases[0].layout if cases else "brats2020"]
     if len(cases) < requested:

@@ -7,7 +7,13 @@ brain), or, for an imported split (`.../<split>/masks`), the matching images (`.
 brain = any channel > 0). Output: OUT/<name>.tif float32 (H, W, C) in [0, 1] and one NIfTI per
 modality, OUT/<name>_<modality>.nii.gz (BraTS naming), float32 (H, W, 1) with the pixel spacing: the
 imported split's `spacing_mm` for that case (times the resize factor when a mask was resized), else
-`spacing` (1 mm). Modality names: the imported dataset's (dataset.json), else flair, t1, t1ce, t2."""
+`spacing` (1 mm). Modality names: the imported dataset's (dataset.json), else flair, t1, t1ce, t2.
+
+An inpainting generator (more than 4 input channels) re-draws only the tumour region of a real slice: the
+slice is --images DIR/<name>.tif, float (H, W, C) in [0, 1] (default: the split's images/ beside masks/);
+it also gives the brain mask when --brain is not passed. Nothing is overwritten by accident: OUT may not be
+a folder that is read (masks, brain masks, images, the split's images/), and files already in OUT that would
+be written again are refused unless `force`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,32 +28,61 @@ from mrisynth.io import tiff
 from mrisynth.io.manifest import is_plain_name
 
 
-def _brain_for(mask_path: Path, brain_dir: Path | None) -> np.ndarray:
+def _split_images(masks_dir: Path) -> Path | None:
+    """An imported split's images/ folder beside its masks/ folder (None for any other masks folder)."""
+    return masks_dir.parent / "images" if masks_dir.name == "masks" else None
+
+
+def _brain_for(mask_path: Path, brain_dir: Path | None, images_dir: Path | None) -> np.ndarray:
     if brain_dir is not None:
         path = brain_dir / mask_path.name
         if not path.is_file():
             raise DataError(f"{mask_path}: expected a brain mask at {path}, found none")
         return tiff.read_mask(path) > 0
-    sibling = mask_path.parent.parent / "images" / mask_path.name
-    if mask_path.parent.name == "masks" and sibling.is_file():
-        return tiff.read_image(sibling).any(axis=-1)
-    raise DataError(f"{mask_path}: no brain mask; pass --brain DIR (DIR/{mask_path.name}, non-zero = brain) or use an imported split's masks folder")
+    images = images_dir or _split_images(mask_path.parent)
+    if images is not None and (images / mask_path.name).is_file():
+        return tiff.read_image(images / mask_path.name).any(axis=-1)
+    raise DataError(f"{mask_path}: no brain mask; pass --brain DIR (DIR/{mask_path.name}, non-zero = brain), --images DIR "
+                    "(the real slices; brain = any channel > 0) or use an imported split's masks folder")
 
 
-def _image_for(mask_path: Path, size: int, channels: int) -> np.ndarray:
-    """The real slice next to a mask (the split's images/ folder), fitted to `size`: the context of an
-    inpainting generator, which re-draws only the tumour region of that slice."""
-    sibling = mask_path.parent.parent / "images" / mask_path.name
-    if mask_path.parent.name != "masks" or not sibling.is_file():
-        raise DataError(f"{mask_path}: this generator inpaints a tumour into the case's own slice, expected it at {sibling}; "
-                        "use an imported split's masks folder (images/ beside masks/)")
-    image = tiff.read_image(sibling).astype(np.float32)
-    if image.shape[-1] != channels:
-        raise DataError(f"{sibling}: {image.shape[-1]} channels, the generator draws {channels}")
+def _image_for(mask_path: Path, shape: tuple[int, int], size: int, channels: int, images_dir: Path | None) -> np.ndarray:
+    """The real slice for a mask (--images DIR, else the split's images/ folder), fitted to `size`: the
+    context of an inpainting generator, which re-draws only the tumour region of that slice."""
+    images = images_dir or _split_images(mask_path.parent)
+    path = images / mask_path.name if images is not None else None
+    if path is None or not path.is_file():
+        where = f"expected it at {path}" if path is not None else "found no images folder"
+        raise DataError(f"{mask_path}: this generator inpaints a tumour into a real slice, {where}; pass --images DIR "
+                        f"(DIR/{mask_path.name}, float (H, W, {channels}) in [0, 1]) or use an imported split's masks folder")
+    image = tiff.read_image(path).astype(np.float32)
+    if image.ndim != 3 or image.shape[-1] != channels:
+        raise DataError(f"{path}: image shape {image.shape}, expected (H, W, {channels}): the generator draws {channels} channels")
+    if image.shape[:2] != shape:
+        raise DataError(f"{path}: image {image.shape[:2]} differs from its label map's {shape}")
+    low, high = float(image.min()), float(image.max())
+    if not (np.isfinite(low) and np.isfinite(high) and low >= 0.0 and high <= 1.0):
+        raise DataError(f"{path}: intensities {low:g} .. {high:g}, expected [0, 1] (as `mrisynth data import` writes them); "
+                        "rescale the slice (e.g. divide 8-bit images by 255)")
     if image.shape[:2] != (size, size):
         method = "pad" if max(image.shape[:2]) <= size else "resize"
         image = slicing.fit(image, size, method, is_mask=False)
     return image
+
+
+def _refuse_overwrite(out_dir: Path, read: dict[str, Path | None], stems: list[str], force: bool) -> None:
+    """OUT must not be a folder this command reads (not even with `force`), and its existing outputs are
+    kept unless `force`."""
+    for what, folder in read.items():
+        if folder is not None and folder.exists() and out_dir.exists() and folder.resolve() == out_dir.resolve():
+            raise DataError(f"--out {out_dir} is the {what} folder: generating there would overwrite its files; "
+                            "pick another output folder")
+    if force or not out_dir.is_dir():
+        return
+    existing = [f.name for stem in stems for f in (out_dir / f"{stem}.tif", *sorted(out_dir.glob(f"{stem}_*.nii.gz"))) if f.exists()]
+    if existing:
+        raise DataError(f"{out_dir}: already holds {len(existing)} of the files this run writes (e.g. {existing[0]}); "
+                        "pass --force to overwrite them, or pick another --out")
 
 
 def _dataset_facts(masks_dir: Path) -> tuple[list[str] | None, dict[str, float]]:
@@ -78,14 +113,21 @@ def _save_modalities(image: np.ndarray, names: list[str], spacing: float, out_di
 
 
 def generate(model_uri: str, masks_dir: Path, out_dir: Path, brain_dir: Path | None = None, batch_size: int = 8,
-             spacing: float = 1.0) -> list[Path]:
+             spacing: float = 1.0, images_dir: Path | None = None, force: bool = False) -> list[Path]:
     from mrisynth.inference.promote import require_model
     from mrisynth.inference.served_model import Generator, InputError
 
     masks_dir, out_dir = Path(masks_dir), Path(out_dir)
+    brain_dir, images_dir = (Path(d) if d is not None else None for d in (brain_dir, images_dir))
+    if not masks_dir.is_dir():
+        raise DataError(f"--masks {masks_dir}: no such folder; expected a folder of uint8 label masks <name>.tif")
     paths = sorted(masks_dir.glob("*.tif"))
     if not paths:
-        raise DataError(f"{masks_dir}: expected label masks (*.tif), found none")
+        others = sorted(p.name for p in masks_dir.glob("*.tiff"))[:1]
+        hint = f" (found {others[0]}: rename *.tiff to *.tif)" if others else ""
+        raise DataError(f"{masks_dir}: expected label masks (*.tif), found none{hint}")
+    _refuse_overwrite(out_dir, {"masks": masks_dir, "brain-mask": brain_dir, "images": images_dir,
+                                "split's images": _split_images(masks_dir)}, [p.stem for p in paths], force)
     require_model(model_uri)  # a missing model, alias or version: one line saying what to run, no MLflow traceback
     try:
         model = Generator.load(model_uri)  # safe: Keras flavor with safe_mode, no pickles
@@ -102,10 +144,10 @@ def generate(model_uri: str, masks_dir: Path, out_dir: Path, brain_dir: Path | N
             encoding.check_labels(labels, str(path))
         except ValueError as exc:
             raise DataError(str(exc)) from exc
-        brain = _brain_for(path, Path(brain_dir) if brain_dir else None)
+        brain = _brain_for(path, brain_dir, images_dir)
         if brain.shape != labels.shape:
             raise DataError(f"{path}: brain mask shape {brain.shape} differs from the label map's {labels.shape}")
-        mm = spacings.get(path.name, spacing)
+        mm, shape = spacings.get(path.name, spacing), labels.shape
         if labels.shape != (size, size):
             method = "pad" if max(labels.shape) <= size else "resize"
             if method == "resize":
@@ -114,7 +156,7 @@ def generate(model_uri: str, masks_dir: Path, out_dir: Path, brain_dir: Path | N
             labels = slicing.fit(labels, size, method, is_mask=True)
             brain = slicing.fit(brain.astype(np.uint8), size, method, is_mask=True).astype(bool)
         if model.in_channels > encoding.CONDITION_CHANNELS:  # an inpainting generator: the case's own slice is the context
-            image = _image_for(path, size, model.channels)
+            image = _image_for(path, shape, size, model.channels, images_dir)
             region = inpaint.region(labels, brain, inpaint.margin_pixels(TrainGanParams.inpaint_margin, size))
             conditions.append(inpaint.conditioning(labels, brain, image, region))
         else:
@@ -126,7 +168,10 @@ def generate(model_uri: str, masks_dir: Path, out_dir: Path, brain_dir: Path | N
     from tqdm import tqdm
 
     starts = tqdm(range(0, len(cond), batch_size), desc="generate", unit="batch", disable=None, leave=False)
-    images = np.concatenate([model.predict(cond[i : i + batch_size]) for i in starts])
+    try:
+        images = np.concatenate([model.predict(cond[i : i + batch_size]) for i in starts])
+    except InputError as exc:  # the model's own input check: one line, not a traceback
+        raise DataError(f"{masks_dir}: {exc.message}") from exc
     out_dir.mkdir(parents=True, exist_ok=True)
     channels = images.shape[-1]
     names = modalities if modalities and len(modalities) == channels else (list(MODALITIES) if channels == len(MODALITIES) else [f"ch{c}" for c in range(channels)])

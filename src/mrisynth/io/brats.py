@@ -54,15 +54,36 @@ LAYOUTS = {
                         "BraTS 2017-2021: 1 NCR/NET, 2 edema, 4 enhancing tumour"),
     "brats2021": Layout("brats2021", r"BraTS2021_\d{5}", "_", _CLASSIC, (0, 1, 2, 4), {},
                         "BraTS 2017-2021: 1 NCR/NET, 2 edema, 4 enhancing tumour"),
-    "brats2023": Layout("brats2023", r"BraTS-GLI-\d{5}-\d{3}", "-",
+    # the 2023 adult glioma (GLI), Sub-Saharan Africa (SSA), meningioma (MEN) and metastases (MET) data share
+    # files and labels; the paediatric (PED) data labels its sub-regions otherwise and is refused (_refuse_other_labels)
+    "brats2023": Layout("brats2023", r"BraTS-(?:GLI|SSA|MEN|MET)-\d{5}-\d{3}", "-",
                         {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w", "seg": "seg"}, (0, 1, 2, 3), {3: 4},
-                        "BraTS 2023 GLI: 1 NCR, 2 SNFH (edema), 3 ET (enhancing tumour; stored as internal label 4)"),
+                        "BraTS 2023 GLI/SSA/MEN/MET: 1 NCR, 2 SNFH (edema), 3 ET (enhancing tumour; stored as internal label 4)"),
 }
+_OTHER_LABELS = {r"BraTS-PED-\d{5}-\d{3}": "BraTS 2023 paediatric (PED) cases, whose segmentations name the tumour "
+                                            "sub-regions with another label set than GLI's"}
+
+
+def _refuse_other_labels(names: list[str]) -> None:
+    """A DataError for case folders of a release whose label convention mrisynth cannot map (rather than
+    reading them with the wrong layout or labels)."""
+    for pattern, what in _OTHER_LABELS.items():
+        hits = [n for n in names if re.fullmatch(pattern, n)]
+        if hits:
+            raise DataError(f"case folder {hits[0]}: {what}; mrisynth maps BraTS 2020/2021 and BraTS 2023 GLI, SSA, MEN and MET "
+                            "labels only - import those, or convert the segmentations to the GLI labels (1 NCR, 2 edema, 3 ET) first")
+
+
+def _pattern_text(layout: Layout) -> str:
+    """The folder pattern for a person: BraTS-{GLI,SSA,MEN,MET}-NNNNN-NNN."""
+    text = layout.folder.replace("\\d", "N").replace("(?:", "{").replace(")", "}").replace("|", ",")
+    return re.sub(r"N\{(\d+)\}", lambda m: "N" * int(m.group(1)), text)
 
 
 def detect_layout(names: list[str]) -> str:
     """The release whose folder pattern every case folder name matches; brats2020 (the permissive
     default) when none match all; a DataError when folders of two releases are mixed."""
+    _refuse_other_labels(names)
     matched = {name: [n for n in names if re.fullmatch(layout.folder, n)] for name, layout in LAYOUTS.items()}
     full = [name for name, hits in matched.items() if hits and len(hits) == len(names)]
     if full:
@@ -74,13 +95,24 @@ def detect_layout(names: list[str]) -> str:
     return "brats2020"
 
 
+def _has_cases(folder: Path) -> bool:
+    return any(p.is_dir() and any(f.is_file() and _is_nifti(f) for f in p.iterdir()) for p in folder.iterdir())
+
+
 def find_root(src: Path) -> Path:
-    """The folder that holds the case folders: SRC itself, or SRC/MICCAI_BraTS2020_TrainingData."""
+    """The folder that holds the case folders: SRC itself, SRC/MICCAI_BraTS2020_TrainingData, or SRC's only
+    sub-folder when that one holds the case folders (the parent of any release's training folder)."""
     src = Path(src)
     if not src.is_dir():
-        raise DataError(f"{src}: expected a BraTS 2020 training folder, found no such directory")
+        raise DataError(f"{src}: expected a BraTS training folder (or its parent), found no such directory")
     nested = src / TRAINING_DIR
-    return nested if nested.is_dir() else src
+    if nested.is_dir():
+        return nested
+    if not _has_cases(src):
+        subfolders = [p for p in src.iterdir() if p.is_dir()]
+        if len(subfolders) == 1 and _has_cases(subfolders[0]):
+            return subfolders[0]
+    return src
 
 
 def _is_nifti(path: Path) -> bool:
@@ -101,7 +133,7 @@ def discover(src: Path, modalities: tuple[str, ...], layout: str | None = None) 
     layout: one of LAYOUTS, or None to detect it from the folder names."""
     root = find_root(src)
     folders = [p for p in sorted(root.iterdir()) if p.is_dir() and any(f.is_file() and _is_nifti(f) for f in p.iterdir())]
-    detected = detect_layout([p.name for p in folders])
+    detected = detect_layout([p.name for p in folders])  # refuses a release whose labels cannot be mapped, layout given or not
     if layout is None:
         layout = detected
     elif layout not in LAYOUTS:
@@ -110,7 +142,7 @@ def discover(src: Path, modalities: tuple[str, ...], layout: str | None = None) 
     if layout != "brats2020":
         wrong = [p.name for p in folders if not re.fullmatch(spec.folder, p.name)]
         if wrong:
-            raise DataError(f"{root}: case folder {wrong[0]} does not match the {layout} layout ({spec.folder.replace(chr(92) + 'd', 'N')}); "
+            raise DataError(f"{root}: case folder {wrong[0]} does not match the {layout} layout ({_pattern_text(spec)}); "
                             f"the folders look like {detected} - pass --layout {detected} or fix the folder")
     cases = []
     for directory in folders:
@@ -125,7 +157,8 @@ def discover(src: Path, modalities: tuple[str, ...], layout: str | None = None) 
         cases.append(CaseFiles(case_id, directory, files, layout))
     if not cases:
         raise DataError(
-            f"{root}: expected case folders with NIfTI files (BraTS20_Training_NNN/BraTS20_Training_NNN_flair.nii.gz ...), found none"
+            f"{root}: expected case folders with NIfTI files (e.g. BraTS20_Training_NNN/BraTS20_Training_NNN_flair.nii.gz, "
+            "BraTS2021_NNNNN/BraTS2021_NNNNN_flair.nii.gz or BraTS-GLI-NNNNN-NNN/BraTS-GLI-NNNNN-NNN-t2f.nii.gz), found none"
         )
     return cases
 
