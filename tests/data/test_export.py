@@ -123,3 +123,11 @@ def test_force_replaces_only_an_export_of_this_tool(dataset, tmp_path):
     assert r.returncode == 2 and "is a file, not a folder" in r.stderr and "Traceback" not in r.stderr
     with pytest.raises(DataError, match="plain name"):
         export(dataset, tmp_path / "nn", "nnunet", name="../../x")
+
+
+def test_one_nnunet_dataset_id_names_one_folder(dataset, tmp_path):
+    export(dataset, tmp_path / "raw", "nnunet", dataset_id=7, name="Tiny")
+    with pytest.raises(DataError, match=r"Dataset007_Tiny: dataset id 007 is taken by another name .*--name Tiny to replace it"):
+        export(dataset, tmp_path / "raw", "nnunet", dataset_id=7, name="Other")
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["Dataset007_Tiny"]
+    assert export(dataset, tmp_path / "raw", "nnunet", dataset_id=8, name="Other").name == "Dataset008_Other"

@@ -155,3 +155,24 @@ def test_generate_names_a_missing_folder_and_tiff_spelling(stand_in, tmp_path):
     (tmp_path / "tiffs" / "x.tiff").write_bytes(b"")
     with pytest.raises(DataError, match=r"found x\.tiff: rename"):
         generate("models:/g/1", tmp_path / "tiffs", tmp_path / "out")
+
+
+def test_a_larger_non_square_mask_is_padded_to_a_square_before_resizing_never_stretched(stand_in, tmp_path):
+    import nibabel as nib
+    import tifffile
+
+    from mrisynth.inference.generate import _fit, generate
+
+    mask = np.zeros((8, 32), np.uint8)
+    mask[2:6, 14:18] = 2  # a 4 x 4 tumour
+    fitted, how, factor = _fit(mask, 16, is_mask=True)
+    assert (how, factor) == ("resize", 2.0) and fitted.shape == (16, 16)
+    rows, cols = np.nonzero(fitted)
+    assert np.ptp(rows) == np.ptp(cols) == 1  # still square: 2 x 2 pixels at half the resolution
+    stand_in(4)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "b").mkdir()
+    tifffile.imwrite(tmp_path / "m" / "x.tif", mask)
+    tifffile.imwrite(tmp_path / "b" / "x.tif", np.ones_like(mask))
+    generate("models:/g/1", tmp_path / "m", tmp_path / "out", brain_dir=tmp_path / "b")
+    assert nib.load(str(tmp_path / "out" / "x_t1.nii.gz")).header.get_zooms()[:2] == (2.0, 2.0)  # 32 px over 16: 2 mm each way

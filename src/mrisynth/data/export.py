@@ -105,6 +105,11 @@ def export(data_dir: Path, out: Path, fmt: str, arm: str = "none", augmented_dir
     for folder in {out, target}:
         if folder.exists() and not folder.is_dir():
             raise DataError(f"{folder}: exists and is a file, not a folder; choose a folder path for --out")
+    if fmt == "nnunet" and out.is_dir():  # nnU-Net finds a dataset by its id: one id, one folder
+        clash = sorted(p.name for p in out.glob(f"Dataset{dataset_id:03d}_*") if p.is_dir() and p != target)
+        if clash:
+            raise DataError(f"{out / clash[0]}: dataset id {dataset_id:03d} is taken by another name (nnU-Net refuses an id "
+                            f"that names two datasets); pass another --dataset-id, or --name {clash[0].split('_', 1)[1]} to replace it")
     rows = _rows(data_dir, arm, augmented_dir, _generator_version())
     unsafe = [r["case"] for r in rows if not is_plain_name(r["case"])]
     if unsafe:

@@ -1,7 +1,8 @@
 """`mrisynth generate`: render images for label masks with a registered generator; TIFF and NIfTI out.
 
 Masks: DIR/<name>.tif, uint8 (H, W) BraTS labels, any size: masks smaller than the model's input are
-centre-padded, larger ones resized (nearest neighbour) to the model's size S (said once on stdout);
+centre-padded, larger ones padded to a square (never stretched) and resized (nearest neighbour) to the
+model's size S (said once on stdout);
 the images come out at S x S. Brain masks: --brain DIR/<name>.tif (non-zero =
 brain), or, for an imported split (`.../<split>/masks`), the matching images (`.../<split>/images`,
 brain = any channel > 0). Output: OUT/<name>.tif float32 (H, W, C) in [0, 1] and one NIfTI per
@@ -64,10 +65,16 @@ def _image_for(mask_path: Path, shape: tuple[int, int], size: int, channels: int
     if not (np.isfinite(low) and np.isfinite(high) and low >= 0.0 and high <= 1.0):
         raise DataError(f"{path}: intensities {low:g} .. {high:g}, expected [0, 1] (as `mrisynth data import` writes them); "
                         "rescale the slice (e.g. divide 8-bit images by 255)")
-    if image.shape[:2] != (size, size):
-        method = "pad" if max(image.shape[:2]) <= size else "resize"
-        image = slicing.fit(image, size, method, is_mask=False)
-    return image
+    return _fit(image, size, is_mask=False)[0]
+
+
+def _fit(array: np.ndarray, size: int, *, is_mask: bool) -> tuple[np.ndarray, str, float]:
+    """(array fitted to size x size, how, mm per pixel factor): a slice that fits is centre-padded (lossless);
+    a larger one is first centre-padded to a square, so it is never stretched, then resized."""
+    side = max(array.shape[:2])
+    if side <= size:
+        return slicing.fit(array, size, "pad", is_mask=is_mask), "pad", 1.0
+    return slicing.fit(slicing.pad_or_crop(array, side), size, "resize", is_mask=is_mask), "resize", side / size
 
 
 def _refuse_overwrite(out_dir: Path, read: dict[str, Path | None], stems: list[str], force: bool) -> None:
@@ -149,12 +156,10 @@ def generate(model_uri: str, masks_dir: Path, out_dir: Path, brain_dir: Path | N
             raise DataError(f"{path}: brain mask shape {brain.shape} differs from the label map's {labels.shape}")
         mm, shape = spacings.get(path.name, spacing), labels.shape
         if labels.shape != (size, size):
-            method = "pad" if max(labels.shape) <= size else "resize"
-            if method == "resize":
-                mm *= labels.shape[0] / size
-            fitted.add(f"{labels.shape[0]}x{labels.shape[1]} -> {size}x{size} ({method})")
-            labels = slicing.fit(labels, size, method, is_mask=True)
-            brain = slicing.fit(brain.astype(np.uint8), size, method, is_mask=True).astype(bool)
+            labels, method, factor = _fit(labels, size, is_mask=True)
+            brain = _fit(brain.astype(np.uint8), size, is_mask=True)[0].astype(bool)
+            mm *= factor
+            fitted.add(f"{shape[0]}x{shape[1]} -> {size}x{size} ({method})")
         if model.in_channels > encoding.CONDITION_CHANNELS:  # an inpainting generator: the case's own slice is the context
             image = _image_for(path, shape, size, model.channels, images_dir)
             region = inpaint.region(labels, brain, inpaint.margin_pixels(TrainGanParams.inpaint_margin, size))
