@@ -2,10 +2,12 @@
 
 One pure function (`decode`), run in the server's decode worker processes (`server.DecodePool`) so that
 concurrent requests are decoded side by side instead of one at a time under one interpreter lock, or in
-the request's own thread (`decode_workers=0`). JSON must be numbers in nested lists of shape (N, S, S, K)
-(or (S, S, K), one image): strings, booleans, nulls and absurd nesting are 400, never converted; more
-than `max_batch` images are 413; the values are checked by `core.conditioning.check` (NumPy only, so the
-workers import neither MLflow nor TensorFlow). Messages never echo the input."""
+the request's own thread (`decode_workers=0`). The body is a JSON object whose `inputs` (or the aliases
+`instances`, `conditioning`) holds numbers in nested lists of shape (N, S, S, K) (or (S, S, K), one image):
+strings, booleans or nulls in it and absurd nesting are 400, never converted; other keys are ignored
+(whatever they hold); more than `max_batch` images are 413; the values are checked by
+`core.conditioning.check` (NumPy only, so the workers import neither MLflow nor TensorFlow). Messages
+state the model's shape, (N, S, S, K) with its S and K, and never echo the input."""
 from __future__ import annotations
 
 import gc
@@ -19,8 +21,20 @@ import orjson
 from mrisynth.core import conditioning
 from mrisynth.io.workers import end_with_parent
 
-_NUMBERS = "conditioning: expected numbers (no strings, booleans or nulls) in nested lists of shape (N, S, S, 4)"
-_SEND = "send {\"inputs\": (N, S, S, 4) nested lists}"
+_KEYS = ("inputs", "instances", "conditioning")  # the first one present is read; any other key is ignored
+_LITERALS = (b"true", b"false", b"null")
+
+
+def _shape(size: int, channels: int) -> str:
+    return f"(N, {size}, {size}, {channels})"
+
+
+def _numbers(size: int, channels: int) -> str:
+    return f"conditioning: expected numbers (no strings, booleans or nulls) in nested lists of shape {_shape(size, channels)}"
+
+
+def _send(size: int, channels: int) -> str:
+    return f"send {{\"inputs\": {_shape(size, channels)} nested lists}}"
 
 
 class RequestError(Exception):
@@ -33,28 +47,30 @@ class RequestError(Exception):
 
 def decode(body: bytes, size: int, channels: int, max_batch: int) -> np.ndarray:
     """The conditioning batch (N, size, size, channels) float32 of a request body; RequestError otherwise."""
-    if b"true" in body or b"false" in body or b"null" in body:  # no key holds these letters: a literal is not a number
-        raise RequestError(HTTPStatus.BAD_REQUEST, _NUMBERS)
     try:
         payload = orjson.loads(body)  # a JSONDecodeError (a ValueError) also for NaN literals and absurd nesting
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly nested brackets
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"body is not JSON; {_SEND}") from None
-    if not isinstance(payload, dict) or not ({"inputs", "instances", "conditioning"} & set(payload)):
-        raise RequestError(HTTPStatus.BAD_REQUEST, "missing 'inputs': expected a JSON object with key 'inputs' holding (N, S, S, 4) conditioning")
-    key = next(k for k in ("inputs", "instances", "conditioning") if k in payload)
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"body is not JSON; {_send(size, channels)}") from None
+    if not isinstance(payload, dict) or not (set(_KEYS) & set(payload)):
+        raise RequestError(HTTPStatus.BAD_REQUEST, "missing 'inputs': expected a JSON object with key 'inputs' holding "
+                                                   f"{_shape(size, channels)} conditioning")
+    key = next(k for k in _KEYS if k in payload)
     inputs = payload[key]
     if isinstance(inputs, list) and not inputs:  # nothing to render: say so, not "found shape (0,)"
         what = "'inputs' is empty" if key == "inputs" else f"missing 'inputs' ('{key}' is empty)"
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"{what}: {_SEND} with at least one image")
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"{what}: {_send(size, channels)} with at least one image")
+    # Only the inputs must be numbers: np.array(..., float32) would turn true/false into 1/0 and null into NaN, and
+    # np.asarray keeps strings as strings ("0" is not 0). A body whose only quotes are its key's and that has none of
+    # these literals anywhere (the usual request) is converted at once; otherwise the inputs alone are written back
+    # as JSON (by orjson, exactly) and looked at: any literal or quote in them (a string) is refused.
+    if body.count(b'"') != 2 or any(literal in body for literal in _LITERALS):
+        text = orjson.dumps(inputs)
+        if b'"' in text or any(literal in text for literal in _LITERALS):
+            raise RequestError(HTTPStatus.BAD_REQUEST, _numbers(size, channels))
     try:
-        # A body whose only quotes are its key's holds no strings (booleans and nulls were refused above):
-        # converted straight to float32. Otherwise no dtype, so strings stay strings ("0" is not 0).
-        raw = np.array(inputs, np.float32) if body.count(b'"') == 2 else np.asarray(inputs)
+        array = np.array(inputs, np.float32)  # numbers in nested lists only (checked above); ragged or objects: refused
     except (ValueError, TypeError, RecursionError):
-        raw = None
-    if raw is None or raw.dtype.kind not in "iuf":
-        raise RequestError(HTTPStatus.BAD_REQUEST, _NUMBERS)
-    array = raw.astype(np.float32, copy=False)
+        raise RequestError(HTTPStatus.BAD_REQUEST, _numbers(size, channels)) from None
     count = 1 if array.ndim == 3 else (int(array.shape[0]) if array.ndim else 0)  # (S, S, 4) is one image
     if count > max_batch:
         raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{count} images in one request; the limit is {max_batch}")

@@ -1,6 +1,6 @@
 """`mrisynth serve`: the registered generator over HTTP, validated and bounded.
 
-    POST /invocations   {"inputs": (N, S, S, 4) conditioning}  ->  {"predictions": (N, S, S, C) images in [0, 1]}
+    POST /invocations   {"inputs": (N, S, S, K) conditioning}  ->  {"predictions": (N, S, S, C) images in [0, 1]}
     GET  /ping          200 when the model is loaded
 
 Bounds (configurable): a request body over `max_bytes` is refused with 413 before it is read; more
@@ -13,21 +13,26 @@ its images then join a micro-batch (`MicroBatcher`): requests that arrive within
 other are merged into one model call of at most `max_batch` images, and each gets its own rows back (one
 model call runs at a time; requests whose body is in and that are still being decoded are waited for, up
 to `DECODE_WAIT_MS`). Slow senders never delay the others. Bodies being read or waiting
-hold at most `BODY_BUDGET` x max_bytes of memory together; past that a request gets 503 at once. JSON must be numbers in
-nested lists (strings, booleans, nulls and absurd nesting are 400, not converted); a failure that is not the
+hold at most `BODY_BUDGET` x max_bytes of memory together; past that a request gets 503 at once. `inputs` must hold numbers in
+nested lists (strings, booleans, nulls and absurd nesting are 400, not converted; other keys are ignored); a failure that is not the
 request's (the model's) is 500, its cause on stderr. Errors are short JSON ({"error_code", "message"}) and
 never echo the input. Each answered request writes one access-log
 line to stderr: method, path, status and milliseconds until the answer starts
-(`POST /invocations 200 12.3 ms`), never the payload. The model is loaded with
+(`POST /invocations 200 12.3 ms`), never the payload; a client that goes away before its answer is sent adds
+one line (`POST /invocations 200: client disconnected before the answer was sent (BrokenPipeError)`), no
+traceback. `serve` checks --max-bytes and binds the port before the slow model load: a port in use, a bad
+host or port is one `error:` line (`bind`, ConfigError) at once. The model is loaded with
 `served_model.Generator.load` (Keras flavor, safe_mode): no code from the artifact store runs; a
 `models:/NAME@ALIAS` that does not exist stops `serve` with one line saying what to run
 (`promote.require_model`)."""
 from __future__ import annotations
 
+import errno
 import gc
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -41,6 +46,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import orjson
 
+from mrisynth.errors import ConfigError
 from mrisynth.inference import decoding
 from mrisynth.inference.decoding import RequestError
 from mrisynth.inference.served_model import DEFAULT_MAX_BATCH, Generator
@@ -77,7 +83,19 @@ class _Handler(BaseHTTPRequestHandler):
     def handle_one_request(self):
         self._started = time.monotonic()  # restarted by parse_request once the request line is in
         self.command = self.path = None  # a bad request line must not be logged with the previous request's
-        super().handle_one_request()
+        self._status = "-"
+        try:
+            super().handle_one_request()
+        except (ConnectionError, TimeoutError) as exc:  # the client went away (or stopped reading) while we answered
+            self.close_connection = True
+            if self.command is not None:  # one line, no traceback (an idle keep-alive connection that drops: nothing)
+                sys.stderr.write(f"{self._request_line()} {self._status}: client disconnected before the answer was "
+                                 f"sent ({type(exc).__name__})\n")
+                sys.stderr.flush()
+
+    def _request_line(self) -> str:
+        """Method and path for the log: the path cut to 200 characters, control characters escaped."""
+        return f"{self.command or '-'} {(self.path or '-')[:200].translate(_CONTROL_CHARS)}"
 
     def parse_request(self):  # the request line has arrived: its clock starts
         self._started = time.monotonic()
@@ -86,9 +104,9 @@ class _Handler(BaseHTTPRequestHandler):
     def log_request(self, code="-", size="-"):
         """The access log: send_response calls this once per answer, before any byte of it is sent. One line on
         stderr: method, path, status, milliseconds until the answer starts (never the payload)."""
-        path = (self.path or "-")[:200].translate(_CONTROL_CHARS)
+        self._status = getattr(code, "value", code)
         elapsed_ms = (time.monotonic() - self._started) * 1000
-        sys.stderr.write(f"{self.command or '-'} {path} {getattr(code, 'value', code)} {elapsed_ms:.1f} ms\n")
+        sys.stderr.write(f"{self._request_line()} {self._status} {elapsed_ms:.1f} ms\n")
         sys.stderr.flush()
 
     def _reply(self, status: int, body: dict, close: bool = False) -> None:
@@ -376,7 +394,9 @@ class Service:
         self.max_batch = max_batch
         self.body_timeout_s = body_timeout_s
         self._held, self._held_lock = 0, threading.Lock()
-        self.max_bytes = max_bytes or default_max_bytes(generator.size, max_batch, generator.in_channels)
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError(f"max_bytes {max_bytes}: expected a positive number of bytes (None: the default)")
+        self.max_bytes = default_max_bytes(generator.size, max_batch, generator.in_channels) if max_bytes is None else max_bytes
         self.active = threading.BoundedSemaphore(MAX_ACTIVE)
         self.batcher = MicroBatcher(generator.predict_checked, max_batch, batch_wait_ms / 1000)  # rows validated by `decode`
         self.decoders = DecodePool(decode_workers)
@@ -416,28 +436,80 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
+def bind(host: str, port: int) -> ThreadingHTTPServer:
+    """The HTTP server's socket, bound to (host, port) but not listening yet (`serve` binds it before the slow
+    model load, and listens once the model is in): a bad --host or --port, or a port in use, is a ConfigError
+    that says what was given, what was expected and what to do."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port}: expected a TCP port from 1 to 65535 (0: any free port); pick one with --port")
+    httpd = ThreadingHTTPServer((host, port), _Handler, bind_and_activate=False)  # its handler is set once the model is in
+    try:
+        httpd.server_bind()
+    except (socket.gaierror, UnicodeError) as exc:  # not an IPv4 address, a name that does not resolve
+        httpd.server_close()
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"--host {host}: not an IPv4 address or a host name this machine resolves ({reason}); expected e.g. "
+                          "127.0.0.1 (this machine only) or 0.0.0.0 (every interface); fix --host") from None
+    except OSError as exc:
+        httpd.server_close()
+        raise _bind_error(host, port, exc) from None
+    return httpd
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
+    """The one-line error for a socket that could not be bound or listen on (host, port)."""
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(f"port {port} is in use on {host} (another server is listening there); pick another with "
+                           "--port, or stop that server")
+    if exc.errno == errno.EACCES:
+        return ConfigError(f"port {port} on {host}: permission denied (ports below 1024 need privileges); pick one from "
+                           "1024 to 65535 with --port")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(f"--host {host}: not an address of this machine; expected one of its own addresses, e.g. "
+                           "127.0.0.1 (this machine only) or 0.0.0.0 (every interface); fix --host")
+    return ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); check --host and --port")
+
+
+def check_max_bytes(max_bytes: int | None) -> None:
+    """`--max-bytes`: None (the default: max-batch images of JSON) or a positive number of bytes; ConfigError otherwise."""
+    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0):
+        raise ConfigError(f"--max-bytes {max_bytes}: expected a positive number of bytes (the largest request body); "
+                          "leave it out for the default (--max-batch images of JSON)")
+
+
 def serve(model_uri: str, host: str = "127.0.0.1", port: int = 5001, max_batch: int = DEFAULT_MAX_BATCH,
           max_bytes: int | None = None, body_timeout_s: float = BODY_TIMEOUT_S, batch_wait_ms: float = BATCH_WAIT_MS,
           decode_workers: int | None = None) -> None:
+    """Check the options and take the port (ConfigError: one line, before the slow model load), load the model,
+    then answer requests until Ctrl-C or SIGTERM."""
     from mrisynth.inference.promote import require_model
 
-    require_model(model_uri)  # a missing model, alias or version: one line saying what to run, no MLflow traceback
-    workers = DECODE_WORKERS if decode_workers is None else decode_workers
-    service = Service(Generator.load(model_uri), max_batch, max_bytes, body_timeout_s, batch_wait_ms, workers)
-    freeze_heap()
-    httpd = ThreadingHTTPServer((host, port), service.handler())
-
-    def stop(signum, frame):  # SIGTERM (a process manager, `kill`) stops like Ctrl-C: the decode workers are shut down
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():  # signal handlers belong to the main thread
-        signal.signal(signal.SIGTERM, stop)
-    print(f"serving {model_uri} on http://{host}:{port} (max {service.max_batch} images, {service.max_bytes} bytes per request, "
-          f"{workers} decode workers)", flush=True)
+    check_max_bytes(max_bytes)
+    httpd = bind(host, port)  # before the model load: a port in use or a bad host fails at once
+    service = None
     try:
-        httpd.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        require_model(model_uri)  # a missing model, alias or version: one line saying what to run, no MLflow traceback
+        workers = DECODE_WORKERS if decode_workers is None else decode_workers
+        service = Service(Generator.load(model_uri), max_batch, max_bytes, body_timeout_s, batch_wait_ms, workers)
+        freeze_heap()
+        httpd.RequestHandlerClass = service.handler()
+        try:
+            httpd.server_activate()  # listening only now: until the model is in, a client's connection is refused
+        except OSError as exc:  # another server bound the same port meanwhile and listened first
+            raise _bind_error(host, port, exc) from None
+
+        def stop(signum, frame):  # SIGTERM (a process manager, `kill`) stops like Ctrl-C: the decode workers are shut down
+            raise KeyboardInterrupt
+
+        if threading.current_thread() is threading.main_thread():  # signal handlers belong to the main thread
+            signal.signal(signal.SIGTERM, stop)
+        print(f"serving {model_uri} on http://{host}:{httpd.server_address[1]} (max {service.max_batch} images, {service.max_bytes} "
+              f"bytes per request, {workers} decode workers)", flush=True)
+        try:
+            httpd.serve_forever()
+        except KeyboardInterrupt:
+            pass
     finally:
         httpd.server_close()
-        service.close()
+        if service is not None:
+            service.close()
