@@ -15,3 +15,12 @@ def test_message_links_the_saved_arms_view_and_names_promote_and_serve():
     assert "reports/table1.md" in text and "mrisynth promote" in text
     assert "mrisynth serve --model models:/mrisynth-generator@champion" in text
     assert "experiment mrisynth" in next_steps.message("mrisynth", None, "g")  # no store yet: no broken link
+
+
+def test_no_tracking_store_yet_gives_no_id_and_creates_no_database(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    assert next_steps.experiment_id("mrisynth") is None
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    assert next_steps.experiment_id("mrisynth") is None
+    assert list(tmp_path.iterdir()) == []  # "reads files and the tracking store only; writes nothing"

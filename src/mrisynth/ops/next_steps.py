@@ -26,6 +26,9 @@ def experiment_id(name: str) -> str | None:
     """The id of experiment `name` in the tracking store (None when it or the store is missing)."""
     from mrisynth.io import tracking
 
+    uri = os.environ.get("MLFLOW_TRACKING_URI", tracking.DEFAULT_URI)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None  # no store yet: opening one would create an empty mlflow.db
     try:
         return tracking.experiment_id(name)
     except Exception:  # noqa: BLE001 - a hint printer never fails a finished run
