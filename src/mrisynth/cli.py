@@ -334,7 +334,7 @@ def _model_commands(sub) -> None:
               description="Move alias @champion to the candidate generator version when it beats the current champion on "
                           "params.yaml promote.metric (a validation quantity) and clears promote.margin; the decision is "
                           "written into the version's tags and description.")
-    pr.add_argument("--version", help="candidate version (default: alias challenger)")
+    pr.add_argument("--version", type=int, help="candidate version number (default: alias challenger)")
     pr.add_argument("--force", action="store_true", help="promote even if not better (metric and signature still required)")
     pr.add_argument("--name", help="registered model (default: params train_gan.registry_name)")
     pr.add_argument("--params", default="params.yaml", help="parameter file (its promote and train_gan sections)")

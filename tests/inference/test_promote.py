@@ -97,3 +97,16 @@ def test_promote_cli(promo, trained):
     r = subprocess.run([sys.executable, "-m", "mrisynth.cli", "promote", "--name", "promo-generator", "--version", promo[1]],
                        cwd=trained, capture_output=True, text=True)
     assert r.returncode == 0 and "NOT promoted" in r.stdout, r.stderr
+
+
+def test_an_unknown_version_lists_the_registered_ones(promo):
+    with pytest.raises(PromotionError, match=rf"version 999 not found .*registered versions: {', '.join(sorted(promo, key=int))}\. Pick one with --version"):
+        promote("promo-generator", 999)
+
+
+def test_a_version_that_is_not_a_number_is_refused_by_the_command_line(capsys):
+    from mrisynth import cli
+
+    with pytest.raises(SystemExit) as ended:
+        cli.main(["promote", "--version", "abc"])
+    assert ended.value.code == 2 and "invalid int value: 'abc'" in capsys.readouterr().err
