@@ -207,3 +207,13 @@ def test_a_client_that_disconnects_mid_answer_is_one_log_line_not_a_traceback(ca
     assert lines[0].startswith("POST /invocations 200 ") and lines[0].endswith(" ms")
     assert lines[1].startswith("POST /invocations 200: client disconnected before the answer was sent (") and lines[1].endswith("Error)")
     assert lines[2].startswith("GET /ping 200 ")
+
+
+def test_a_max_bytes_below_one_image_is_refused_once_the_model_is_known(monkeypatch):
+    from mrisynth.inference import promote
+
+    monkeypatch.setattr(promote, "require_model", lambda uri: None)
+    monkeypatch.setattr(server.Generator, "load", staticmethod(lambda uri: _Fake(size=8, in_channels=9)))
+    with pytest.raises(ConfigError, match=r"--max-bytes 500: cannot hold one 8x8x9 image \(its JSON takes at least 1152 bytes\)"):
+        server.serve("models:/m@champion", "127.0.0.1", 0, max_bytes=500, decode_workers=0)
+    server.check_fits_one_image(1152, 8, 9)  # the bound itself is accepted

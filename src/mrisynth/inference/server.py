@@ -66,6 +66,11 @@ DECODE_WORKERS = min(MAX_ACTIVE, usable_cores())  # `serve`'s decode
 _CONTROL_CHARS = str.maketrans({c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)})  # escaped in the access log
 
 
+def smallest_body(size: int, channels: int) -> int:
+    """A lower bound on the JSON of one (size, size, channels) image: a one-digit number and a separator per value."""
+    return 2 * size * size * channels
+
+
 def default_max_bytes(size: int, max_batch: int, channels: int = 4) -> int:
     return max_batch * size * size * channels * BYTES_PER_VALUE + 64 * 1024
 
@@ -477,6 +482,15 @@ def check_max_bytes(max_bytes: int | None) -> None:
                           "leave it out for the default (--max-batch images of JSON)")
 
 
+def check_fits_one_image(max_bytes: int, size: int, channels: int) -> None:
+    """`--max-bytes` against the loaded model (known only then): a limit below one image's JSON would answer
+    every request 413; ConfigError instead."""
+    smallest = smallest_body(size, channels)
+    if max_bytes < smallest:
+        raise ConfigError(f"--max-bytes {max_bytes}: cannot hold one {size}x{size}x{channels} image (its JSON takes at least "
+                          f"{smallest} bytes); raise it or leave it out for the default")
+
+
 def serve(model_uri: str, host: str = "127.0.0.1", port: int = 5001, max_batch: int = DEFAULT_MAX_BATCH,
           max_bytes: int | None = None, body_timeout_s: float = BODY_TIMEOUT_S, batch_wait_ms: float = BATCH_WAIT_MS,
           decode_workers: int | None = None) -> None:
@@ -491,6 +505,7 @@ def serve(model_uri: str, host: str = "127.0.0.1", port: int = 5001, max_batch: 
         require_model(model_uri)  # a missing model, alias or version: one line saying what to run, no MLflow traceback
         workers = DECODE_WORKERS if decode_workers is None else decode_workers
         service = Service(Generator.load(model_uri), max_batch, max_bytes, body_timeout_s, batch_wait_ms, workers)
+        check_fits_one_image(service.max_bytes, service.generator.size, service.generator.in_channels)
         freeze_heap()
         httpd.RequestHandlerClass = service.handler()
         try:
