@@ -87,11 +87,13 @@ sweep: data
 	done
 	python pipelines/sweep_summary.py
 
-# Two xdist workers (PYTEST_WORKERS=1 for one process): the CI machine has 2 cores and most tests are single-threaded
-# TensorFlow start-up and subprocess waits; the long end-to-end tests go first (tests/conftest.py) so neither worker idles.
+# Two xdist workers (PYTEST_WORKERS=0 for one process): the CI machine has 2 cores and most tests are single-threaded
+# TensorFlow start-up and subprocess waits. The long end-to-end tests go first (tests/conftest.py) and --maxschedchunk 1
+# hands tests out two at a time, so those long ones are shared between the workers (xdist's default first chunk would
+# give every one of them to the first worker) and neither worker idles at the end.
 PYTEST_WORKERS ?= 2
 test: setup
-	python -m pytest -q -p randomly -n $(PYTEST_WORKERS) --durations=25
+	python -m pytest -q -p randomly -n $(PYTEST_WORKERS) --maxschedchunk 1 --durations=25
 
 # Every benchmark side by side -> reports/bench.json, the table in docs/benchmarks.md, an MLflow run `bench`.
 bench: setup

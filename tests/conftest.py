@@ -302,5 +302,6 @@ class _cwd:
 def pytest_collection_modifyitems(config, items):
     """The long end-to-end tests (marked `slow`) first, in pytest-randomly's order among themselves, the rest
     after them in its order: under `make test`'s two xdist workers a several-minute test that started last
-    would leave the other worker idle until it ends."""
+    would leave the other worker idle until it ends (the Makefile's --maxschedchunk 1 shares them out). The
+    sort is stable and pytest-randomly's shuffle is seeded alike in every worker, so all collect one order."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from mrisynth import _quiet
 
 
@@ -39,6 +41,16 @@ def test_importing_tensorflow_through_mrisynth_prints_no_banner():
     bare = _import_tensorflow({"TF_CPP_MIN_LOG_LEVEL": "2"}, "import tensorflow")
     shown = _import_tensorflow({"MRISYNTH_TF_BANNER": "1"})
     assert [text for text in _quiet.BANNER if text in shown] == [text for text in _quiet.BANNER if text in bare], (shown, bare)
+
+
+@pytest.mark.parametrize("switch, hooked", [(None, "True"), ("1", "False")])
+def test_the_banner_switch_decides_whether_the_import_is_wrapped(switch, hooked):
+    """On any CPU (the comparison above is empty where TensorFlow prints no oneDNN line): importing mrisynth
+    puts the wrapper before TensorFlow's import unless MRISYNTH_TF_BANNER=1."""
+    env = {k: v for k, v in os.environ.items() if k != "MRISYNTH_TF_BANNER"} | ({"MRISYNTH_TF_BANNER": switch} if switch else {})
+    code = "import sys, mrisynth\nfrom mrisynth import _quiet\nprint(any(isinstance(f, _quiet._QuietTensorFlow) for f in sys.meta_path))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == hooked, done.stdout + done.stderr
 
 
 def test_lines_written_before_a_hard_crash_in_the_block_still_show():

@@ -269,6 +269,11 @@ def test_phantom_cases_never_mix_with_other_files(tmp_path):
         make_phantom(out, cases=1, seed=7, version=1, force=True)
     assert (out / "BraTS20_Training_002").is_dir()
     (out / "phantom_cases.csv").write_text("case_id\nBraTS20_Training_002\n")
+    (out / "my_notes.txt").write_text("mine")  # not a phantom file: --force deletes nothing
+    with pytest.raises(DataError, match=r"holds other entries \(my_notes.txt\), so nothing was deleted"):
+        make_phantom(out, cases=1, seed=7, version=1, force=True)
+    assert (out / "my_notes.txt").is_file() and (out / "BraTS20_Training_002").is_dir()
+    (out / "my_notes.txt").unlink()
     assert make_phantom(out, cases=1, seed=7, version=1, force=True) == ["BraTS20_Training_001"]
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["BraTS20_Training_001"]  # the old case is gone
 

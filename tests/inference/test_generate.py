@@ -1,6 +1,7 @@
 """`mrisynth generate` (mrisynth.inference.generate): TIFF and per-modality NIfTI from masks, masks of other
 sizes fitted to the model's input, bad labels refused in one line."""
 import re
+from pathlib import Path
 import subprocess
 import sys
 
@@ -176,3 +177,31 @@ def test_a_larger_non_square_mask_is_padded_to_a_square_before_resizing_never_st
     tifffile.imwrite(tmp_path / "b" / "x.tif", np.ones_like(mask))
     generate("models:/g/1", tmp_path / "m", tmp_path / "out", brain_dir=tmp_path / "b")
     assert nib.load(str(tmp_path / "out" / "x_t1.nii.gz")).header.get_zooms()[:2] == (2.0, 2.0)  # 32 px over 16: 2 mm each way
+
+
+def test_generate_refuses_a_file_as_out_and_the_split_images_reached_through_dot(stand_in, tmp_path, monkeypatch):
+    from mrisynth.errors import DataError
+    from mrisynth.inference.generate import generate
+
+    stand_in(4)
+    masks, brains, _, _ = _case(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(DataError, match="exists and is a file, not a folder"):
+        generate("models:/g/1", masks, tmp_path / "a_file", brain_dir=brains)
+    split = tmp_path / "data" / "test"
+    _case(split)
+    (split / "m").rename(split / "masks")
+    (split / "s").rename(split / "images")
+    monkeypatch.chdir(split / "masks")
+    with pytest.raises(DataError, match="is the split's images folder"):
+        generate("models:/g/1", Path("."), Path("../images"), brain_dir=brains, force=True)
+
+
+def test_another_cases_files_in_out_do_not_block_a_run(stand_in, tmp_path):
+    from mrisynth.inference.generate import generate
+
+    stand_in(4)
+    masks, brains, _, _ = _case(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x_b_t1.nii.gz").write_bytes(b"case x_b's file")  # shares the prefix x_, not a file of case x
+    assert generate("models:/g/1", masks, tmp_path / "out", brain_dir=brains) == [tmp_path / "out" / "x.tif"]

@@ -104,6 +104,12 @@ def test_an_unknown_version_lists_the_registered_ones(promo):
         promote("promo-generator", 999)
 
 
+@pytest.mark.parametrize("version", [0, -1, "0"])
+def test_version_zero_or_below_is_refused_not_read_as_no_version(version):
+    with pytest.raises(PromotionError, match=rf"--version {version}: expected a registered version number"):
+        promote("any-model", version)
+
+
 def test_a_version_that_is_not_a_number_is_refused_by_the_command_line(capsys):
     from mrisynth import cli
 

@@ -150,6 +150,12 @@ def test_only_the_inputs_must_be_numbers_other_keys_are_ignored():
             assert status == 400 and message.startswith("conditioning: expected numbers"), (bad, message)
 
 
+def test_inputs_nested_deeper_than_orjson_writes_are_400_not_500():
+    deep = b'{"inputs": ' + b"[" * 300 + b"0" + b"]" * 300 + b', "note": "x"}'  # the slow path writes the inputs back
+    status, message = _answer(deep)
+    assert status == 400 and message.startswith("conditioning: expected numbers")
+
+
 def test_messages_state_the_models_channel_count():
     nine = np.zeros((1, 8, 8, 9))
     nine[..., 5:] = -1
@@ -183,11 +189,12 @@ def test_a_client_that_disconnects_mid_answer_is_one_log_line_not_a_traceback(ca
     try:
         client = socket.socket()
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.settimeout(30)
         client.connect(("127.0.0.1", port))
         client.sendall(request)
         head = b""
-        while len(head) < 250:
-            head += client.recv(250 - len(head))
+        while len(head) < 250 and (chunk := client.recv(250 - len(head))):
+            head += chunk
         assert head.startswith(b"HTTP/1.1 200")
         client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset, like a killed curl
         client.close()
@@ -204,9 +211,11 @@ def test_a_client_that_disconnects_mid_answer_is_one_log_line_not_a_traceback(ca
     assert "Traceback" not in err and "Exception occurred" not in err, err[-3000:]
     lines = err.splitlines()
     assert len(lines) == 3, lines
-    assert lines[0].startswith("POST /invocations 200 ") and lines[0].endswith(" ms")
-    assert lines[1].startswith("POST /invocations 200: client disconnected before the answer was sent (") and lines[1].endswith("Error)")
-    assert lines[2].startswith("GET /ping 200 ")
+    assert lines[0].startswith("POST /invocations 200 ") and lines[0].endswith(" ms")  # written before the answer
+    # the server's threads may write the disconnect line and the next request's line in either order
+    gone = [line for line in lines[1:] if line.startswith("POST /invocations 200: client disconnected before the answer was sent (")]
+    assert len(gone) == 1 and gone[0].endswith("Error)"), lines
+    assert [line for line in lines[1:] if line.startswith("GET /ping 200 ")], lines
 
 
 def test_a_max_bytes_below_one_image_is_refused_once_the_model_is_known(monkeypatch):

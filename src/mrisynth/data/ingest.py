@@ -88,10 +88,15 @@ def make_phantom(out: Path, cases: int, seed: int, workers: int = 1, version: in
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise DataError(f"{out}: folder already holds files; choose an empty folder or pass --force to replace earlier phantom cases")
-        if not (out / CASE_INFO).is_file():
-            raise DataError(f"{out}: --force replaces only phantom cases written by this tool ({CASE_INFO}); this folder holds other "
-                            "files, so nothing was deleted: choose another folder or empty it yourself")
-        shutil.rmtree(out)
+        ours = {CASE_INFO, "name_mapping.csv"}
+        others = sorted(p.name for p in out.iterdir() if p.name not in ours and not (p.is_dir() and not p.is_symlink() and re.fullmatch(
+            brats.LAYOUTS["brats2020"].folder, p.name)))
+        if not (out / CASE_INFO).is_file() or others:
+            what = f"other entries ({', '.join(others[:3])})" if others else f"no {CASE_INFO}"
+            raise DataError(f"{out}: --force replaces only phantom cases written by this tool (case folders, {CASE_INFO}, "
+                            f"name_mapping.csv); this folder holds {what}, so nothing was deleted: choose another folder or empty it yourself")
+        for entry in out.iterdir():
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     out.mkdir(parents=True, exist_ok=True)
     rows = list(_map(_phantom_case, [(out, seed, i, version) for i in range(cases)], workers, desc="phantom"))
     brats.write_name_mapping(out, [(r["case_id"], r["grade"]) for r in rows])

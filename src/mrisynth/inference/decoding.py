@@ -64,7 +64,10 @@ def decode(body: bytes, size: int, channels: int, max_batch: int) -> np.ndarray:
     # these literals anywhere (the usual request) is converted at once; otherwise the inputs alone are written back
     # as JSON (by orjson, exactly) and looked at: any literal or quote in them (a string) is refused.
     if body.count(b'"') != 2 or any(literal in body for literal in _LITERALS):
-        text = orjson.dumps(inputs)
+        try:
+            text = orjson.dumps(inputs)
+        except TypeError:  # nesting deeper than orjson writes (it reads deeper): not an image either
+            raise RequestError(HTTPStatus.BAD_REQUEST, _numbers(size, channels)) from None
         if b'"' in text or any(literal in text for literal in _LITERALS):
             raise RequestError(HTTPStatus.BAD_REQUEST, _numbers(size, channels))
     try:

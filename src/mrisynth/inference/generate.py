@@ -17,6 +17,7 @@ a folder that is read (masks, brain masks, images, the split's images/), and fil
 be written again are refused unless `force`."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,9 @@ from mrisynth.io.manifest import is_plain_name
 
 
 def _split_images(masks_dir: Path) -> Path | None:
-    """An imported split's images/ folder beside its masks/ folder (None for any other masks folder)."""
+    """An imported split's images/ folder beside its masks/ folder (None for any other masks folder; `.` and
+    `..` are made absolute first, so `--masks .` inside a split's masks/ counts too)."""
+    masks_dir = Path(os.path.abspath(masks_dir))
     return masks_dir.parent / "images" if masks_dir.name == "masks" else None
 
 
@@ -77,16 +80,20 @@ def _fit(array: np.ndarray, size: int, *, is_mask: bool) -> tuple[np.ndarray, st
     return slicing.fit(slicing.pad_or_crop(array, side), size, "resize", is_mask=is_mask), "resize", side / size
 
 
-def _refuse_overwrite(out_dir: Path, read: dict[str, Path | None], stems: list[str], force: bool) -> None:
-    """OUT must not be a folder this command reads (not even with `force`), and its existing outputs are
-    kept unless `force`."""
+def _refuse_overwrite(out_dir: Path, read: dict[str, Path | None], names: list[str], force: bool) -> None:
+    """OUT must be a folder (or new), never a folder this command reads (not even with `force`), and the
+    files it would write again (`names`) are kept unless `force`."""
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise DataError(f"--out {out_dir}: a link to nothing; pick a folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir}: exists and is a file, not a folder; pick a folder")
     for what, folder in read.items():
         if folder is not None and folder.exists() and out_dir.exists() and folder.resolve() == out_dir.resolve():
             raise DataError(f"--out {out_dir} is the {what} folder: generating there would overwrite its files; "
                             "pick another output folder")
     if force or not out_dir.is_dir():
         return
-    existing = [f.name for stem in stems for f in (out_dir / f"{stem}.tif", *sorted(out_dir.glob(f"{stem}_*.nii.gz"))) if f.exists()]
+    existing = [name for name in names if (out_dir / name).exists()]
     if existing:
         raise DataError(f"{out_dir}: already holds {len(existing)} of the files this run writes (e.g. {existing[0]}); "
                         "pass --force to overwrite them, or pick another --out")
@@ -133,15 +140,16 @@ def generate(model_uri: str, masks_dir: Path, out_dir: Path, brain_dir: Path | N
         others = sorted(p.name for p in masks_dir.glob("*.tiff"))[:1]
         hint = f" (found {others[0]}: rename *.tiff to *.tif)" if others else ""
         raise DataError(f"{masks_dir}: expected label masks (*.tif), found none{hint}")
+    modalities, spacings = _dataset_facts(masks_dir)
+    written_names = [n for p in paths for n in (p.name, *(f"{p.stem}_{m}.nii.gz" for m in (modalities or MODALITIES)))]
     _refuse_overwrite(out_dir, {"masks": masks_dir, "brain-mask": brain_dir, "images": images_dir,
-                                "split's images": _split_images(masks_dir)}, [p.stem for p in paths], force)
+                                "split's images": _split_images(masks_dir)}, written_names, force)
     require_model(model_uri)  # a missing model, alias or version: one line saying what to run, no MLflow traceback
     try:
         model = Generator.load(model_uri)  # safe: Keras flavor with safe_mode, no pickles
     except InputError as exc:
         raise DataError(str(exc.message)) from exc
     size = model.size
-    modalities, spacings = _dataset_facts(masks_dir)
     conditions, fitted, pixel_mm = [], set(), []
     for path in paths:
         labels = tiff.read_mask(path)

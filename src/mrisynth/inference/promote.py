@@ -76,6 +76,9 @@ def promote(name: str, version: str | int | None = None, metric: str = PromotePa
     if not is_validation_metric(metric):
         raise PromotionError(f"promotion metric {metric!r}: expected a validation metric (a tag named val_* or *_val, e.g. "
                              f"{PromoteParams.metric!r}); the test split never decides promotion. Set promote.metric in params.yaml")
+    if version is not None and (isinstance(version, bool) or not str(version).isdigit() or int(version) < 1):
+        raise PromotionError(f"--version {version}: expected a registered version number (1, 2, ...); "
+                             "leave it out to judge alias @challenger")
     try:
         candidate = registry.get_version(name, version, alias=CHALLENGER)
     except LookupError as exc:

@@ -1,10 +1,10 @@
-"""BraTS folders (2020, 2021, 2023 GLI): find cases and their files, load and check volumes, write phantom cases.
+"""BraTS folders (2020, 2021, 2023 GLI/SSA/MEN/MET; PED refused): find cases and their files, load and check volumes, write phantom cases.
 
 Layouts (`LAYOUTS`; detected from the case folder names, or forced):
 * brats2020: `BraTS20_Training_NNN/BraTS20_Training_NNN_{flair,t1,t1ce,t2,seg}.nii.gz`, labels {0, 1, 2, 4},
   plus case 355's `W39_1998.09.19_Segm.nii` (folders with other names are read this way too);
 * brats2021: `BraTS2021_NNNNN/BraTS2021_NNNNN_{flair,t1,t1ce,t2,seg}.nii.gz`, labels {0, 1, 2, 4};
-* brats2023 (GLI): `BraTS-GLI-NNNNN-NNN/BraTS-GLI-NNNNN-NNN-{t2f,t1n,t1c,t2w,seg}.nii.gz`, labels {0, 1, 2, 3}
+* brats2023 (GLI, SSA, MEN, MET): `BraTS-GLI-NNNNN-NNN/BraTS-GLI-NNNNN-NNN-{t2f,t1n,t1c,t2w,seg}.nii.gz`, labels {0, 1, 2, 3}
   with 3 = enhancing tumour, mapped to the internal label 4 so WT/TC/ET mean the same everywhere.
 `.nii` and `.nii.gz` (or a mix) are accepted.
 """
