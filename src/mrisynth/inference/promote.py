@@ -35,17 +35,6 @@ class Decision:
     reason: str
 
 
-def _registered_versions(name: str) -> list[str]:
-    """The version numbers of registered model `name`, ascending ([] when none or the store cannot say)."""
-    import mlflow
-
-    try:
-        found = mlflow.MlflowClient().search_model_versions(f"name='{name}'")
-    except Exception:  # noqa: BLE001 - only a hint in an error message
-        return []
-    return [str(v) for v in sorted(int(m.version) for m in found)]
-
-
 def is_validation_metric(name: str) -> bool:
     """Whether a version tag may decide promotion: an allowlist, not a blocklist, so a test result tagged later
     under another prefix cannot slip in. Validation tags are named `val_*` (val_dice_gain_beyond_classic,
@@ -83,10 +72,8 @@ def promote(name: str, version: str | int | None = None, metric: str = PromotePa
         candidate = registry.get_version(name, version, alias=CHALLENGER)
     except LookupError as exc:
         what = f"version {version}" if version else f"alias @{CHALLENGER}"
-        known = _registered_versions(name)
-        have = f"registered versions: {', '.join(known)}" if known else "no version is registered yet"
-        raise PromotionError(f"model {name!r}: {what} not found in the registry ({exc}); {have}. Pick one with --version, "
-                             "or run `dvc repro train_gan` to register a new one") from exc
+        raise PromotionError(f"model {name!r}: {what} not found in the registry ({exc}); pick a registered version with "
+                             "--version (the MLflow UI's Models page lists them), or run `dvc repro train_gan` to register one") from exc
     label = f"{name} version {candidate.version}"
     if not registry.has_signature(name, candidate.version):
         raise PromotionError(f"{label} has no input/output signature; it cannot be served safely. Re-register it with `dvc repro train_gan`")
