@@ -37,23 +37,22 @@ def _split_images(masks_dir: Path) -> Path | None:
     return masks_dir.parent / "images" if masks_dir.name == "masks" else None
 
 
-def _brain_for(mask_path: Path, brain_dir: Path | None, images_dir: Path | None) -> np.ndarray:
+def _brain_for(mask_path: Path, brain_dir: Path | None, images: Path | None) -> np.ndarray:
+    """`images`: the real slices' folder (--images, else the split's images/; None when there is neither)."""
     if brain_dir is not None:
         path = brain_dir / mask_path.name
         if not path.is_file():
             raise DataError(f"{mask_path}: expected a brain mask at {path}, found none")
         return tiff.read_mask(path) > 0
-    images = images_dir or _split_images(mask_path.parent)
     if images is not None and (images / mask_path.name).is_file():
         return tiff.read_image(images / mask_path.name).any(axis=-1)
     raise DataError(f"{mask_path}: no brain mask; pass --brain DIR (DIR/{mask_path.name}, non-zero = brain), --images DIR "
                     "(the real slices; brain = any channel > 0) or use an imported split's masks folder")
 
 
-def _image_for(mask_path: Path, shape: tuple[int, int], size: int, channels: int, images_dir: Path | None) -> np.ndarray:
-    """The real slice for a mask (--images DIR, else the split's images/ folder), fitted to `size`: the
-    context of an inpainting generator, which re-draws only the tumour region of that slice."""
-    images = images_dir or _split_images(mask_path.parent)
+def _image_for(mask_path: Path, shape: tuple[int, int], size: int, channels: int, images: Path | None) -> np.ndarray:
+    """The real slice for a mask from `images` (--images DIR, else the split's images/ folder), fitted to
+    `size`: the context of an inpainting generator, which re-draws only the tumour region of that slice."""
     path = images / mask_path.name if images is not None else None
     if path is None or not path.is_file():
         where = f"expected it at {path}" if path is not None else "found no images folder"
@@ -142,8 +141,10 @@ def generate(model_uri: str, masks_dir: Path, out_dir: Path, brain_dir: Path | N
         raise DataError(f"{masks_dir}: expected label masks (*.tif), found none{hint}")
     modalities, spacings = _dataset_facts(masks_dir)
     written_names = [n for p in paths for n in (p.name, *(f"{p.stem}_{m}.nii.gz" for m in (modalities or MODALITIES)))]
+    split_images = _split_images(masks_dir)
     _refuse_overwrite(out_dir, {"masks": masks_dir, "brain-mask": brain_dir, "images": images_dir,
-                                "split's images": _split_images(masks_dir)}, written_names, force)
+                                "split's images": split_images}, written_names, force)
+    images = images_dir or split_images  # the real slices: an inpainting generator's context, the brain without --brain
     require_model(model_uri)  # a missing model, alias or version: one line saying what to run, no MLflow traceback
     try:
         model = Generator.load(model_uri)  # safe: Keras flavor with safe_mode, no pickles
@@ -159,7 +160,7 @@ def generate(model_uri: str, masks_dir: Path, out_dir: Path, brain_dir: Path | N
             encoding.check_labels(labels, str(path))
         except ValueError as exc:
             raise DataError(str(exc)) from exc
-        brain = _brain_for(path, brain_dir, images_dir)
+        brain = _brain_for(path, brain_dir, images)
         if brain.shape != labels.shape:
             raise DataError(f"{path}: brain mask shape {brain.shape} differs from the label map's {labels.shape}")
         mm, shape = spacings.get(path.name, spacing), labels.shape
@@ -169,7 +170,7 @@ def generate(model_uri: str, masks_dir: Path, out_dir: Path, brain_dir: Path | N
             mm *= factor
             fitted.add(f"{shape[0]}x{shape[1]} -> {size}x{size} ({method})")
         if model.in_channels > encoding.CONDITION_CHANNELS:  # an inpainting generator: the case's own slice is the context
-            image = _image_for(path, shape, size, model.channels, images_dir)
+            image = _image_for(path, shape, size, model.channels, images)
             region = inpaint.region(labels, brain, inpaint.margin_pixels(TrainGanParams.inpaint_margin, size))
             conditions.append(inpaint.conditioning(labels, brain, image, region))
         else:
