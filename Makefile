@@ -66,24 +66,36 @@ paper: data
 	dvc exp run -f -n paper $(PAPER_OVERRIDES)
 
 # The validation sweep behind the default profile (docs/synthetic-data.md): each variant a named DVC experiment in the
-# workspace, 2 segmenter seeds; pipelines/sweep_summary.py keeps its VALIDATION numbers only (reports/sweep.md).
-# (DVC's -S reads a comma as a sweep: DiffAugment parts are joined with +.) Stage output goes to work/sweep-<name>.log (it also prints test scores: not for choosing). Apply the winner
-# with `dvc exp apply <name>` or by editing params.yaml.
-SWEEP_SEEDS := -S 'train_segmenter.seeds=[1,2]'
+# workspace, 2 segmenter seeds, 4 arms (no copy-paste control: it has no generator, so no lever changes it). Each
+# variant's pipeline stops at train_segmenter, BEFORE gan_usefulness and evaluate (the stages that read the test split):
+# pipelines/sweep_summary.py scores it on the validation split only (reports/sweep/<name>.json, reports/sweep.md), so
+# no test number exists while the winner is chosen. (DVC's -S reads a comma as a sweep: DiffAugment parts are joined
+# with +.) Stage output goes to work/sweep-<name>.log. Apply the winner with `dvc exp apply <name>` or by editing
+# params.yaml, then `make run` for its verdict. `make sweep SWEEP_VARIANTS="fm10 default"` runs some of them.
+SWEEP_SEEDS := -S 'train_segmenter.seeds=[1,2]' -S 'train_segmenter.arms=[none,classic,gan,classic+gan]'
 SWEEP_PAPER := -S train_gan.diffaugment=none -S train_gan.draws=1 -S train_gan.generator=pix2pix -S train_gan.synthesis=full -S train_gan.select=val_loss -S train_gan.epochs=30 -S train_segmenter.real_share=null
 SWEEP_LONG := -S train_gan.draws=1 -S train_gan.select=last -S train_gan.epochs=100 -S train_gan.diffaugment=translation+cutout+color
-SWEEP_VARIANTS ?= paper full-long inpaint inpaint-spade inpaint-spade-mixed
+SWEEP_DEFAULT := $(SWEEP_LONG) -S train_gan.generator=spade -S train_gan.synthesis=inpaint -S train_segmenter.real_share=null
+SWEEP_VARIANTS ?= paper full-long inpaint inpaint-spade default fm10 alpha-low
 sweep-paper := $(SWEEP_PAPER)
 sweep-full-long := $(SWEEP_LONG) -S train_segmenter.real_share=0.5 -S train_gan.generator=pix2pix -S train_gan.synthesis=full
 sweep-inpaint := $(SWEEP_LONG) -S train_segmenter.real_share=0.5 -S train_gan.generator=pix2pix -S train_gan.synthesis=inpaint
 sweep-inpaint-spade := $(SWEEP_LONG) -S train_segmenter.real_share=0.5 -S train_gan.generator=spade -S train_gan.synthesis=inpaint
-sweep-inpaint-spade-mixed := $(SWEEP_LONG) -S train_gan.generator=spade -S train_gan.synthesis=inpaint -S train_segmenter.real_share=null
+sweep-inpaint-spade-mixed := $(SWEEP_DEFAULT)
+# default: the default profile with one generator draw (inpaint-spade-mixed's settings, rerun under this protocol);
+# fm10, alpha-low: the texture levers (feature matching; a lower α range for tune) on top of it
+sweep-default := $(SWEEP_DEFAULT)
+sweep-fm10 := $(SWEEP_DEFAULT) -S train_gan.feature_matching=10.0
+sweep-alpha-low := $(SWEEP_DEFAULT) -S tune.alpha_low=1.0 -S tune.alpha_high=10.0
 sweep: data
 	mkdir -p work
 	for v in $(SWEEP_VARIANTS); do \
-	  case $$v in paper) o="$(sweep-paper)";; full-long) o="$(sweep-full-long)";; inpaint) o="$(sweep-inpaint)";; inpaint-spade) o="$(sweep-inpaint-spade)";; inpaint-spade-mixed) o="$(sweep-inpaint-spade-mixed)";; *) echo "unknown variant $$v"; exit 2;; esac; \
-	  echo "sweep: $$v"; eval dvc exp run -n $$v $(SWEEP_SEEDS) $$o > work/sweep-$$v.log 2>&1 || exit 1; \
-	  python pipelines/sweep_summary.py $$v > /dev/null || exit 1; \
+	  case $$v in paper) o="$(sweep-paper)";; full-long) o="$(sweep-full-long)";; inpaint) o="$(sweep-inpaint)";; \
+	    inpaint-spade) o="$(sweep-inpaint-spade)";; inpaint-spade-mixed) o="$(sweep-inpaint-spade-mixed)";; \
+	    default) o="$(sweep-default)";; fm10) o="$(sweep-fm10)";; alpha-low) o="$(sweep-alpha-low)";; \
+	    *) echo "unknown variant $$v"; exit 2;; esac; \
+	  echo "sweep: $$v"; eval dvc exp run -f -n $$v $(SWEEP_SEEDS) $$o train_segmenter > work/sweep-$$v.log 2>&1 || exit 1; \
+	  python pipelines/sweep_summary.py $$v >> work/sweep-$$v.log 2>&1 || exit 1; \
 	done
 	python pipelines/sweep_summary.py
 

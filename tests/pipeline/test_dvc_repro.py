@@ -46,7 +46,38 @@ def _mlflow_ui_text(repo: Path, env: dict, bin_dir: Path, route: str) -> str:
 
 
 @pytest.mark.slow
-def test_tiny_dvc_repro_produces_table1_and_mlflow_runs(tmp_path):
+def _check_sweep_scoring(repo: Path, metrics: dict, monkeypatch) -> None:
+    """`make sweep`'s scorer (pipelines/sweep_summary.py) on this workspace: it never loads the test split, and its
+    validation comparisons are evaluate's (same code, same bootstrap seed)."""
+    import importlib.util
+
+    from mrisynth.io import arrays
+
+    spec = importlib.util.spec_from_file_location("sweep_summary", repo / "pipelines" / "sweep_summary.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    load_split = arrays.load_split
+
+    def validation_only(folder, split):
+        assert split != "test", "the sweep's scorer loaded the test split"
+        return load_split(folder, split)
+
+    monkeypatch.setattr(arrays, "load_split", validation_only)
+    monkeypatch.chdir(repo)
+    row = sweep.score("tiny")
+    for question, key in sweep.QUESTIONS.items():
+        expected = metrics["comparisons_val"][question]["dice_tumour"]
+        assert row[f"val_{key}"] == pytest.approx([expected["mean"], expected["low"], expected["high"]], abs=1e-12), question
+    assert row["protocol"] == sweep.PROTOCOL and row["train_gan.draws"] == 2 and not any("test" in k for k in row)
+    assert 0.0 <= row["val_gan_train_dice_tumour"] <= 1.0 and row["val_real_train_dice_tumour"] == row["val_dice_tumour_none"]
+    assert row["realism_worst_deviation"] >= 0.0 and set(row["realism_ratios"]) == {"flair", "t1", "t1ce", "t2"}
+    line = next(x for x in sweep.table([row]).splitlines() if x.startswith("| tiny |"))
+    assert "spade" in line and "inpaint" in line and line.count("[") >= 2   # two CIs, no '*' (validation-only)
+    old = {k: v for k, v in row.items() if k not in ("protocol", "realism_worst_deviation")}
+    assert "| tiny * |" in sweep.table([old]) and "n/a |" in sweep.table([old])   # an older full-run record is marked
+
+
+def test_tiny_dvc_repro_produces_table1_and_mlflow_runs(tmp_path, monkeypatch):
     repo = copy_tracked_repo(tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for section, values in TINY_PARAMS.items():
@@ -95,6 +126,8 @@ def test_tiny_dvc_repro_produces_table1_and_mlflow_runs(tmp_path):
     assert sum(",True," in line for line in augmented[1:]) >= 3 * 4
     best_alpha = json.loads((repo / "work" / "tune" / "best_alpha.json").read_text())
     assert best_alpha["source"] == "optuna" and best_alpha["study"].startswith("mrisynth-alpha-")
+
+    _check_sweep_scoring(repo, metrics, monkeypatch)
 
     shown = subprocess.run([str(bin_dir / "dvc"), "metrics", "show"], cwd=repo, capture_output=True, text=True, env=env)
     assert shown.returncode == 0 and "classic_gan-classic.diff" in shown.stdout and "val_gain_beyond_classic" in shown.stdout
