@@ -40,6 +40,7 @@ assert set(QUESTIONS) == {question for _, _, question in COMPARISONS}, "a verdic
 LEVERS = (("train_gan", ("generator", "synthesis", "select", "epochs", "diffaugment", "disc_blocks", "feature_matching", "draws")),
           ("tune", ("n_trials", "alpha_low", "alpha_high")),
           ("train_segmenter", ("real_share", "seeds", "arms")))
+SCRATCH = Path("work") / "sweep"   # the scorer's GAN-train segmenter (no stage reads or declares it)
 PROTOCOL = "validation-only"  # pipeline stopped at train_segmenter; the test split was never evaluated
 
 
@@ -74,7 +75,7 @@ def score(name: str, params_path: str = "params.yaml") -> dict:
     steps = seg.steps_per_epoch or (math.ceil(largest / seg.batch_size) if seg.equal_steps else None)
     from mrisynth.training import segmenter
 
-    out = Path(params.gan_usefulness.out_dir) / "sweep_gan_train.keras"
+    out = SCRATCH / "gan_train.keras"   # not gan_usefulness.out_dir: that is a DVC output this must not modify
     out.parent.mkdir(parents=True, exist_ok=True)
     segmenter.train(seg, seg.seeds[0], images, classes, val.images, val_classes, out, None, steps)
     row["val_gan_train_dice_tumour"] = usefulness.scores(segmenter.load(out), val.images, val_classes)["dice_tumour"]
