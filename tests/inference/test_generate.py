@@ -90,14 +90,19 @@ def _case(folder, side=16, scale=1.0):
     return folder / "m", folder / "b", folder / "s", image
 
 
-def test_an_inpainting_generator_keeps_the_slice_given_with_images(stand_in, tmp_path):
+def test_an_inpainting_generator_keeps_the_slice_given_with_images(stand_in, tmp_path, monkeypatch):
     import tifffile
 
+    from mrisynth.inference import generate as module
     from mrisynth.inference.generate import generate
 
     stand_in(9)
     masks, _, slices, image = _case(tmp_path)
+    reads = []
+    read_image = module.tiff.read_image
+    monkeypatch.setattr(module.tiff, "read_image", lambda path: reads.append(path) or read_image(path))
     generate("models:/g/1", masks, tmp_path / "out", images_dir=slices)  # brain from the images (any channel > 0)
+    assert reads == [slices / "x.tif"]   # the real slice is read once: it gives the brain and the context
     out = tifffile.imread(tmp_path / "out" / "x.tif")
     np.testing.assert_allclose(out[8:, 8:], image[8:, 8:], atol=1e-6)  # far from the tumour: the real slice
     assert np.all(out[2:5, 2:5] == 0.0)  # inside the region the stand-in drew nothing

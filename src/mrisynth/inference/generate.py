@@ -37,28 +37,36 @@ def _split_images(masks_dir: Path) -> Path | None:
     return masks_dir.parent / "images" if masks_dir.name == "masks" else None
 
 
-def _brain_for(mask_path: Path, brain_dir: Path | None, images: Path | None) -> np.ndarray:
-    """`images`: the real slices' folder (--images, else the split's images/; None when there is neither)."""
+def _real_slice(mask_path: Path, images: Path | None) -> tuple[Path | None, np.ndarray | None]:
+    """(where the mask's real slice would be, the slice or None when absent): `images` is the real slices' folder
+    (--images, else the split's images/; None when there is neither). Read once per mask: it gives both the brain
+    (without --brain) and an inpainting generator's context."""
+    path = images / mask_path.name if images is not None else None
+    return path, (tiff.read_image(path) if path is not None and path.is_file() else None)
+
+
+def _brain_for(mask_path: Path, brain_dir: Path | None, real: np.ndarray | None) -> np.ndarray:
+    """The brain mask from --brain DIR, else from the real slice (any channel > 0)."""
     if brain_dir is not None:
         path = brain_dir / mask_path.name
         if not path.is_file():
             raise DataError(f"{mask_path}: expected a brain mask at {path}, found none")
         return tiff.read_mask(path) > 0
-    if images is not None and (images / mask_path.name).is_file():
-        return tiff.read_image(images / mask_path.name).any(axis=-1)
+    if real is not None:
+        return real.any(axis=-1)
     raise DataError(f"{mask_path}: no brain mask; pass --brain DIR (DIR/{mask_path.name}, non-zero = brain), --images DIR "
                     "(the real slices; brain = any channel > 0) or use an imported split's masks folder")
 
 
-def _image_for(mask_path: Path, shape: tuple[int, int], size: int, channels: int, images: Path | None) -> np.ndarray:
-    """The real slice for a mask from `images` (--images DIR, else the split's images/ folder), fitted to
-    `size`: the context of an inpainting generator, which re-draws only the tumour region of that slice."""
-    path = images / mask_path.name if images is not None else None
-    if path is None or not path.is_file():
+def _image_for(mask_path: Path, shape: tuple[int, int], size: int, channels: int, path: Path | None,
+               real: np.ndarray | None) -> np.ndarray:
+    """The mask's real slice (`_real_slice`: read from --images DIR, else the split's images/ folder) checked and
+    fitted to `size`: the context of an inpainting generator, which re-draws only the tumour region of that slice."""
+    if real is None:
         where = f"expected it at {path}" if path is not None else "found no images folder"
         raise DataError(f"{mask_path}: this generator inpaints a tumour into a real slice, {where}; pass --images DIR "
                         f"(DIR/{mask_path.name}, float (H, W, {channels}) in [0, 1]) or use an imported split's masks folder")
-    image = tiff.read_image(path).astype(np.float32)
+    image = real.astype(np.float32)
     if image.ndim != 3 or image.shape[-1] != channels:
         raise DataError(f"{path}: image shape {image.shape}, expected (H, W, {channels}): the generator draws {channels} channels")
     if image.shape[:2] != shape:
@@ -160,7 +168,9 @@ def generate(model_uri: str, masks_dir: Path, out_dir: Path, brain_dir: Path | N
             encoding.check_labels(labels, str(path))
         except ValueError as exc:
             raise DataError(str(exc)) from exc
-        brain = _brain_for(path, brain_dir, images)
+        inpainting = model.in_channels > encoding.CONDITION_CHANNELS  # the case's own real slice is the context
+        real_path, real = _real_slice(path, images) if inpainting or brain_dir is None else (None, None)
+        brain = _brain_for(path, brain_dir, real)
         if brain.shape != labels.shape:
             raise DataError(f"{path}: brain mask shape {brain.shape} differs from the label map's {labels.shape}")
         mm, shape = spacings.get(path.name, spacing), labels.shape
@@ -169,8 +179,8 @@ def generate(model_uri: str, masks_dir: Path, out_dir: Path, brain_dir: Path | N
             brain = _fit(brain.astype(np.uint8), size, is_mask=True)[0].astype(bool)
             mm *= factor
             fitted.add(f"{shape[0]}x{shape[1]} -> {size}x{size} ({method})")
-        if model.in_channels > encoding.CONDITION_CHANNELS:  # an inpainting generator: the case's own slice is the context
-            image = _image_for(path, shape, size, model.channels, images)
+        if inpainting:
+            image = _image_for(path, shape, size, model.channels, real_path, real)
             region = inpaint.region(labels, brain, inpaint.margin_pixels(TrainGanParams.inpaint_margin, size))
             conditions.append(inpaint.conditioning(labels, brain, image, region))
         else:
