@@ -1,0 +1,51 @@
+"""`make sweep` chooses the default profile on the validation split: its variants' pipelines stop before the stages
+that read the test split (the scorer itself is checked on a real workspace in test_dvc_repro.py)."""
+import re
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+READS_TEST = {"gan_usefulness", "evaluate"}   # the stages that score the test split (for reporting)
+
+
+def _upstream(stages: dict, target: str) -> set[str]:
+    """`target` and every stage whose outputs it depends on, transitively (dvc.yaml's deps vs outs)."""
+    def outs(name):
+        return {next(iter(o)) if isinstance(o, dict) else o for o in stages[name].get("outs", [])}
+
+    found, todo = set(), [target]
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        deps = set(stages[name].get("deps", []))
+        todo += [other for other in stages if other not in found and outs(other) & deps]
+    return found
+
+
+def test_the_sweep_stops_before_the_stages_that_read_the_test_split():
+    recipe = (REPO / "Makefile").read_text().split("\nsweep:", 1)[1].split("\n\n", 1)[0]
+    runs = re.findall(r"dvc exp run [^>]*", recipe)
+    assert runs and all(run.split()[-1] == "train_segmenter" for run in runs), runs
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    # resolve ${section.key} in deps/outs with params.yaml, as DVC does
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+
+    def resolve(value):
+        return re.sub(r"\$\{(\w+)\.(\w+)\}", lambda m: str(params[m[1]][m[2]]), value)
+
+    for stage in stages.values():
+        stage["deps"] = [resolve(d) for d in stage.get("deps", [])]
+        stage["outs"] = [resolve(o) if isinstance(o, str) else {resolve(next(iter(o))): None} for o in stage.get("outs", [])]
+    ran = _upstream(stages, "train_segmenter")
+    assert ran == {"preprocess", "tune", "train_gan", "augment", "train_segmenter"} and not ran & READS_TEST
+
+
+def test_no_stage_the_sweep_runs_after_preprocess_names_the_test_split():
+    """preprocess writes all three splits; tune, train_gan, augment and train_segmenter must never load `test`."""
+    for stage in ("tune", "train_gan", "augment", "train_segmenter"):
+        source = (REPO / "src" / "mrisynth" / "stages" / f"{stage}.py").read_text()
+        assert not re.search(r"""["']test["']""", source), f"stages/{stage}.py names the test split"
+
