@@ -116,7 +116,12 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         ratio = r["val_gan_train_dice_tumour"] / max(r["val_real_train_dice_tumour"], 1e-9)
         low, high = r.get("tune.alpha_low"), r.get("tune.alpha_high")
-        tuned = f"{low:g}–{high:g} → {r['alpha']:.1f}" if low is not None and r.get("alpha") is not None else number(r.get("alpha"), ".1f")
+        if r.get("tune.n_trials") == 0:
+            tuned = f"{number(r.get('alpha'), '.1f')} fixed"
+        elif low is not None and r.get("alpha") is not None:
+            tuned = f"{low:g}–{high:g} → {r['alpha']:.1f}"
+        else:
+            tuned = number(r.get("alpha"), ".1f")
         lines.append(f"| {r['name']}{'' if r.get('protocol') == PROTOCOL else ' *'} | {r['train_gan.generator']} | {r['train_gan.synthesis']} | "
                      f"{r['train_gan.select']} | {r['train_gan.epochs']} | {r['train_gan.diffaugment'] or 'off'} | "
                      f"{r.get('train_gan.feature_matching', 0.0) or 'off'} | {tuned} | {r['train_segmenter.real_share']} | "

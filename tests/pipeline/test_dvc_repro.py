@@ -73,6 +73,8 @@ def _check_sweep_scoring(repo: Path, metrics: dict, monkeypatch) -> None:
     assert row["realism_worst_deviation"] >= 0.0 and set(row["realism_ratios"]) == {"flair", "t1", "t1ce", "t2"}
     line = next(x for x in sweep.table([row]).splitlines() if x.startswith("| tiny |"))
     assert "spade" in line and "inpaint" in line and line.count("[") >= 2   # two CIs, no '*' (validation-only)
+    assert f"1–300 → {row['alpha']:.1f}" in line or row["tune.n_trials"] == 0   # tune's range and its choice
+    assert f"| {row['alpha']:.1f} fixed |" in sweep.table([row | {"tune.n_trials": 0}])   # tune off: alpha as given
     old = {k: v for k, v in row.items() if k not in ("protocol", "realism_worst_deviation")}
     assert "| tiny * |" in sweep.table([old]) and "n/a |" in sweep.table([old])   # an older full-run record is marked
 
