@@ -49,3 +49,12 @@ def test_no_stage_the_sweep_runs_after_preprocess_names_the_test_split():
         source = (REPO / "src" / "mrisynth" / "stages" / f"{stage}.py").read_text()
         assert not re.search(r"""["']test["']""", source), f"stages/{stage}.py names the test split"
 
+
+
+def test_every_variant_starts_from_the_same_params():
+    """A workspace experiment leaves its -S values in params.yaml: the recipe restores the saved params.yaml before
+    every variant (the 2026-12-07 sweep's second variant silently inherited the first's feature_matching without it)."""
+    recipe = (REPO / "Makefile").read_text().split("\nsweep:", 1)[1].split("\n\n", 1)[0]
+    save, loop = recipe.index("cp params.yaml work/sweep-params.yaml"), recipe.index("for v in")
+    restore, run = recipe.index("cp work/sweep-params.yaml params.yaml", loop), recipe.index("dvc exp run", loop)
+    assert save < loop < restore < run and recipe.rindex("cp work/sweep-params.yaml params.yaml") > recipe.index("done")
