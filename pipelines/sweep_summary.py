@@ -24,7 +24,7 @@ from mrisynth import paths
 from mrisynth.augment.arm_data import synthetic_only
 from mrisynth.augment.synthesis import load_generator
 from mrisynth.config import load_params
-from mrisynth.core import encoding, realism
+from mrisynth.core import encoding, inpaint, realism
 from mrisynth.core.arms import BASELINE, COMPARISONS
 from mrisynth.errors import DataError
 from mrisynth.inference import rendering
@@ -83,16 +83,33 @@ def score(name: str, params_path: str = "params.yaml") -> dict:
 
     # realism panel of draw 1 (gan_usefulness's settings: its seed, augment's dropout sampling)
     generator = load_generator(Path(gan.model_path), pre.image_size, val.images.shape[-1], gan.synthesis)
-    rendered = rendering.render_split(generator, val, gan.synthesis, gan.inpaint_margin, sample=params.augment.sample_dropout,
-                                      seed=params.gan_usefulness.seed)
-    panel = realism.panel(val.images, rendered, val.labels, rendering.drawn(val, gan.synthesis, gan.inpaint_margin),
-                          list(params.data.modalities))
-    row["realism_worst_deviation"] = float(panel["worst_deviation"])
-    row["realism_ratios"] = {m: {stat: float(v["ratio"]) for stat, v in panel[m].items()} for m in params.data.modalities}
+    row |= realism_of(generator, val, params)
     report = paths.read_json(paths.TRAIN_GAN) or {}
     row |= {"gan_best_epoch": report.get("best_epoch"), "alpha": report.get("alpha"),
             "scoring_seconds": round(time.perf_counter() - started, 1)}
     return row
+
+
+def realism_of(generator, val, params) -> dict:
+    """The realism panel (validation label maps, gan_usefulness's seed, augment's dropout sampling) over the pixels
+    the generator draws, and for inpainting also over the region's inner part: the region eroded by the blend ramp's
+    width, where no real pixel is mixed in (the ramp's real share flatters the whole-region ratios)."""
+    from scipy import ndimage
+
+    gan, modalities = params.train_gan, list(params.data.modalities)
+    rendered = rendering.render_split(generator, val, gan.synthesis, gan.inpaint_margin, sample=params.augment.sample_dropout,
+                                      seed=params.gan_usefulness.seed)
+    where = rendering.drawn(val, gan.synthesis, gan.inpaint_margin)
+    out = {}
+    masks = {"realism": where}
+    if gan.synthesis == "inpaint":
+        margin = inpaint.margin_pixels(gan.inpaint_margin, val.images.shape[1])
+        masks["realism_inner"] = np.stack([ndimage.binary_erosion(w, iterations=margin) for w in where]) if margin >= 1 else where
+    for key, mask in masks.items():
+        panel = realism.panel(val.images, rendered, val.labels, mask, modalities)
+        out[f"{key}_worst_deviation"] = float(panel["worst_deviation"])
+        out[f"{key}_ratios"] = {m: {stat: float(v["ratio"]) for stat, v in panel[m].items()} for m in modalities}
+    return out
 
 
 def table(rows: list[dict]) -> str:
@@ -106,13 +123,14 @@ def table(rows: list[dict]) -> str:
     lines = ["# Validation sweep (selection split only; test numbers are not part of this table)", "",
              f"{len(rows)} variants tried; the winner's validation gain is optimistic (chosen as the best of {len(rows)}).",
              "Tumour Dice differences, mean over val images x seeds (x generator draws) with 95 % bootstrap CI (images, seeds and draws resampled).",
-             "Realism: the worst of the panel's ratios (generated / real, 4 modalities x 5 statistics, validation label maps, draw 1), as a deviation from 1.",
+             "Realism: the worst of the panel's ratios (generated / real, 4 modalities x 5 statistics, validation label maps, draw 1), as a deviation from 1; "
+             "inner: inpainting's regions without their blend ramp (where real pixels are mixed in).",
              "Variants marked * ran the full pipeline (its `evaluate` also scored the test split; nothing here reads it); "
              "the others stopped at train_segmenter (no test number exists)." if old else
              "Every variant stopped at train_segmenter: no test number exists for any of them.", "",
              "| variant | generator | synthesis | select | GAN epochs | DiffAugment | feature matching | α (tune range → chosen) | real_share | seeds | "
-             "GAN beyond classic | gan vs none | GAN-train / real-train | realism worst |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "GAN beyond classic | gan vs none | GAN-train / real-train | realism worst | realism worst, inner |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = r["val_gan_train_dice_tumour"] / max(r["val_real_train_dice_tumour"], 1e-9)
         low, high = r.get("tune.alpha_low"), r.get("tune.alpha_high")
@@ -127,7 +145,7 @@ def table(rows: list[dict]) -> str:
                      f"{r.get('train_gan.feature_matching', 0.0) or 'off'} | {tuned} | {r['train_segmenter.real_share']} | "
                      f"{','.join(map(str, r['train_segmenter.seeds']))} | {ci(r.get('val_gain_beyond_classic'))} | "
                      f"{ci(r.get('val_gan_vs_none'))} | {r['val_gan_train_dice_tumour']:.3f} / {r['val_real_train_dice_tumour']:.3f} = {ratio:.2f} | "
-                     f"{number(r.get('realism_worst_deviation'), '.0%')} |")
+                     f"{number(r.get('realism_worst_deviation'), '.0%')} | {number(r.get('realism_inner_worst_deviation'), '.0%')} |")
     return "\n".join(lines) + "\n"
 
 

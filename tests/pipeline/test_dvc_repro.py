@@ -70,12 +70,13 @@ def _check_sweep_scoring(repo: Path, metrics: dict, monkeypatch) -> None:
         assert row[f"val_{key}"] == pytest.approx([expected["mean"], expected["low"], expected["high"]], abs=1e-12), question
     assert row["protocol"] == sweep.PROTOCOL and row["train_gan.draws"] == 2 and not any("test" in k for k in row)
     assert 0.0 <= row["val_gan_train_dice_tumour"] <= 1.0 and row["val_real_train_dice_tumour"] == row["val_dice_tumour_none"]
-    assert row["realism_worst_deviation"] >= 0.0 and set(row["realism_ratios"]) == {"flair", "t1", "t1ce", "t2"}
+    assert row["realism_worst_deviation"] >= 0.0 and set(row["realism_ratios"]) == set(row["realism_inner_ratios"]) == {"flair", "t1", "t1ce", "t2"}
+    assert row["realism_inner_ratios"] != row["realism_ratios"]   # the inner part (no blend ramp) is another set of pixels
     line = next(x for x in sweep.table([row]).splitlines() if x.startswith("| tiny |"))
     assert "spade" in line and "inpaint" in line and line.count("[") >= 2   # two CIs, no '*' (validation-only)
     assert f"1–300 → {row['alpha']:.1f}" in line or row["tune.n_trials"] == 0   # tune's range and its choice
     assert f"| {row['alpha']:.1f} fixed |" in sweep.table([row | {"tune.n_trials": 0}])   # tune off: alpha as given
-    old = {k: v for k, v in row.items() if k not in ("protocol", "realism_worst_deviation")}
+    old = {k: v for k, v in row.items() if k not in ("protocol", "realism_worst_deviation", "realism_inner_worst_deviation")}
     assert "| tiny * |" in sweep.table([old]) and "n/a |" in sweep.table([old])   # an older full-run record is marked
 
 
