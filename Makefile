@@ -100,8 +100,8 @@ sweep: data
 	    inpaint-spade) o="$(sweep-inpaint-spade)";; inpaint-spade-mixed) o="$(sweep-inpaint-spade-mixed)";; \
 	    default) o="$(sweep-default)";; fm10) o="$(sweep-fm10)";; fm10-alpha5) o="$(sweep-fm10-alpha5)";; \
 	    *) echo "unknown variant $$v"; exit 2;; esac; \
-	  echo "sweep: $$v"; eval dvc exp run -f -n $$v $(SWEEP_SEEDS) $$o train_segmenter > work/sweep-$$v.log 2>&1 || exit 1; \
-	  python pipelines/sweep_summary.py $$v >> work/sweep-$$v.log 2>&1 || exit 1; \
+	  echo "sweep: $$v"; eval dvc exp run -f -n $$v $(SWEEP_SEEDS) $$o train_segmenter > work/sweep-$$v.log 2>&1 || { cp work/sweep-params.yaml params.yaml; exit 1; }; \
+	  python pipelines/sweep_summary.py $$v >> work/sweep-$$v.log 2>&1 || { cp work/sweep-params.yaml params.yaml; exit 1; }; \
 	done; cp work/sweep-params.yaml params.yaml
 	python pipelines/sweep_summary.py
 

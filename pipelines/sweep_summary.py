@@ -71,7 +71,7 @@ def score(name: str, params_path: str = "params.yaml") -> dict:
 
     # GAN-train (gan_usefulness's definition, validation only): synthetic pairs of draw 1, first seed
     images, classes = synthetic_only(Path(params.augment.out_dir))
-    largest = max(len(images), 1)
+    largest = max(len(arrays.load_split(Path(pre.out_dir), "train")) * params.augment.factor, len(images))  # as gan_usefulness
     steps = seg.steps_per_epoch or (math.ceil(largest / seg.batch_size) if seg.equal_steps else None)
     from mrisynth.training import segmenter
 
@@ -92,10 +92,8 @@ def score(name: str, params_path: str = "params.yaml") -> dict:
 
 def realism_of(generator, val, params) -> dict:
     """The realism panel (validation label maps, gan_usefulness's seed, augment's dropout sampling) over the pixels
-    the generator draws, and for inpainting also over the region's inner part: the region eroded by the blend ramp's
-    width, where no real pixel is mixed in (the ramp's real share flatters the whole-region ratios)."""
-    from scipy import ndimage
-
+    the generator draws, and for inpainting also over the region's inner part: the pixels whose blend weight is 1,
+    where no real pixel is mixed in (the ramp's real share flatters the whole-region ratios)."""
     gan, modalities = params.train_gan, list(params.data.modalities)
     rendered = rendering.render_split(generator, val, gan.synthesis, gan.inpaint_margin, sample=params.augment.sample_dropout,
                                       seed=params.gan_usefulness.seed)
@@ -104,7 +102,8 @@ def realism_of(generator, val, params) -> dict:
     masks = {"realism": where}
     if gan.synthesis == "inpaint":
         margin = inpaint.margin_pixels(gan.inpaint_margin, val.images.shape[1])
-        masks["realism_inner"] = np.stack([ndimage.binary_erosion(w, iterations=margin) for w in where]) if margin >= 1 else where
+        weights = np.stack([inpaint.blend_weight(w, margin) for w in where])   # the ramp render_split composites with
+        masks["realism_inner"] = where & (weights >= 1.0)
     for key, mask in masks.items():
         panel = realism.panel(val.images, rendered, val.labels, mask, modalities)
         out[f"{key}_worst_deviation"] = float(panel["worst_deviation"])
