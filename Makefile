@@ -89,20 +89,20 @@ SWEEP_FIXED := $(SWEEP_NOTUNE) -S train_gan.alpha=22.881136684755237
 sweep-default := $(SWEEP_FIXED)
 sweep-fm10 := $(SWEEP_FIXED) -S train_gan.feature_matching=10.0
 sweep-fm10-alpha5 := $(SWEEP_NOTUNE) -S train_gan.feature_matching=10.0 -S train_gan.alpha=5.0
-# Every variant starts from the same params.yaml (saved first, restored before each variant and at the end): a
+# Every variant starts from the same params.yaml (saved first, restored before each variant and on any exit): a
 # workspace experiment leaves its params applied, so without this a variant would inherit the previous one's -S values.
 sweep: data
 	mkdir -p work
-	cp params.yaml work/sweep-params.yaml
+	cp params.yaml work/sweep-params.yaml; trap 'cp work/sweep-params.yaml params.yaml' EXIT; \
 	for v in $(SWEEP_VARIANTS); do \
 	  cp work/sweep-params.yaml params.yaml; \
 	  case $$v in paper) o="$(sweep-paper)";; full-long) o="$(sweep-full-long)";; inpaint) o="$(sweep-inpaint)";; \
 	    inpaint-spade) o="$(sweep-inpaint-spade)";; inpaint-spade-mixed) o="$(sweep-inpaint-spade-mixed)";; \
 	    default) o="$(sweep-default)";; fm10) o="$(sweep-fm10)";; fm10-alpha5) o="$(sweep-fm10-alpha5)";; \
 	    *) echo "unknown variant $$v"; exit 2;; esac; \
-	  echo "sweep: $$v"; eval dvc exp run -f -n $$v $(SWEEP_SEEDS) $$o train_segmenter > work/sweep-$$v.log 2>&1 || { cp work/sweep-params.yaml params.yaml; exit 1; }; \
-	  python pipelines/sweep_summary.py $$v >> work/sweep-$$v.log 2>&1 || { cp work/sweep-params.yaml params.yaml; exit 1; }; \
-	done; cp work/sweep-params.yaml params.yaml
+	  echo "sweep: $$v"; eval dvc exp run -f -n $$v $(SWEEP_SEEDS) $$o train_segmenter > work/sweep-$$v.log 2>&1 || exit 1; \
+	  python pipelines/sweep_summary.py $$v >> work/sweep-$$v.log 2>&1 || exit 1; \
+	done
 	python pipelines/sweep_summary.py
 
 # Two xdist workers (PYTEST_WORKERS=0 for one process): the CI machine has 2 cores and most tests are single-threaded

@@ -9,6 +9,11 @@ REPO = Path(__file__).resolve().parents[2]
 READS_TEST = {"gan_usefulness", "evaluate"}   # the stages that score the test split (for reporting)
 
 
+def _sweep_recipe() -> str:
+    """The `sweep` target's recipe in the Makefile (up to the next blank line)."""
+    return (REPO / "Makefile").read_text().split("\nsweep:", 1)[1].split("\n\n", 1)[0]
+
+
 def _upstream(stages: dict, target: str) -> set[str]:
     """`target` and every stage whose outputs it depends on, transitively (dvc.yaml's deps vs outs)."""
     def outs(name):
@@ -26,8 +31,7 @@ def _upstream(stages: dict, target: str) -> set[str]:
 
 
 def test_the_sweep_stops_before_the_stages_that_read_the_test_split():
-    recipe = (REPO / "Makefile").read_text().split("\nsweep:", 1)[1].split("\n\n", 1)[0]
-    runs = re.findall(r"dvc exp run [^>]*", recipe)
+    runs = re.findall(r"dvc exp run [^>]*", _sweep_recipe())
     assert runs and all(run.split()[-1] == "train_segmenter" for run in runs), runs
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     # resolve ${section.key} in deps/outs with params.yaml, as DVC does
@@ -40,7 +44,7 @@ def test_the_sweep_stops_before_the_stages_that_read_the_test_split():
         stage["deps"] = [resolve(d) for d in stage.get("deps", [])]
         stage["outs"] = [resolve(o) if isinstance(o, str) else {resolve(next(iter(o))): None} for o in stage.get("outs", [])]
     ran = _upstream(stages, "train_segmenter")
-    assert ran == {"preprocess", "tune", "train_gan", "augment", "train_segmenter"} and not ran & READS_TEST
+    assert ran == {"preprocess", "tune", "train_gan", "augment", "train_segmenter"}, f"the sweep would also run {ran & READS_TEST}"
 
 
 def test_no_stage_the_sweep_runs_after_preprocess_names_the_test_split():
@@ -50,11 +54,12 @@ def test_no_stage_the_sweep_runs_after_preprocess_names_the_test_split():
         assert not re.search(r"""["']test["']""", source), f"stages/{stage}.py names the test split"
 
 
-
 def test_every_variant_starts_from_the_same_params():
     """A workspace experiment leaves its -S values in params.yaml: the recipe restores the saved params.yaml before
-    every variant (the 2026-12-07 sweep's second variant silently inherited the first's feature_matching without it)."""
-    recipe = (REPO / "Makefile").read_text().split("\nsweep:", 1)[1].split("\n\n", 1)[0]
-    save, loop = recipe.index("cp params.yaml work/sweep-params.yaml"), recipe.index("for v in")
-    restore, run = recipe.index("cp work/sweep-params.yaml params.yaml", loop), recipe.index("dvc exp run", loop)
-    assert save < loop < restore < run and recipe.rindex("cp work/sweep-params.yaml params.yaml") > recipe.index("done")
+    every variant and on any exit (the 2026-12-07 sweep's second variant silently inherited the first's
+    feature_matching without it)."""
+    recipe = _sweep_recipe()
+    save, trap, loop = (recipe.index(text) for text in ("cp params.yaml work/sweep-params.yaml",
+                                                         "trap 'cp work/sweep-params.yaml params.yaml' EXIT", "for v in"))
+    restore, run = recipe.index("cp work/sweep-params.yaml params.yaml;", loop), recipe.index("dvc exp run", loop)
+    assert save < trap < loop < restore < run

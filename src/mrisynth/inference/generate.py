@@ -159,6 +159,7 @@ def generate(model_uri: str, masks_dir: Path, out_dir: Path, brain_dir: Path | N
     except InputError as exc:
         raise DataError(str(exc.message)) from exc
     size = model.size
+    inpainting = model.in_channels > encoding.CONDITION_CHANNELS  # each case's own real slice is the context
     conditions, fitted, pixel_mm = [], set(), []
     for path in paths:
         labels = tiff.read_mask(path)
@@ -168,7 +169,6 @@ def generate(model_uri: str, masks_dir: Path, out_dir: Path, brain_dir: Path | N
             encoding.check_labels(labels, str(path))
         except ValueError as exc:
             raise DataError(str(exc)) from exc
-        inpainting = model.in_channels > encoding.CONDITION_CHANNELS  # the case's own real slice is the context
         real_path, real = _real_slice(path, images) if inpainting or brain_dir is None else (None, None)
         brain = _brain_for(path, brain_dir, real)
         if brain.shape != labels.shape:
