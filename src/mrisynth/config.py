@@ -113,6 +113,7 @@ class TrainGanParams:
     diffaugment: str = "translation,cutout,color"  # DiffAugment before the discriminator: comma-separated subset of translation,cutout,color ("" = off, the paper)
     disc_blocks: int = 0        # > 0: a shallower PatchGAN with at most this many blocks (0 = the paper's depth for the size)
     feature_matching: float = 0.0  # weight of pix2pixHD's feature-matching term (L1 between D's block features on real and generated pairs); 0 = off (the paper)
+    texture: float = 0.0        # weight of a texture-energy term (L1 between real and generated local high-frequency energy, 8-px windows, 2 scales; inside the inpainting region); 0 = off (the paper)
     select: str = "last"        # the kept generator: val_loss (lowest validation G loss, the paper) | last (the final epoch)
     draws: int = 2              # generators trained (seeds seed, seed+1, ...), each with its own augmentation draw; the verdict resamples them
     draws_dir: str = "models/draws"  # generators of draws 2.. (draw 1 is model_path, the registered one)
@@ -157,6 +158,8 @@ class TrainGanParams:
                               f"train_gan.inpaint_blobs={self.inpaint_blobs} (expected a probability in [0, 1])")
         if not 0 <= self.feature_matching < 1e6:
             raise ConfigError(f"train_gan.feature_matching={self.feature_matching}: expected a weight >= 0 (0 = off)")
+        if not 0 <= self.texture < 1e6:
+            raise ConfigError(f"train_gan.texture={self.texture}: expected a weight >= 0 (0 = off)")
         if self.disc_blocks < 0:
             raise ConfigError(f"train_gan.disc_blocks={self.disc_blocks}: expected 0 (the paper's depth) or a positive count")
         _positive(self, "epochs", "batch_size", "learning_rate", "width", "grid_every", "grid_images", "checkpoint_every",

@@ -116,7 +116,7 @@ def test_every_registered_generator_builds_and_loads_safely(name, tmp_path):
 def test_inpainting_trainer_trains_and_renders_real_pixels_outside_the_region(tmp_path):
     train, val = _tiny_split(4), _tiny_split(2, seed=10)
     settings = dataclasses.replace(TINY, synthesis="inpaint", diffaugment="translation,cutout,color", disc_blocks=1, feature_matching=10.0,
-                                   generator="spade", select="last")
+                                   texture=5.0, generator="spade", select="last")
     trainer = GanTrainer(settings, 64, settings.in_channels(4), 4)
     state = trainer.fit(train, val, tmp_path / "gan")
     assert state.completed and state.best_epoch == 1   # select last: the final epoch is kept
@@ -239,3 +239,38 @@ def test_served_inpainting_generator_returns_the_real_slice_outside_the_region(t
         check_conditioning(bad, 64, 9)
     with pytest.raises(InputError, match=r"expected shape \(N, 64, 64, 9\)"):
         served.predict(cond[..., :4])
+
+
+def test_texture_term_by_hand():
+    """A +-a checkerboard's high-pass part (minus its 3x3 box mean, a/9 of the centre's sign) is +-8a/9 everywhere
+    inside, so its local energy is 8a/9 at scale 1 and 0 at scale 2 (2x2 means of a checkerboard are 0): against a
+    flat image the term is (8a/9 + 0) / 2 inside a region away from the border; against the negated checkerboard
+    (the same texture, every peak moved) it is 0, where L1 is 2a."""
+    from mrisynth.core import losses
+
+    a = 0.9
+    yy, xx = np.mgrid[:32, :32]
+    checker = (a * np.where((yy + xx) % 2 == 0, 1.0, -1.0)).astype(np.float32)[None, ..., None]
+    weight = np.zeros((1, 32, 32, 1), np.float32)
+    weight[:, 8:24, 8:24] = 1.0
+    assert float(losses.texture(checker, np.zeros_like(checker), weight)) == pytest.approx(8 * a / 9 / 2, abs=1e-3)
+    assert float(losses.texture(checker, -checker, weight)) == pytest.approx(0.0, abs=1e-6)
+    assert float(losses.l1(checker, -checker)) == pytest.approx(2 * a)
+    assert float(losses.texture(checker, checker)) == 0.0            # no weight: every pixel, the border included
+
+
+def test_texture_weight_adds_the_term_to_the_generator_loss():
+    """train_gan.texture > 0 adds weight x losses.texture to G's total (train and validation); 0 adds nothing."""
+    from mrisynth.core import losses
+
+    rng = np.random.default_rng(0)
+    real = rng.uniform(-1, 1, (2, 64, 64, 4)).astype(np.float32)
+    fake = np.zeros_like(real)
+    probabilities = np.full((2, 4, 4, 1), 0.5, np.float32)
+    totals = {}
+    for weight in (0.0, 3.0):
+        trainer = GanTrainer(dataclasses.replace(TINY, texture=weight), 64, 4, 4)
+        totals[weight] = float(trainer._losses(probabilities, probabilities, real, fake, None)[0])
+    assert totals[3.0] - totals[0.0] == pytest.approx(3.0 * float(losses.texture(real, fake)), rel=1e-5)
+    with pytest.raises(ConfigError, match="train_gan.texture"):
+        dataclasses.replace(TINY, texture=-1.0).check()

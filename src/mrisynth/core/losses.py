@@ -37,6 +37,33 @@ def feature_matching(real_features, fake_features):
     return sum(terms) / max(len(terms), 1)
 
 
+def _local_energy(image, window: int):
+    """Root mean square of the high-pass part (image minus its 3x3 box blur) over window x window neighbourhoods,
+    per channel: (B, H, W, C) -> (B, H, W, C); "same" padding (the box means count only pixels inside the image)."""
+    high = image - ops.average_pool(image, 3, strides=1, padding="same")
+    return ops.sqrt(ops.average_pool(high * high, window, strides=1, padding="same") + _EPS)
+
+
+def texture(real, fake, weight=None, window: int = 8, scales: int = 2):
+    """Texture-energy term: mean absolute difference between the local high-frequency energy (`_local_energy`,
+    window x window px) of the real and the generated image, averaged over `scales` dyadic scales (2x2 mean
+    pooling between them). Within a window it ignores where the texture's peaks are: a blurred image (energy
+    near 0) is penalised, a different texture of the same energy is not, which L1 cannot tell apart (L1 is
+    smallest for the blurred mean). real, fake (B, H, W, C); weight (B, H, W, 1) in [0, 1]: a weighted mean
+    inside the region (inpainting's blend weight), None: over all pixels."""
+    real, fake = ops.cast(real, "float32"), ops.cast(fake, "float32")
+    weight = None if weight is None else ops.cast(weight, "float32")
+    terms = []
+    for scale in range(scales):
+        if scale:
+            real, fake = ops.average_pool(real, 2, strides=2), ops.average_pool(fake, 2, strides=2)
+            weight = None if weight is None else ops.average_pool(weight, 2, strides=2)
+        diff = ops.abs(_local_energy(real, window) - _local_energy(fake, window))
+        terms.append(ops.mean(diff) if weight is None else
+                     ops.sum(diff * weight) / (ops.sum(weight) * ops.cast(ops.shape(diff)[-1], "float32") + _EPS))
+    return sum(terms) / len(terms)
+
+
 def generator_loss(disc_fake, real, fake, alpha: float):
     """(total, gan, l1): the generator wants D(x, G(x)) -> 1, plus alpha times the L1 to the real image."""
     gan = bce(1.0, disc_fake)

@@ -35,7 +35,7 @@ NOT_FINGERPRINTED = ("epochs", "checkpoint_every", "experiment", "registry_name"
 # Fields added after the first resume states were written: left out while at these values, so old states still match.
 _NEWER_DEFAULTS = {"generator": "pix2pix", "synthesis": "full", "inpaint_margin": TrainGanParams.inpaint_margin,
                    "inpaint_blobs": TrainGanParams.inpaint_blobs, "diffaugment": "", "disc_blocks": 0, "select": "val_loss",
-                   "feature_matching": 0.0}
+                   "feature_matching": 0.0, "texture": 0.0}
 
 
 def paper_settings(**overrides) -> TrainGanParams:
@@ -143,13 +143,15 @@ class GanTrainer:
         return self.discriminator([cond, image], training=training)
 
     def _losses(self, disc_real, disc_fake, real, fake, blend):
-        """(g_total, g_gan, g_l1, d_loss); inpainting: the L1 is the mean over the blended region."""
+        """(g_total, g_gan, g_l1, d_loss); inpainting: the L1 (and the texture term) is the mean over the blended region."""
         if blend is None:
             g_total, g_gan, g_l1 = losses.generator_loss(disc_fake, real, fake, self.settings.alpha)
         else:
             g_gan = losses.bce(1.0, disc_fake)
             g_l1 = losses.region_l1(real, fake, blend)
             g_total = g_gan + self.settings.alpha * g_l1
+        if self.settings.texture > 0:  # the texture-energy term (inside the region when inpainting); 0 = off (the paper)
+            g_total = g_total + self.settings.texture * losses.texture(real, fake, blend)
         return g_total, g_gan, g_l1, losses.discriminator_loss(disc_real, disc_fake)
 
     def train_step(self, cond, real, weight=None, blend=None):
