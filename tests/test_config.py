@@ -40,6 +40,8 @@ def test_repository_params_load_and_defaults_match_dataclasses():
     ({"train_segmenter": {"arms": ["none", "classic"]}}, "evaluate.augmented", "classic+gan"),
     ({"train_segmenter": {"jitter": "yes"}}, "train_segmenter.jitter", "'yes'"),
     ({"promote": {"metric": "test_dice_gain"}}, "promote.metric", "test_dice_gain"),
+    ({"promote": {"metric": "dice_gain_on_test"}}, "promote.metric", "dice_gain_on_test"),   # refused by the allowlist, not only test*
+    ({"promote": {"metric": "dice_gain"}}, "promote.metric", "val_* or *_val"),
     ({"augment": {"sample_dropout": 1}}, "augment.sample_dropout", "1"),
     ({"gan_usefulness": {"diversity_samples": 1}}, "gan_usefulness.diversity_samples", "1"),
     ({"evaluate": {"ci_level": 95}}, "ci_level", "95"),

@@ -214,6 +214,14 @@ class TuneParams:
             raise ConfigError(f"tune.objective={self.objective!r}: expected one of {list(OBJECTIVES)}")
 
 
+def is_validation_metric(name: str) -> bool:
+    """Whether a version tag may decide promotion: an allowlist, not a blocklist, so a test result tagged later
+    under another prefix cannot slip in. Validation tags are named `val_*` (val_dice_gain_beyond_classic,
+    val_gan_train_dice_tumour) or `*_val` (diversity_val); a name that mentions `test` anywhere is refused.
+    The one rule for promote.metric in params.yaml (PromoteParams.check) and for `mrisynth promote`."""
+    return (name.startswith("val_") or name.endswith("_val")) and "test" not in name.lower()
+
+
 @dataclass
 class PromoteParams:
     """`mrisynth promote`: move alias `champion` to a better generator version."""
@@ -223,8 +231,9 @@ class PromoteParams:
     margin: float | None = 0.0  # the candidate must beat this on its own (first version too); null = only beat the champion
 
     def check(self) -> None:
-        if self.metric.startswith("test"):
-            raise ConfigError(f"promote.metric: expected a validation metric (the test split never decides promotion), found {self.metric!r}")
+        if not is_validation_metric(self.metric):
+            raise ConfigError(f"promote.metric: expected a validation metric, a version tag named val_* or *_val (the test split "
+                              f"never decides promotion), found {self.metric!r}")
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mrisynth.config import PromoteParams
+from mrisynth.config import PromoteParams, is_validation_metric  # noqa: F401 (is_validation_metric: re-exported)
 from mrisynth.core.urls import mask_url
 from mrisynth.errors import MrisynthError
 
@@ -33,13 +33,6 @@ class Decision:
     candidate_value: float
     champion_value: float | None
     reason: str
-
-
-def is_validation_metric(name: str) -> bool:
-    """Whether a version tag may decide promotion: an allowlist, not a blocklist, so a test result tagged later
-    under another prefix cannot slip in. Validation tags are named `val_*` (val_dice_gain_beyond_classic,
-    val_gan_train_dice_tumour) or `*_val` (diversity_val); a name that mentions `test` anywhere is refused."""
-    return (name.startswith("val_") or name.endswith("_val")) and "test" not in name.lower()
 
 
 def _metric(version, metric: str) -> float | None:
