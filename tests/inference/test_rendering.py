@@ -73,6 +73,30 @@ def test_render_is_seeded_and_zero_outside_the_brain():
     assert (first[~brain] == 0).all() and first.min() >= 0.0 and first.max() <= 1.0
 
 
+def test_noise_injection_is_off_in_inference_on_when_sampling_and_seeded():
+    """spade-noise with dropout 0: noise is its only randomness. Its scales start at 0 (the output is the noise-free
+    one); once they are not 0, render(sample=True) differs by seed and repeats for a seed, and a plain render
+    (serving, validation) has the noise off. spade itself gets no noise layer."""
+    keras.utils.set_random_seed(3)
+    model = generators.build("spade-noise", 32, 9, 4, 0.0, 0.25)
+    x = _conditioning(3, 32, 9)
+    plain = rendering.predict_batches(model, x, 4)
+    assert np.array_equal(rendering.render(model, x, sample=True, seed=1), rendering.render(model, x))  # scales at 0
+    for layer in model.layers:
+        if layer.name.endswith("_noise_scale"):
+            layer.set_weights([np.full(w.shape, 0.5, np.float32) for w in layer.get_weights()])
+    first = rendering.render(model, x, sample=True, seed=1)
+    assert np.array_equal(first, rendering.render(model, x, sample=True, seed=1))
+    assert not np.array_equal(first, rendering.render(model, x, sample=True, seed=2))
+    assert np.array_equal(rendering.predict_batches(model, x, 4), plain)   # inference: no noise, the scales unused
+    noise_layers = [layer.name for layer in model.layers if isinstance(layer, keras.layers.GaussianNoise)]
+    decoder = [layer.name for layer in model.layers if layer.name.startswith("up") and layer.name.endswith("_conv")]
+    assert len(noise_layers) == len(decoder) >= 3                          # one per decoder scale
+    spade = generators.build("spade", 32, 9, 4, 0.0, 0.25)
+    assert not any(isinstance(layer, keras.layers.GaussianNoise) for layer in spade.layers)
+    assert {layer.name for layer in spade.layers} == {layer.name for layer in model.layers if "_noise" not in layer.name}
+
+
 def test_the_compiled_call_cache_does_not_keep_a_model_alive():
     model = generators.build("pix2pix", 32, 4, 4, 0.0, 0.25)
     rendering.predict_batches(model, _conditioning(2, 32, 4), 2)

@@ -116,7 +116,7 @@ def test_every_registered_generator_builds_and_loads_safely(name, tmp_path):
 def test_inpainting_trainer_trains_and_renders_real_pixels_outside_the_region(tmp_path):
     train, val = _tiny_split(4), _tiny_split(2, seed=10)
     settings = dataclasses.replace(TINY, synthesis="inpaint", diffaugment="translation,cutout,color", disc_blocks=1, feature_matching=10.0,
-                                   texture=5.0, generator="spade", select="last")
+                                   texture=5.0, generator="spade-noise", select="last")
     trainer = GanTrainer(settings, 64, settings.in_channels(4), 4)
     state = trainer.fit(train, val, tmp_path / "gan")
     assert state.completed and state.best_epoch == 1   # select last: the final epoch is kept

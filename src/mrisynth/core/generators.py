@@ -15,6 +15,8 @@ GENERATORS: dict[str, tuple[str, str]] = {
     "pix2pix": ("build_generator", "the paper's U-Net: conditioning at the input only, skip connections, dropout as noise"),
     "spade": ("build_spade_generator", "the same U-Net whose decoder re-injects the conditioning at every scale "
                                        "through SPADE-style normalisation (Park et al. 2019)"),
+    "spade-noise": ("build_spade_noise_generator", "spade plus StyleGAN-style noise injection (a learned per-channel scale "
+                                                   "of per-pixel noise) at every decoder scale (Karras et al. 2019)"),
 }
 
 

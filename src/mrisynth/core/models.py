@@ -128,11 +128,31 @@ def spade(x, cond, filters: int, hidden: int, name: str, synchronized: bool = Fa
     return layers.Add(name=f"{name}_out")([normalized, layers.Multiply(name=f"{name}_scale")([normalized, gamma]), beta])
 
 
+def noise_injection(x, name: str):
+    """StyleGAN-style noise injection (Karras et al. 2019): x + s * n, with n ~ N(0, 1) one plane per pixel
+    (N, h, w, 1) shared by the channels and s a learned per-channel scale that starts at 0 (x unchanged at
+    initialisation). Standard layers only, so the saved model loads with safe_mode: a frozen all-zero 1x1
+    conv gives a zero plane, GaussianNoise(1) draws n (on while training; `inference.rendering` keeps it on
+    when sampling, as it does dropout), a bias-free 1x1 conv is the per-channel scale."""
+    zero = layers.Conv2D(1, 1, use_bias=False, kernel_initializer="zeros", trainable=False, name=f"{name}_zero")(x)
+    plane = layers.GaussianNoise(1.0, name=f"{name}_draw")(zero)
+    scaled = layers.Conv2D(int(x.shape[-1]), 1, use_bias=False, kernel_initializer="zeros", name=f"{name}_scale")(plane)
+    return layers.Add(name=f"{name}_add")([x, scaled])
+
+
+def build_spade_noise_generator(size: int = 256, in_channels: int = 4, out_channels: int = 4, dropout: float = 0.3,
+                                width: float = 1.0, distributed: bool = False) -> keras.Model:
+    """`build_spade_generator` with `noise_injection` after every decoder block's SPADE normalisation: a
+    per-pixel noise source at every scale, where dropout alone gives the generator little to make texture from."""
+    return build_spade_generator(size, in_channels, out_channels, dropout, width, distributed=distributed, noise=True)
+
+
 def build_spade_generator(size: int = 256, in_channels: int = 4, out_channels: int = 4, dropout: float = 0.3, width: float = 1.0,
-                          distributed: bool = False) -> keras.Model:
+                          distributed: bool = False, noise: bool = False) -> keras.Model:
     """The pix2pix U-Net (`build_generator`: same encoder, skips, filters and output) whose decoder blocks
     are SPADE-normalised by the conditioning average-pooled to their scale: conditioning
-    (N, size, size, in_channels) -> image (N, size, size, out_channels) in [-1, 1]."""
+    (N, size, size, in_channels) -> image (N, size, size, out_channels) in [-1, 1]. noise: `noise_injection`
+    after each SPADE block (False builds exactly the same layers, in the same order, as before it existed)."""
     down_filters, up_filters = generator_filters(size, width)
     inputs = keras.Input((size, size, in_channels), name="conditioning")
     x = inputs
@@ -148,6 +168,8 @@ def build_spade_generator(size: int = 256, in_channels: int = 4, out_channels: i
         factor = size // int(x.shape[1])
         cond = layers.AveragePooling2D(factor, name=f"up{i + 1}_cond")(inputs) if factor > 1 else inputs
         x = spade(x, cond, filters, hidden, f"up{i + 1}_spade", synchronized=distributed)
+        if noise:
+            x = noise_injection(x, f"up{i + 1}_noise")
         if dropout > 0:
             x = (ReplicaDropout(dropout, name=f"up{i + 1}_dropout") if distributed else layers.Dropout(dropout, name=f"up{i + 1}_dropout"))(x)
         x = layers.ReLU(name=f"up{i + 1}_relu")(x)

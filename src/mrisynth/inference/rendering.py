@@ -1,7 +1,7 @@
 """Batched generator inference, shared by training (image grids), augmentation, GAN scores and serving.
 
-`render(generator, conditioning)` -> [0, 1] images. With `sample=True` the generator's Dropout layers
-stay active while BatchNorm uses its learned statistics: dropout is pix2pix's only noise source
+`render(generator, conditioning)` -> [0, 1] images. With `sample=True` the generator's Dropout (and
+GaussianNoise) layers stay active while BatchNorm uses its learned statistics: dropout is pix2pix's only noise source
 (its z in the paper), so each call gives another plausible image for the same mask. Sampling is
 seeded (`seed`), so a rerun gives the same images.
 
@@ -22,16 +22,23 @@ from mrisynth.core.inpaint import BRAIN_CHANNEL
 
 
 def _sampler(generator):
-    """A copy of `generator` (same weights) whose Dropout layers are always on."""
+    """A copy of `generator` (same weights) whose Dropout and GaussianNoise layers (the `spade-noise`
+    generator's noise injection) are always on."""
     import keras
 
     class AlwaysDropout(keras.layers.Dropout):
         def call(self, inputs, training=None):
             return super().call(inputs, training=True)
 
+    class AlwaysNoise(keras.layers.GaussianNoise):
+        def call(self, inputs, training=None):
+            return super().call(inputs, training=True)
+
     def clone(layer):
         if isinstance(layer, keras.layers.Dropout):
             return AlwaysDropout.from_config(layer.get_config())
+        if isinstance(layer, keras.layers.GaussianNoise):
+            return AlwaysNoise.from_config(layer.get_config())
         return layer.__class__.from_config(layer.get_config())
 
     copy = keras.models.clone_model(generator, clone_function=clone, recursive=True)
