@@ -166,6 +166,9 @@ class TrainGanParams:
                   "cpu_replicas", "cluster_wait_s", "peer_timeout_s")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"train_gan.strategy={self.strategy!r}: expected one of {STRATEGIES}")
+        if self.generator == "spade-noise" and self.strategy != "default":
+            raise ConfigError(f"train_gan.generator=spade-noise with strategy {self.strategy!r}: its noise layers would draw the "
+                              "same noise on every replica; set train_gan.strategy: default")
         if self.draws < 1:
             raise ConfigError(f"train_gan.draws={self.draws}: expected 1 or more generators")
         if self.draws > 1 and self.strategy != "default":

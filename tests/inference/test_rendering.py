@@ -75,8 +75,9 @@ def test_render_is_seeded_and_zero_outside_the_brain():
 
 def test_noise_injection_is_off_in_inference_on_when_sampling_and_seeded():
     """spade-noise with dropout 0: noise is its only randomness. Its scales start at 0 (the output is the noise-free
-    one); once they are not 0, render(sample=True) differs by seed and repeats for a seed, and a plain render
-    (serving, validation) has the noise off. spade itself gets no noise layer."""
+    one); once they are not 0, render(sample=True) differs by seed and repeats for a seed, a plain render
+    (serving, validation) has the noise off and a training call has it on. spade itself gets no noise layer, and
+    the noise layers take no draw from the seeds of the layers built after them (same names: same initial weights)."""
     keras.utils.set_random_seed(3)
     model = generators.build("spade-noise", 32, 9, 4, 0.0, 0.25)
     x = _conditioning(3, 32, 9)
@@ -89,12 +90,20 @@ def test_noise_injection_is_off_in_inference_on_when_sampling_and_seeded():
     assert np.array_equal(first, rendering.render(model, x, sample=True, seed=1))
     assert not np.array_equal(first, rendering.render(model, x, sample=True, seed=2))
     assert np.array_equal(rendering.predict_batches(model, x, 4), plain)   # inference: no noise, the scales unused
+    training = [np.asarray(model(x, training=True)) for _ in range(2)]     # training: noise on, a new draw per call
+    assert not np.array_equal(*training)
     noise_layers = [layer.name for layer in model.layers if isinstance(layer, keras.layers.GaussianNoise)]
     decoder = [layer.name for layer in model.layers if layer.name.startswith("up") and layer.name.endswith("_conv")]
     assert len(noise_layers) == len(decoder) >= 3                          # one per decoder scale
     spade = generators.build("spade", 32, 9, 4, 0.0, 0.25)
     assert not any(isinstance(layer, keras.layers.GaussianNoise) for layer in spade.layers)
     assert {layer.name for layer in spade.layers} == {layer.name for layer in model.layers if "_noise" not in layer.name}
+    keras.utils.set_random_seed(4)
+    spade = generators.build("spade", 32, 9, 4, 0.3, 0.25)
+    keras.utils.set_random_seed(4)
+    noisy = {layer.name: layer.get_weights() for layer in generators.build("spade-noise", 32, 9, 4, 0.3, 0.25).layers}
+    for layer in spade.layers:
+        assert all(np.array_equal(a, b) for a, b in zip(layer.get_weights(), noisy[layer.name])), layer.name
 
 
 def test_the_compiled_call_cache_does_not_keep_a_model_alive():

@@ -180,7 +180,8 @@ def test_fingerprint_keys_and_unknown_levers(tmp_path):
     assert fingerprint(dataclasses.replace(settings, epochs=7, out_dir="elsewhere", draws=3), "x") == fingerprint(settings, "x")
     assert fingerprint(dataclasses.replace(settings, inpaint_blobs=0.1), "x") != fingerprint(settings, "x")
     for key, value, message in (("synthesis", "paste", "train_gan.synthesis"), ("diffaugment", "zoom", "unknown DiffAugment"),
-                                ("generator", "stylegan", "train_gan.generator"), ("select", "best", "train_gan.select")):
+                                ("generator", "stylegan", "train_gan.generator"), ("select", "best", "train_gan.select"),
+                                ("generator", "spade-noise\n  strategy: mirrored", "same noise on every replica")):
         (tmp_path / "params.yaml").write_text(f"train_gan:\n  {key}: {value}\n")
         with pytest.raises(ConfigError, match=message):
             load_params(tmp_path / "params.yaml")
@@ -245,32 +246,48 @@ def test_texture_term_by_hand():
     """A +-a checkerboard's high-pass part (minus its 3x3 box mean, a/9 of the centre's sign) is +-8a/9 everywhere
     inside, so its local energy is 8a/9 at scale 1 and 0 at scale 2 (2x2 means of a checkerboard are 0): against a
     flat image the term is (8a/9 + 0) / 2 inside a region away from the border; against the negated checkerboard
-    (the same texture, every peak moved) it is 0, where L1 is 2a."""
+    (the same texture, every peak moved) it is 0, where L1 is 2a. A checkerboard of 2x2 blocks: every pixel is a
+    corner of its block, so its 3x3 box mean is again a/9 of its sign (1 - 2 - 2 + 4 = 1 of 9) and the energy 8a/9
+    at scale 1; at scale 2 it is a one-pixel checkerboard: 8a/9 again, so the term is 8a/9."""
     from mrisynth.core import losses
 
     a = 0.9
-    yy, xx = np.mgrid[:32, :32]
-    checker = (a * np.where((yy + xx) % 2 == 0, 1.0, -1.0)).astype(np.float32)[None, ..., None]
-    weight = np.zeros((1, 32, 32, 1), np.float32)
-    weight[:, 8:24, 8:24] = 1.0
-    assert float(losses.texture(checker, np.zeros_like(checker), weight)) == pytest.approx(8 * a / 9 / 2, abs=1e-3)
-    assert float(losses.texture(checker, -checker, weight)) == pytest.approx(0.0, abs=1e-6)
-    assert float(losses.l1(checker, -checker)) == pytest.approx(2 * a)
-    assert float(losses.texture(checker, checker)) == 0.0            # no weight: every pixel, the border included
+    yy, xx = np.mgrid[:64, :64]
+    weight = np.zeros((1, 64, 64, 1), np.float32)
+    weight[:, 16:48, 16:48] = 1.0       # 8-px windows and 3x3 boxes of the region's pixels stay inside, at both scales
+
+    def board(block):
+        return (a * np.where((yy // block + xx // block) % 2 == 0, 1.0, -1.0)).astype(np.float32)[None, ..., None]
+
+    flat = np.zeros_like(board(1))
+    assert float(losses.texture(board(1), flat, weight)) == pytest.approx(8 * a / 9 / 2, abs=1e-3)
+    assert float(losses.texture(board(2), flat, weight)) == pytest.approx(8 * a / 9, abs=1e-3)
+    assert float(losses.texture(board(1), -board(1), weight)) == pytest.approx(0.0, abs=1e-6)
+    assert float(losses.l1(board(1), -board(1))) == pytest.approx(2 * a, abs=1e-5)
+    # the weight is a weighted mean: a half-weight region gives the same mean
+    assert float(losses.texture(board(2), flat, weight * 0.5)) == pytest.approx(8 * a / 9, abs=1e-3)
 
 
-def test_texture_weight_adds_the_term_to_the_generator_loss():
-    """train_gan.texture > 0 adds weight x losses.texture to G's total (train and validation); 0 adds nothing."""
+@pytest.mark.parametrize("inpainting", [False, True])
+def test_texture_weight_adds_the_term_to_the_generator_loss(inpainting):
+    """train_gan.texture > 0 adds weight x losses.texture (inside the blend region when inpainting) to G's total,
+    and reports the unweighted term as g_texture; 0 adds nothing and no g_texture."""
     from mrisynth.core import losses
 
     rng = np.random.default_rng(0)
     real = rng.uniform(-1, 1, (2, 64, 64, 4)).astype(np.float32)
     fake = np.zeros_like(real)
+    blend = None
+    if inpainting:
+        blend = np.zeros((2, 64, 64, 1), np.float32)
+        blend[:, 20:40, 24:44] = 1.0
     probabilities = np.full((2, 4, 4, 1), 0.5, np.float32)
-    totals = {}
+    metrics = {}
     for weight in (0.0, 3.0):
         trainer = GanTrainer(dataclasses.replace(TINY, texture=weight), 64, 4, 4)
-        totals[weight] = float(trainer._losses(probabilities, probabilities, real, fake, None)[0])
-    assert totals[3.0] - totals[0.0] == pytest.approx(3.0 * float(losses.texture(real, fake)), rel=1e-5)
+        metrics[weight] = {k: float(v) for k, v in trainer._losses(probabilities, probabilities, real, fake, blend).items()}
+    term = float(losses.texture(real, fake, blend))
+    assert "g_texture" not in metrics[0.0] and metrics[3.0]["g_texture"] == pytest.approx(term, rel=1e-6)
+    assert metrics[3.0]["g_loss"] - metrics[0.0]["g_loss"] == pytest.approx(3.0 * term, rel=1e-5)
     with pytest.raises(ConfigError, match="train_gan.texture"):
         dataclasses.replace(TINY, texture=-1.0).check()

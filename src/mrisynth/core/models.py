@@ -8,6 +8,7 @@ inputs drop the deepest blocks, so 64x64 and 128x128 run through the same builde
 from __future__ import annotations
 
 import math
+import random
 
 import keras
 from keras import layers
@@ -128,22 +129,33 @@ def spade(x, cond, filters: int, hidden: int, name: str, synchronized: bool = Fa
     return layers.Add(name=f"{name}_out")([normalized, layers.Multiply(name=f"{name}_scale")([normalized, gamma]), beta])
 
 
-def noise_injection(x, name: str):
+def noise_injection(x, name: str, index: int):
     """StyleGAN-style noise injection (Karras et al. 2019): x + s * n, with n ~ N(0, 1) one plane per pixel
     (N, h, w, 1) shared by the channels and s a learned per-channel scale that starts at 0 (x unchanged at
-    initialisation). Standard layers only, so the saved model loads with safe_mode: a frozen all-zero 1x1
-    conv gives a zero plane, GaussianNoise(1) draws n (on while training; `inference.rendering` keeps it on
-    when sampling, as it does dropout), a bias-free 1x1 conv is the per-channel scale."""
+    initialisation). Placed before SPADE's normalisation, so the label map's gamma modulates the noise per region.
+    Standard layers only, so the saved model loads with safe_mode: a frozen all-zero 1x1 conv gives a zero
+    plane, GaussianNoise(1) draws n (on while training; `inference.rendering` keeps it on when sampling, as it
+    does dropout), a bias-free 1x1 conv is the per-channel scale.
+
+    GaussianNoise(seed=None) takes its seed from Python's `random`, which every later initialiser and Dropout
+    also draws from: the state is given back after it, so the layers built after it get the seeds (and weights)
+    they get in `spade`, and this layer's seed is moved by a large per-scale offset (`index`) so that no two
+    noise layers, and no Dropout that draws the same number next, share a random stream."""
+    state = random.getstate()
+    draw = layers.GaussianNoise(1.0, name=f"{name}_draw")
+    random.setstate(state)
+    seeds = draw.seed_generator.state
+    seeds.assign(seeds + keras.ops.convert_to_tensor([1_000_003 * (index + 1), 0], dtype=seeds.dtype))
     zero = layers.Conv2D(1, 1, use_bias=False, kernel_initializer="zeros", trainable=False, name=f"{name}_zero")(x)
-    plane = layers.GaussianNoise(1.0, name=f"{name}_draw")(zero)
-    scaled = layers.Conv2D(int(x.shape[-1]), 1, use_bias=False, kernel_initializer="zeros", name=f"{name}_scale")(plane)
+    scaled = layers.Conv2D(int(x.shape[-1]), 1, use_bias=False, kernel_initializer="zeros", name=f"{name}_scale")(draw(zero))
     return layers.Add(name=f"{name}_add")([x, scaled])
 
 
 def build_spade_noise_generator(size: int = 256, in_channels: int = 4, out_channels: int = 4, dropout: float = 0.3,
                                 width: float = 1.0, distributed: bool = False) -> keras.Model:
-    """`build_spade_generator` with `noise_injection` after every decoder block's SPADE normalisation: a
-    per-pixel noise source at every scale, where dropout alone gives the generator little to make texture from."""
+    """`build_spade_generator` with `noise_injection` before every decoder block's SPADE normalisation: a
+    per-pixel noise source at every scale, where dropout alone gives the generator little to make texture from.
+    One device only (TrainGanParams.check): under tf.distribute every replica would draw the same noise."""
     return build_spade_generator(size, in_channels, out_channels, dropout, width, distributed=distributed, noise=True)
 
 
@@ -152,7 +164,8 @@ def build_spade_generator(size: int = 256, in_channels: int = 4, out_channels: i
     """The pix2pix U-Net (`build_generator`: same encoder, skips, filters and output) whose decoder blocks
     are SPADE-normalised by the conditioning average-pooled to their scale: conditioning
     (N, size, size, in_channels) -> image (N, size, size, out_channels) in [-1, 1]. noise: `noise_injection`
-    after each SPADE block (False builds exactly the same layers, in the same order, as before it existed)."""
+    before each decoder block's SPADE normalisation (False builds exactly the same layers, in the same order,
+    as before it existed; True adds layers but leaves every other layer's seed and initial weights as in False)."""
     down_filters, up_filters = generator_filters(size, width)
     inputs = keras.Input((size, size, in_channels), name="conditioning")
     x = inputs
@@ -167,9 +180,9 @@ def build_spade_generator(size: int = 256, in_channels: int = 4, out_channels: i
         x = layers.Conv2DTranspose(filters, KERNEL, strides=2, padding="same", kernel_initializer=_init(), name=f"up{i + 1}_conv")(x)
         factor = size // int(x.shape[1])
         cond = layers.AveragePooling2D(factor, name=f"up{i + 1}_cond")(inputs) if factor > 1 else inputs
-        x = spade(x, cond, filters, hidden, f"up{i + 1}_spade", synchronized=distributed)
         if noise:
-            x = noise_injection(x, f"up{i + 1}_noise")
+            x = noise_injection(x, f"up{i + 1}_noise", i)
+        x = spade(x, cond, filters, hidden, f"up{i + 1}_spade", synchronized=distributed)
         if dropout > 0:
             x = (ReplicaDropout(dropout, name=f"up{i + 1}_dropout") if distributed else layers.Dropout(dropout, name=f"up{i + 1}_dropout"))(x)
         x = layers.ReLU(name=f"up{i + 1}_relu")(x)

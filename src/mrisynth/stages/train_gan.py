@@ -74,6 +74,7 @@ def grid_panels(images: np.ndarray, labels: np.ndarray, generated: np.ndarray) -
 def write_reports(state, metrics: dict) -> None:
     paths.write_json(paths.TRAIN_GAN, metrics, default=float)
     keys = ["epoch", "g_loss", "g_gan", "g_l1", "d_loss", "val_g_loss", "val_g_l1", "val_mae", "val_psnr", "val_ssim"]
+    keys += [k for k in ("g_texture", "val_g_texture") if any(k in row for row in state.history)]  # train_gan.texture > 0
     lines = [",".join(keys)] + [",".join(f"{row.get(k, float('nan')):.6g}" for k in keys) for row in state.history]
     paths.write_text(paths.TRAIN_GAN_HISTORY, "\n".join(lines) + "\n")
     from PIL import Image

@@ -142,17 +142,21 @@ class GanTrainer:
             return probabilities, blocks
         return self.discriminator([cond, image], training=training)
 
-    def _losses(self, disc_real, disc_fake, real, fake, blend):
-        """(g_total, g_gan, g_l1, d_loss); inpainting: the L1 (and the texture term) is the mean over the blended region."""
+    def _losses(self, disc_real, disc_fake, real, fake, blend) -> dict:
+        """{g_loss (G's total), g_gan, g_l1, d_loss[, g_texture]}; inpainting: the L1 (and the texture term) is the
+        mean over the blended region. g_texture (unweighted; only when train_gan.texture > 0) is inside g_loss, so
+        val_g_loss compares only runs of the same texture weight."""
         if blend is None:
             g_total, g_gan, g_l1 = losses.generator_loss(disc_fake, real, fake, self.settings.alpha)
         else:
             g_gan = losses.bce(1.0, disc_fake)
             g_l1 = losses.region_l1(real, fake, blend)
             g_total = g_gan + self.settings.alpha * g_l1
+        metrics = {"g_loss": g_total, "g_gan": g_gan, "g_l1": g_l1, "d_loss": losses.discriminator_loss(disc_real, disc_fake)}
         if self.settings.texture > 0:  # the texture-energy term (inside the region when inpainting); 0 = off (the paper)
-            g_total = g_total + self.settings.texture * losses.texture(real, fake, blend)
-        return g_total, g_gan, g_l1, losses.discriminator_loss(disc_real, disc_fake)
+            metrics["g_texture"] = losses.texture(real, fake, blend)
+            metrics["g_loss"] = g_total + self.settings.texture * metrics["g_texture"]
+        return metrics
 
     def train_step(self, cond, real, weight=None, blend=None):
         """One G and one D update on a batch. cond (B, S, S, K), real (B, S, S, C) in [-1, 1].
@@ -163,16 +167,16 @@ class GanTrainer:
             if self._features is None:
                 disc_real = self._discriminate(cond, real, training=True)
                 disc_fake = self._discriminate(cond, fake, training=True)
-                g_total, g_gan, g_l1, d_loss = self._losses(disc_real, disc_fake, real, fake, blend)
+                metrics = self._losses(disc_real, disc_fake, real, fake, blend)
             else:
                 disc_real, real_blocks = self._discriminate(cond, real, training=True, features=True)
                 disc_fake, fake_blocks = self._discriminate(cond, fake, training=True, features=True)
-                g_total, g_gan, g_l1, d_loss = self._losses(disc_real, disc_fake, real, fake, blend)
-                g_total = g_total + self.settings.feature_matching * losses.feature_matching(real_blocks, fake_blocks)
+                metrics = self._losses(disc_real, disc_fake, real, fake, blend)
+                metrics["g_loss"] = metrics["g_loss"] + self.settings.feature_matching * losses.feature_matching(real_blocks, fake_blocks)
             if weight is not None:  # replica means -> shares of the global mean (gradients are summed over replicas)
-                g_total, g_gan, g_l1, d_loss = (value * weight for value in (g_total, g_gan, g_l1, d_loss))
+                metrics = {name: value * weight for name, value in metrics.items()}
             # the identity unless the optimizer scales (LossScaleOptimizer under mixed_float16); inside the tapes
-            g_scaled, d_scaled = self.g_opt.scale_loss(g_total), self.d_opt.scale_loss(d_loss)
+            g_scaled, d_scaled = self.g_opt.scale_loss(metrics["g_loss"]), self.d_opt.scale_loss(metrics["d_loss"])
         g_grads = g_tape.gradient(g_scaled, self.generator.trainable_variables)
         d_grads = d_tape.gradient(d_scaled, self.discriminator.trainable_variables)
         if weight is not None and isinstance(self.g_opt, keras.optimizers.LossScaleOptimizer):
@@ -181,7 +185,7 @@ class GanTrainer:
             g_grads, d_grads = sync.agree_finite(g_grads), sync.agree_finite(d_grads)
         self.g_opt.apply_gradients(list(zip(g_grads, self.generator.trainable_variables)))  # a list: LossScaleOptimizer reads it twice
         self.d_opt.apply_gradients(list(zip(d_grads, self.discriminator.trainable_variables)))
-        return {"g_loss": g_total, "g_gan": g_gan, "g_l1": g_l1, "d_loss": d_loss}
+        return metrics
 
     def _replicated_step(self, cond, real, weight):
         """train_step on every replica (per-replica inputs from `_split`); the global-batch mean losses."""
@@ -206,8 +210,7 @@ class GanTrainer:
         fake = self._fake(cond, real, blend, training=False)
         disc_real = self._discriminate(cond, real, training=False)
         disc_fake = self._discriminate(cond, fake, training=False)
-        g_total, g_gan, g_l1, d_loss = self._losses(disc_real, disc_fake, real, fake, blend)
-        return {"g_loss": g_total, "g_gan": g_gan, "g_l1": g_l1, "d_loss": d_loss}, fake
+        return self._losses(disc_real, disc_fake, real, fake, blend), fake
 
     # ------------------------------------------------------------------ data
     def inputs(self, split: SplitArrays, epoch: int | None) -> tuple[np.ndarray, ...]:
