@@ -287,6 +287,7 @@ def test_texture_weight_adds_the_term_to_the_generator_loss(inpainting):
         trainer = GanTrainer(dataclasses.replace(TINY, texture=weight), 64, 4, 4)
         metrics[weight] = {k: float(v) for k, v in trainer._losses(probabilities, probabilities, real, fake, blend).items()}
     term = float(losses.texture(real, fake, blend))
+    assert term > 0.05                               # uniform noise against a flat image: a real difference
     assert "g_texture" not in metrics[0.0] and metrics[3.0]["g_texture"] == pytest.approx(term, rel=1e-6)
     assert metrics[3.0]["g_loss"] - metrics[0.0]["g_loss"] == pytest.approx(3.0 * term, rel=1e-5)
     with pytest.raises(ConfigError, match="train_gan.texture"):
