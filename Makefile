@@ -76,7 +76,7 @@ SWEEP_SEEDS := -S 'train_segmenter.seeds=[1,2]' -S 'train_segmenter.arms=[none,c
 SWEEP_PAPER := -S train_gan.diffaugment=none -S train_gan.draws=1 -S train_gan.generator=pix2pix -S train_gan.synthesis=full -S train_gan.select=val_loss -S train_gan.epochs=30 -S train_segmenter.real_share=null
 SWEEP_LONG := -S train_gan.draws=1 -S train_gan.select=last -S train_gan.epochs=100 -S train_gan.diffaugment=translation+cutout+color
 SWEEP_DEFAULT := $(SWEEP_LONG) -S train_gan.generator=spade -S train_gan.synthesis=inpaint -S train_segmenter.real_share=null
-SWEEP_VARIANTS ?= paper full-long inpaint inpaint-spade default fm10 fm10-alpha5 tex20 noise tex20-noise
+SWEEP_VARIANTS ?= paper full-long inpaint inpaint-spade default fm10 fm10-alpha5 tex20 noise tex20-noise harmonise
 sweep-paper := $(SWEEP_PAPER)
 sweep-full-long := $(SWEEP_LONG) -S train_segmenter.real_share=0.5 -S train_gan.generator=pix2pix -S train_gan.synthesis=full
 sweep-inpaint := $(SWEEP_LONG) -S train_segmenter.real_share=0.5 -S train_gan.generator=pix2pix -S train_gan.synthesis=inpaint
@@ -95,6 +95,8 @@ sweep-tex20 := $(SWEEP_FIXED) -S train_gan.texture=20.0
 sweep-noise := $(SWEEP_FIXED) -S train_gan.generator=spade-noise
 # tex20-noise: both (the texture term moved local texture, not across-image variety; noise may add the variety)
 sweep-tex20-noise := $(SWEEP_FIXED) -S train_gan.generator=spade-noise -S train_gan.texture=20.0
+# harmonise: the default generator; each inpainted region shifted to its host's local normal-tissue level (core/inpaint.py)
+sweep-harmonise := $(SWEEP_FIXED) -S augment.harmonise=mean
 # Every variant starts from the same params.yaml (saved first, restored before each variant and on any exit): a
 # workspace experiment leaves its params applied, so without this a variant would inherit the previous one's -S values.
 sweep: data
@@ -106,6 +108,7 @@ sweep: data
 	    inpaint-spade) o="$(sweep-inpaint-spade)";; inpaint-spade-mixed) o="$(sweep-inpaint-spade-mixed)";; \
 	    default) o="$(sweep-default)";; fm10) o="$(sweep-fm10)";; fm10-alpha5) o="$(sweep-fm10-alpha5)";; \
 	    tex20) o="$(sweep-tex20)";; noise) o="$(sweep-noise)";; tex20-noise) o="$(sweep-tex20-noise)";; \
+	    harmonise) o="$(sweep-harmonise)";; \
 	    *) echo "unknown variant $$v"; exit 2;; esac; \
 	  echo "sweep: $$v"; eval dvc exp run -f -n $$v $(SWEEP_SEEDS) $$o train_segmenter > work/sweep-$$v.log 2>&1 || exit 1; \
 	  python pipelines/sweep_summary.py $$v >> work/sweep-$$v.log 2>&1 || exit 1; \

@@ -38,6 +38,7 @@ QUESTIONS = {"GAN beyond classic": "gain_beyond_classic", "GAN augmentation vs n
              "Copy-paste vs none": "paste_vs_none", "GAN beyond copy-paste": "gain_beyond_paste"}
 assert set(QUESTIONS) == {question for _, _, question in COMPARISONS}, "a verdict question without a sweep key"
 LEVERS = (("train_gan", ("generator", "synthesis", "select", "epochs", "diffaugment", "disc_blocks", "feature_matching", "texture", "draws")),
+          ("augment", ("harmonise",)),
           ("tune", ("n_trials", "alpha_low", "alpha_high")),
           ("train_segmenter", ("real_share", "seeds", "arms")))
 SCRATCH = Path("work") / "sweep"   # the scorer's GAN-train segmenter (no stage reads or declares it)
@@ -61,7 +62,7 @@ def score(name: str, params_path: str = "params.yaml") -> dict:
     table = comparisons(per_image, arms, "val", ev.bootstrap, ev.ci_level, ev.seed, runs)
     raw = yaml.safe_load(Path(params_path).read_text())
     row = {"name": name, "protocol": PROTOCOL,
-           **{f"{section}.{key}": raw[section].get(key) for section, keys in LEVERS for key in keys}}
+           **{f"{section}.{key}": raw.get(section, {}).get(key) for section, keys in LEVERS for key in keys}}
     for question, key in QUESTIONS.items():
         if question in table:
             d = table[question]["dice_tumour"]
@@ -96,7 +97,7 @@ def realism_of(generator, val, params) -> dict:
     where no real pixel is mixed in (the ramp's real share flatters the whole-region ratios)."""
     gan, modalities = params.train_gan, list(params.data.modalities)
     rendered = rendering.render_split(generator, val, gan.synthesis, gan.inpaint_margin, sample=params.augment.sample_dropout,
-                                      seed=params.gan_usefulness.seed)
+                                      seed=params.gan_usefulness.seed, harmonise=params.augment.harmonise)
     where = rendering.drawn(val, gan.synthesis, gan.inpaint_margin)
     out = {}
     masks = {"realism": where}
@@ -127,9 +128,9 @@ def table(rows: list[dict]) -> str:
              "Variants marked * ran the full pipeline (its `evaluate` also scored the test split; nothing here reads it); "
              "the others stopped at train_segmenter (no test number exists)." if old else
              "Every variant stopped at train_segmenter: no test number exists for any of them.", "",
-             "| variant | generator | synthesis | select | GAN epochs | DiffAugment | feature matching | texture | α (tune range → chosen) | real_share | seeds | "
+             "| variant | generator | synthesis | select | GAN epochs | DiffAugment | feature matching | texture | harmonise | α (tune range → chosen) | real_share | seeds | "
              "GAN beyond classic | gan vs none | GAN-train / real-train | realism worst | realism worst, inner |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = r["val_gan_train_dice_tumour"] / max(r["val_real_train_dice_tumour"], 1e-9)
         low, high = r.get("tune.alpha_low"), r.get("tune.alpha_high")
@@ -141,7 +142,7 @@ def table(rows: list[dict]) -> str:
             tuned = number(r.get("alpha"), ".1f")
         lines.append(f"| {r['name']}{'' if r.get('protocol') == PROTOCOL else ' *'} | {r['train_gan.generator']} | {r['train_gan.synthesis']} | "
                      f"{r['train_gan.select']} | {r['train_gan.epochs']} | {r['train_gan.diffaugment'] or 'off'} | "
-                     f"{r.get('train_gan.feature_matching', 0.0) or 'off'} | {r.get('train_gan.texture', 0.0) or 'off'} | {tuned} | {r['train_segmenter.real_share']} | "
+                     f"{r.get('train_gan.feature_matching', 0.0) or 'off'} | {r.get('train_gan.texture', 0.0) or 'off'} | {r.get('augment.harmonise') or 'none'} | {tuned} | {r['train_segmenter.real_share']} | "
                      f"{','.join(map(str, r['train_segmenter.seeds']))} | {ci(r.get('val_gain_beyond_classic'))} | "
                      f"{ci(r.get('val_gan_vs_none'))} | {r['val_gan_train_dice_tumour']:.3f} / {r['val_real_train_dice_tumour']:.3f} = {ratio:.2f} | "
                      f"{number(r.get('realism_worst_deviation'), '.0%')} | {number(r.get('realism_inner_worst_deviation'), '.0%')} |")

@@ -239,6 +239,9 @@ class PromoteParams:
                               f"never decides promotion), found {self.metric!r}")
 
 
+HARMONISE = ("none", "mean")
+
+
 @dataclass
 class AugmentParams:
     """Grow the training split `factor`-fold (originals included): classic transforms and GAN synthesis."""
@@ -252,6 +255,7 @@ class AugmentParams:
     flip: bool = True  # random left-right flips
     brightness: float = 0.15  # largest relative intensity change
     sample_dropout: bool = True     # render GAN samples with dropout active (pix2pix's noise z); false = one fixed image per mask
+    harmonise: str = "none"  # inpainting only: 'mean' shifts each filled region to the host's local normal-tissue level (core.inpaint.harmonise)
     seed: int = 7  # seed of the transforms and of the GAN label maps
     out_dir: str = "work/augmented"  # augmented images, masks and manifests
 
@@ -265,6 +269,8 @@ class AugmentParams:
             raise ConfigError(f"augment.scale={list(self.scale)}: expected [low, high] with 0 < low <= high")
         if self.rotation < 0 or self.shift < 0 or not 0 <= self.brightness < 1:
             raise ConfigError("augment.rotation and augment.shift must be >= 0, augment.brightness in [0, 1)")
+        if self.harmonise not in HARMONISE:
+            raise ConfigError(f"augment.harmonise={self.harmonise!r}: expected one of {list(HARMONISE)}")
 
 
 SEGMENTER_SCHEDULES = ("constant", "cosine")
@@ -375,6 +381,9 @@ class Params:
             arm = getattr(self.evaluate, key)
             if arm not in self.train_segmenter.arms:
                 raise ConfigError(f"evaluate.{key}: names arm {arm!r}, which train_segmenter.arms {list(self.train_segmenter.arms)} does not train")
+        if self.augment.harmonise != "none" and self.train_gan.synthesis != "inpaint":
+            raise ConfigError(f"augment.harmonise={self.augment.harmonise!r} shifts inpainted regions, but train_gan.synthesis is "
+                              f"{self.train_gan.synthesis!r}; set augment.harmonise: none or train_gan.synthesis: inpaint")
 
 
 SECTION_NAMES = {typing.get_type_hints(Params)[f.name].__name__: f.name for f in dataclasses.fields(Params)}  # class -> key

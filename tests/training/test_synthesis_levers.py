@@ -292,3 +292,48 @@ def test_texture_weight_adds_the_term_to_the_generator_loss(inpainting):
     assert metrics[3.0]["g_loss"] - metrics[0.0]["g_loss"] == pytest.approx(3.0 * term, rel=1e-5)
     with pytest.raises(ConfigError, match="train_gan.texture"):
         dataclasses.replace(TINY, texture=-1.0).check()
+
+
+def test_harmonise_shifts_the_region_to_the_host_ring_by_hand():
+    labels, brain = _blob_case()
+    region = inpaint.region(labels, brain, 2)
+    image = np.zeros((32, 32, 2), np.float32)
+    image[brain] = (0.6, 0.3)
+    image[1:4, :] = 0.9                    # outside the brain: never part of the ring
+    generated = np.zeros((32, 32, 2), np.float32)
+    generated[brain] = (0.2, 0.5)          # normal tissue drawn too dark in channel 0, too bright in channel 1
+    generated[labels > 0] = (0.8, 0.1)     # tumour
+    out = inpaint.harmonise(image, generated, region, labels, brain, width=2)
+    normal = region & (labels == 0)
+    # offsets: ring mean - generated normal mean = (0.6 - 0.2, 0.3 - 0.5) = (+0.4, -0.2), on the whole region
+    assert np.allclose(out[normal], (0.6, 0.3))
+    assert np.allclose(out[labels > 0], (1.0, 0.0))        # 0.8 + 0.4 clipped to 1; 0.1 - 0.2 clipped to 0
+    assert np.array_equal(out[~region], generated[~region])
+    full = np.ones((32, 32), bool)         # a region with no ring left in the brain: unchanged
+    assert np.array_equal(inpaint.harmonise(image, generated, full, labels, brain, 2), generated)
+
+
+@pytest.mark.parametrize("harmonise", ["none", "mean"])
+def test_harmonised_inpainting_keeps_real_pixels_outside_the_region(harmonise):
+    from mrisynth.inference import rendering
+
+    train = _small_tumours(3)
+    generator = generators.build("pix2pix", 64, 9, 4, 0.3, 0.25)
+    margin = inpaint.margin_pixels(0.05, 64)
+    regions = np.stack([inpaint.region(lab, br, margin) for lab, br in zip(train.labels, train.brain)])
+    out = rendering.render_inpaint(generator, train.images, train.labels, train.brain, regions, margin, harmonise=harmonise)
+    plain = rendering.render_inpaint(generator, train.images, train.labels, train.brain, regions, margin)
+    assert np.array_equal(out[~regions], train.images[~regions])
+    assert np.array_equal(out, plain) == (harmonise == "none")
+    split = rendering.render_split(generator, train, "inpaint", 0.05, harmonise=harmonise)
+    assert np.array_equal(split[~rendering.drawn(train, "inpaint", 0.05)], train.images[~rendering.drawn(train, "inpaint", 0.05)])
+
+
+def test_harmonise_needs_inpainting():
+    from mrisynth.config import AugmentParams, Params, TrainGanParams
+
+    with pytest.raises(ConfigError, match="augment.harmonise='median'"):
+        AugmentParams(harmonise="median").check()
+    params = Params(train_gan=TrainGanParams(synthesis="full"), augment=AugmentParams(harmonise="mean"))
+    with pytest.raises(ConfigError, match="train_gan.synthesis is 'full'"):
+        params.check()

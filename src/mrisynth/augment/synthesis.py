@@ -220,7 +220,7 @@ def _inpaint_samples(train, generator, params, ranges, counts, rng, margin_fract
     if not hosts:
         return [], fallbacks
     images = rendering.render_inpaint(generator, np.stack(hosts), np.stack(labels_out), np.stack(brains), np.stack(regions), margin,
-                                       sample=params.sample_dropout, seed=render_seed)
+                                       sample=params.sample_dropout, seed=render_seed, harmonise=params.harmonise)
     samples = [Sample(image, labels, "gan", source, desc, k < counts["gan_mix"])
                for k, (image, labels, (source, desc)) in enumerate(zip(images, labels_out, provenance))]
     return samples, fallbacks

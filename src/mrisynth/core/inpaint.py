@@ -77,6 +77,26 @@ def composite(image: np.ndarray, generated: np.ndarray, weight: np.ndarray) -> n
     return np.where(w > 0, mixed, image).astype(np.float32)
 
 
+def harmonise(image: np.ndarray, generated: np.ndarray, region_mask: np.ndarray, labels: np.ndarray, brain: np.ndarray,
+              width: int) -> np.ndarray:
+    """`augment.harmonise: mean`: `generated` (H, W, C) in [0, 1] shifted per channel so that the mean of its normal
+    tissue inside the region (labels == 0) equals the mean of the real `image`'s normal tissue in a ring `width`
+    pixels wide just outside the region (inside the brain, labels == 0 there too): the filled region takes the
+    host's local intensity level (a scan's contrast and bias field), while the tumour's contrast to its own
+    surroundings is the generator's. The shift is applied to the whole region, then clipped to [0, 1] and zeroed
+    outside the brain. A channel keeps its values when either set is empty. Only `region_mask` pixels matter to
+    `composite`; outside it the result is the input, bit for bit."""
+    region_mask = np.asarray(region_mask, bool)
+    generated = np.asarray(generated, np.float32)
+    normal = region_mask & (labels == 0)
+    ring = ndimage.binary_dilation(region_mask, structure=_disk(max(int(width), 1))) & ~region_mask & (brain > 0) & (labels == 0)
+    if not normal.any() or not ring.any():
+        return generated
+    offset = np.asarray(image, np.float32)[ring].mean(axis=0) - generated[normal].mean(axis=0)        # (C,)
+    shifted = np.clip(generated + offset.astype(np.float32), 0.0, 1.0) * (np.asarray(brain) > 0)[..., None]
+    return np.where(region_mask[..., None], shifted, generated).astype(np.float32)
+
+
 def random_blob(brain: np.ndarray, rng: np.random.Generator, low: float = 0.04, high: float = 0.12) -> np.ndarray:
     """(H, W) bool: a random ellipse (semi-axes `low`..`high` of the side, any angle) centred in the
     brain and clipped to it: a region without tumour, so the generator also learns normal tissue."""

@@ -107,21 +107,25 @@ def render_labels(generator, labels: np.ndarray, brain: np.ndarray, batch_size: 
 
 
 def render_split(generator, split, synthesis: str = "full", margin_fraction: float = 0.03, sample: bool = False,
-                 seed: int = 0) -> np.ndarray:
+                 seed: int = 0, harmonise: str = "none") -> np.ndarray:
     """[0, 1] images (N, S, S, C) of a split's label maps: full synthesis from its conditioning, or
-    (synthesis 'inpaint') its own tumour regions re-generated inside its real slices."""
+    (synthesis 'inpaint') its own tumour regions re-generated inside its real slices (`harmonise` as in
+    `render_inpaint`)."""
     if synthesis != "inpaint":
         return render(generator, split.conditioning, sample=sample, seed=seed)
     margin = inpaint.margin_pixels(margin_fraction, split.images.shape[1])
-    cond, weights = inpaint.split_inputs(split.labels, split.brain, split.images, margin, 0.0, np.random.default_rng(0))
-    return inpaint.composite(split.images.astype(np.float32), render(generator, cond, sample=sample, seed=seed), weights[..., 0])
+    regions = drawn(split, synthesis, margin_fraction)
+    return render_inpaint(generator, split.images, split.labels, split.brain, regions, margin, sample=sample, seed=seed,
+                          harmonise=harmonise)
 
 
-def diversity(generator, split, samples: int = 4, seed: int = 0, synthesis: str = "full", margin_fraction: float = 0.03) -> float:
+def diversity(generator, split, samples: int = 4, seed: int = 0, synthesis: str = "full", margin_fraction: float = 0.03,
+              harmonise: str = "none") -> float:
     """Mean per-pixel standard deviation (intensity units of [0, 1] images, over all channels) across
     `samples` dropout-active renders of the same label maps of a split: inside the brain (full
     synthesis) or inside the re-generated regions (inpainting, where everything else is real)."""
-    renders = np.stack([render_split(generator, split, synthesis, margin_fraction, sample=True, seed=seed + k) for k in range(samples)])
+    renders = np.stack([render_split(generator, split, synthesis, margin_fraction, sample=True, seed=seed + k, harmonise=harmonise)
+                        for k in range(samples)])
     spread = renders.std(axis=0)                                  # (N, S, S, C)
     where = drawn(split, synthesis, margin_fraction)
     return float(spread[where].mean()) if where.any() else 0.0
@@ -136,10 +140,17 @@ def drawn(split, synthesis: str = "full", margin_fraction: float = 0.03) -> np.n
 
 
 def render_inpaint(generator, images: np.ndarray, labels: np.ndarray, brain: np.ndarray, regions: np.ndarray, margin: int,
-                   batch_size: int = 8, sample: bool = False, seed: int = 0) -> np.ndarray:
+                   batch_size: int = 8, sample: bool = False, seed: int = 0, harmonise: str = "none") -> np.ndarray:
     """Inpainting (mrisynth.core.inpaint): (N, S, S, C) [0, 1] images equal to `images` outside `regions`
-    (N, S, S) and generated for `labels` inside, blended over `margin` pixels at the region's border."""
+    (N, S, S) and generated for `labels` inside, blended over `margin` pixels at the region's border.
+    harmonise 'mean': each region first shifted to its host's local normal-tissue level (`inpaint.harmonise`,
+    a ring `margin` pixels wide)."""
     cond = inpaint.conditioning(labels, brain, images, regions)
     generated = render(generator, cond, batch_size, sample, seed)
+    if harmonise == "mean":
+        generated = np.stack([inpaint.harmonise(images[i], generated[i], regions[i], labels[i], brain[i], margin)
+                              for i in range(len(generated))]) if len(generated) else generated
+    elif harmonise != "none":
+        raise ValueError(f"harmonise={harmonise!r}: expected 'none' or 'mean'")
     weights = np.stack([inpaint.blend_weight(r, margin) for r in regions]) if len(regions) else np.zeros(regions.shape, np.float32)
     return inpaint.composite(images.astype(np.float32), generated, weights)

@@ -33,18 +33,18 @@ from mrisynth.io import registry
 from mrisynth.core import figures
 
 
-def realism_panel(generator, val, gan, sample: bool, seed: int, modalities: list[str]) -> dict:
+def realism_panel(generator, val, gan, sample: bool, seed: int, modalities: list[str], harmonise: str = "none") -> dict:
     """The realism panel (mrisynth.core.realism) on the validation label maps -> reports/realism.json, and a
     labelled figure, mask | real | generated for every modality, of 4 validation slices -> reports/realism.png."""
     from PIL import Image
 
     from mrisynth.core import realism
 
-    rendered = rendering.render_split(generator, val, gan.synthesis, gan.inpaint_margin, sample=sample, seed=seed)
+    rendered = rendering.render_split(generator, val, gan.synthesis, gan.inpaint_margin, sample=sample, seed=seed, harmonise=harmonise)
     where = rendering.drawn(val, gan.synthesis, gan.inpaint_margin)
     panel = realism.panel(val.images, rendered, val.labels, where, modalities)
     meta = {"split": "val", "images": len(val), "synthesis": gan.synthesis, "generator": gan.generator, "dropout_sampling": sample,
-            "seed": seed, "where": "inpainted regions" if gan.synthesis == "inpaint" else "brain", "tolerance": realism.TOLERANCE}
+            "seed": seed, "harmonise": harmonise, "where": "inpainted regions" if gan.synthesis == "inpaint" else "brain", "tolerance": realism.TOLERANCE}
     paths.write_json(paths.REALISM, meta | panel, default=float)
     count = min(4, len(val))
     rows = [[figures.label_rgb(val.labels[i])] + [val.images[i, ..., c] for c in range(len(modalities))]
@@ -82,14 +82,16 @@ def run(params_path: str = "params.yaml") -> int:
     for split in ("val", "test"):
         data = splits[split]
         gt = usefulness.scores(gan_train_model, data.images, encoding.labels_to_classes(data.labels))
-        gtest = usefulness.gan_test(real_models, generator, data, g.seed, gan.synthesis, gan.inpaint_margin)
+        gtest = usefulness.gan_test(real_models, generator, data, g.seed, gan.synthesis, gan.inpaint_margin, params.augment.harmonise)
         for key in usefulness.KEYS:
             report[f"{split}_gan_train_{key}"] = gt[key]
             report[f"{split}_real_train_{key}"] = gtest[f"real_{key}"]
             report[f"{split}_gan_test_{key}"] = gtest[f"gan_test_{key}"]
-    report["diversity_val"] = rendering.diversity(generator, splits["val"], g.diversity_samples, g.seed, gan.synthesis, gan.inpaint_margin)
+    report["diversity_val"] = rendering.diversity(generator, splits["val"], g.diversity_samples, g.seed, gan.synthesis, gan.inpaint_margin,
+                                                  params.augment.harmonise)
     report["diversity_samples"] = g.diversity_samples
-    panel = realism_panel(generator, splits["val"], gan, params.augment.sample_dropout, g.seed, list(params.data.modalities))
+    panel = realism_panel(generator, splits["val"], gan, params.augment.sample_dropout, g.seed, list(params.data.modalities),
+                          params.augment.harmonise)
     report["realism_worst_deviation"] = panel["worst_deviation"]
     report["realism_within_tolerance"] = panel["within_tolerance"]
     report["seconds"] = round(time.perf_counter() - started, 1)

@@ -30,12 +30,12 @@ def scores(model, images: np.ndarray, classes: np.ndarray) -> dict[str, float]:
 
 
 def gan_test(real_models: list, generator, split: SplitArrays, seed: int = 0, synthesis: str = "full",
-             margin_fraction: float = 0.03) -> dict[str, float]:
+             margin_fraction: float = 0.03, harmonise: str = "none") -> dict[str, float]:
     """Real-data segmenters on rendered versions of a split (mean over models) next to their score on
     the real images: {gan_test_<key>, real_<key>} for KEYS. Inpainting generators re-generate each
     slice's tumour region only (rendering.render_split)."""
     classes = encoding.labels_to_classes(split.labels)
-    synthetic = rendering.render_split(generator, split, synthesis, margin_fraction, sample=False, seed=seed)
+    synthetic = rendering.render_split(generator, split, synthesis, margin_fraction, sample=False, seed=seed, harmonise=harmonise)
     on_fake = [scores(m, synthetic, classes) for m in real_models]
     on_real = [scores(m, split.images, classes) for m in real_models]
     out = {f"gan_test_{k}": float(np.mean([s[k] for s in on_fake])) for k in KEYS}
