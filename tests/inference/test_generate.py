@@ -108,6 +108,33 @@ def test_an_inpainting_generator_keeps_the_slice_given_with_images(stand_in, tmp
     assert np.all(out[2:5, 2:5] == 0.0)  # inside the region the stand-in drew nothing
 
 
+def test_inpainting_uses_the_trained_margin_and_augments_soft_ramp(stand_in, tmp_path, monkeypatch):
+    import tifffile
+
+    from mrisynth.inference.generate import generate
+    from mrisynth.io import registry
+
+    stand_in(9)
+    monkeypatch.setattr(registry, "run_param", lambda uri, key: "0.25" if key == "inpaint_margin" else None)
+    masks, _, slices, image = _case(tmp_path)   # tumour rows/columns 2-4; margin 0.25 x 16 px = 4 px
+    generate("models:/g/1", masks, tmp_path / "out", images_dir=slices)
+    out = tifffile.imread(tmp_path / "out" / "x.tif")
+    # (8, 3) lies 4 px below the tumour: in the region, 1 px from its edge, so weight 1/4 of the generated value
+    # (the stand-in draws 0 in the region): 0.25 real x 3/4
+    assert out[8, 3, 0] == pytest.approx(0.25 * 0.75)
+    assert out[9, 3, 0] == image[9, 3, 0]         # just outside the region: the real slice
+    assert np.all(out[3, 3] == 0.0)               # deep inside: the generated value only
+
+
+def test_an_unreadable_training_run_falls_back_to_the_default_margin(stand_in, tmp_path, capsys):
+    from mrisynth.inference.generate import generate
+
+    stand_in(9)
+    masks, _, slices, _ = _case(tmp_path)
+    generate("models:/g/1", masks, tmp_path / "out", images_dir=slices)   # no registry behind the stand-in
+    assert "the training run's inpaint_margin is not readable; using the default 0.03" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("problem, message", [
     ("no images", "pass --images DIR"),
     ("8-bit images", "x.tif: intensities 63.75 .. 191.25, expected [0, 1]"),
@@ -210,3 +237,28 @@ def test_another_cases_files_in_out_do_not_block_a_run(stand_in, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "x_b_t1.nii.gz").write_bytes(b"case x_b's file")  # shares the prefix x_, not a file of case x
     assert generate("models:/g/1", masks, tmp_path / "out", brain_dir=brains) == [tmp_path / "out" / "x.tif"]
+
+
+@pytest.mark.parametrize("uri, expected", [
+    ("models:/gen/3", ("gen", "3", None)),
+    ("models:/gen@champion", ("gen", None, "champion")),
+    ("models:/team/gen@champion", ("team/gen", None, "champion")),
+    ("models:/gen", None),
+    ("runs:/abc/generator", None),
+    ("/tmp/model", None),
+])
+def test_parse_uri(uri, expected):
+    from mrisynth.io import registry
+
+    assert registry.parse_uri(uri) == expected
+
+
+def test_run_param_reads_the_registered_versions_training_run(trained):
+    from mrisynth.config import load_params
+    from mrisynth.io import registry
+
+    gan = load_params("params.yaml").train_gan
+    assert float(registry.run_param(f"models:/{gan.registry_name}@challenger", "inpaint_margin")) == gan.inpaint_margin
+    assert registry.run_param(f"models:/{gan.registry_name}@challenger", "no_such_key") is None
+    assert registry.run_param(f"models:/{gan.registry_name}/999", "inpaint_margin") is None
+    assert registry.run_param("runs:/abc/generator", "inpaint_margin") is None

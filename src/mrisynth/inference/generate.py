@@ -12,7 +12,10 @@ imported split's `spacing_mm` for that case (times the resize factor when a mask
 
 An inpainting generator (more than 4 input channels) re-draws only the tumour region of a real slice: the
 slice is --images DIR/<name>.tif, float (H, W, C) in [0, 1] (default: the split's images/ beside masks/);
-it also gives the brain mask when --brain is not passed. Nothing is overwritten by accident: OUT may not be
+it also gives the brain mask when --brain is not passed. The region and the soft blend at its border are
+`augment`'s: the tumour grown by the margin the generator was trained with (`train_gan.inpaint_margin`, read
+from the registered version's run; the default when the run cannot be read, said on stdout), and a linear
+ramp that wide inside the region's border. Nothing is overwritten by accident: OUT may not be
 a folder that is read (masks, brain masks, images, the split's images/), and files already in OUT that would
 be written again are refused unless `force`."""
 from __future__ import annotations
@@ -28,6 +31,18 @@ from mrisynth.core import encoding, inpaint, slicing
 from mrisynth.errors import DataError
 from mrisynth.io import tiff
 from mrisynth.io.manifest import is_plain_name
+
+
+def _trained_margin(model_uri: str) -> float:
+    """`train_gan.inpaint_margin` of the run that registered `model_uri`, else the default (said on stdout)."""
+    from mrisynth.io import registry
+
+    value = registry.run_param(model_uri, "inpaint_margin")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        print(f"generate: {model_uri}: the training run's inpaint_margin is not readable; using the default {TrainGanParams.inpaint_margin}")
+        return TrainGanParams.inpaint_margin
 
 
 def _split_images(masks_dir: Path) -> Path | None:
@@ -160,7 +175,8 @@ def generate(model_uri: str, masks_dir: Path, out_dir: Path, brain_dir: Path | N
         raise DataError(str(exc.message)) from exc
     size = model.size
     inpainting = model.in_channels > encoding.CONDITION_CHANNELS  # each case's own real slice is the context
-    conditions, fitted, pixel_mm = [], set(), []
+    margin = inpaint.margin_pixels(_trained_margin(model_uri), size) if inpainting else 0
+    conditions, fitted, pixel_mm, blends = [], set(), [], []
     for path in paths:
         labels = tiff.read_mask(path)
         if labels.ndim != 2:
@@ -181,8 +197,9 @@ def generate(model_uri: str, masks_dir: Path, out_dir: Path, brain_dir: Path | N
             fitted.add(f"{shape[0]}x{shape[1]} -> {size}x{size} ({method})")
         if inpainting:
             image = _image_for(path, shape, size, model.channels, real_path, real)
-            region = inpaint.region(labels, brain, inpaint.margin_pixels(TrainGanParams.inpaint_margin, size))
+            region = inpaint.region(labels, brain, margin)
             conditions.append(inpaint.conditioning(labels, brain, image, region))
+            blends.append((image, inpaint.blend_weight(region, margin)))
         else:
             conditions.append(encoding.conditioning(labels, brain))
         pixel_mm.append(mm)
@@ -196,6 +213,9 @@ def generate(model_uri: str, masks_dir: Path, out_dir: Path, brain_dir: Path | N
         images = np.concatenate([model.predict(cond[i : i + batch_size]) for i in starts])
     except InputError as exc:  # the model's own input check: one line, not a traceback
         raise DataError(f"{masks_dir}: {exc.message}") from exc
+    if inpainting:   # the served model composites with a hard edge; augment's soft ramp over the margin, as in training
+        images = np.stack([inpaint.composite(np.asarray(real, np.float32), generated, weight)
+                           for (real, weight), generated in zip(blends, images)])
     out_dir.mkdir(parents=True, exist_ok=True)
     channels = images.shape[-1]
     names = modalities if modalities and len(modalities) == channels else (list(MODALITIES) if channels == len(MODALITIES) else [f"ch{c}" for c in range(channels)])

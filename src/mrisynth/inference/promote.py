@@ -118,15 +118,10 @@ def require_model(model_uri: str) -> None:
 
     from mrisynth.io import registry, tracking
 
-    if not model_uri.startswith("models:/"):
+    parsed = registry.parse_uri(model_uri)
+    if parsed is None:
         return
-    ref = model_uri[len("models:/"):]
-    if "@" in ref:
-        (name, alias), version = ref.rsplit("@", 1), None
-    elif "/" in ref and ref.rsplit("/", 1)[1].isdigit():
-        (name, version), alias = ref.rsplit("/", 1), None
-    else:
-        return
+    name, version, alias = parsed
     try:
         registry.get_version(name, version, alias=alias)
     except LookupError as exc:
