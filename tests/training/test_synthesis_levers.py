@@ -179,6 +179,12 @@ def test_fingerprint_keys_and_unknown_levers(tmp_path):
     # run bookkeeping does not block a resume; anything that changes the training does
     assert fingerprint(dataclasses.replace(settings, epochs=7, out_dir="elsewhere", draws=3), "x") == fingerprint(settings, "x")
     assert fingerprint(dataclasses.replace(settings, inpaint_blobs=0.1), "x") != fingerprint(settings, "x")
+    # the DiffAugment policy as meant, not as written (DVC's -S needs '+' where params.yaml has ',')
+    spelled = [fingerprint(dataclasses.replace(settings, diffaugment=p), "x")
+               for p in ("translation,cutout", "translation+cutout", " translation, cutout", "cutout,translation")]
+    assert all(s == spelled[0] for s in spelled) and spelled[0]["diffaugment"] == "translation,cutout"
+    assert fingerprint(dataclasses.replace(settings, diffaugment="cutout,color"), "x") != spelled[0]
+    assert "diffaugment" not in fingerprint(dataclasses.replace(paper_settings(), diffaugment="none"), "x")
     for key, value, message in (("synthesis", "paste", "train_gan.synthesis"), ("diffaugment", "zoom", "unknown DiffAugment"),
                                 ("generator", "stylegan", "train_gan.generator"), ("select", "best", "train_gan.select"),
                                 ("generator", "spade-noise\n  strategy: mirrored", "same noise on every replica")):

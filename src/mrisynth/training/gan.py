@@ -47,8 +47,13 @@ def paper_settings(**overrides) -> TrainGanParams:
 
 def fingerprint(settings: TrainGanParams, data_key: str) -> dict:
     """What must match for a resume: every field but NOT_FINGERPRINTED (extending `epochs` is allowed),
-    with the resolved precision (`auto` may mean another policy elsewhere) and the data's hash."""
+    with the resolved precision (`auto` may mean another policy elsewhere) and the data's hash. `diffaugment` is
+    compared as the policy it means (`diffaugment.augment` applies its parts in a fixed order: 'cutout+translation'
+    and 'translation, cutout' are 'translation,cutout'; 'none' and 'off' are '')."""
     values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name not in NOT_FINGERPRINTED}
+    if "diffaugment" in values:
+        parts = diffaugment.parse(values["diffaugment"])
+        values["diffaugment"] = ",".join(p for p in diffaugment.POLICIES if p in parts)
     values = {k: v for k, v in values.items() if k not in _NEWER_DEFAULTS or v != _NEWER_DEFAULTS[k]}
     values["precision"] = devices.resolve_precision(settings.precision)
     values["data"] = data_key
