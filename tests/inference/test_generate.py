@@ -69,9 +69,11 @@ class _Identity:
 @pytest.fixture
 def stand_in(monkeypatch):
     from mrisynth.inference import promote, served_model
+    from mrisynth.io import registry
 
     def use(in_channels: int):
         monkeypatch.setattr(promote, "require_model", lambda uri: None)
+        monkeypatch.setattr(registry, "run_param", lambda uri, key: None)   # no registry behind a stand-in
         monkeypatch.setattr(served_model.Generator, "load", staticmethod(lambda uri: _Identity(in_channels)))
     return use
 
@@ -131,8 +133,8 @@ def test_an_unreadable_training_run_falls_back_to_the_default_margin(stand_in, t
 
     stand_in(9)
     masks, _, slices, _ = _case(tmp_path)
-    generate("models:/g/1", masks, tmp_path / "out", images_dir=slices)   # no registry behind the stand-in
-    assert "the training run's inpaint_margin is not readable; using the default 0.03" in capsys.readouterr().out
+    generate("models:/g/1", masks, tmp_path / "out", images_dir=slices)   # the stand-in's run has no inpaint_margin
+    assert "models:/g/1: the training run's inpaint_margin is not readable; using the default inpaint_margin 0.03" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("problem, message", [

@@ -325,3 +325,27 @@ def test_a_real_full_disk_stops_with_one_line_and_resumes_once_there_is_space(tm
         assert state.completed and state.epoch == 2
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def test_a_state_saved_with_an_older_diffaugment_spelling_still_finishes_and_is_refused_for_another_policy(tmp_path):
+    from mrisynth.config import TrainGanParams
+    from mrisynth.training.checkpoints import TrainState, prepare_state, save_state
+    from mrisynth.training.gan import canonical_fingerprint, fingerprint
+
+    settings = TrainGanParams(diffaugment="translation,cutout,color")
+    now = fingerprint(settings, "d")
+    out = tmp_path / "gan"
+    out.mkdir()
+    (out / "best_generator.keras").write_bytes(b"kept")
+    # written by the sweep's `-S train_gan.diffaugment=translation+cutout+color` before the fingerprint normalised it
+    save_state(out, TrainState(epoch=2, completed=True, fingerprint=now | {"diffaugment": "translation+cutout+color"}, code="c", run_id="r"))
+    assert prepare_state(out, now, False, finish_epochs=2, code="c", canonical=canonical_fingerprint).run_id == "r"
+    # without the normalisation the same state counts as other parameters (a fresh start)
+    save_state(out, TrainState(epoch=2, completed=True, fingerprint=now | {"diffaugment": "translation+cutout+color"}, code="c", run_id="r"))
+    assert prepare_state(out, now, False, finish_epochs=2, code="c").epoch == 0
+    # an interrupted run with another policy is still refused, naming the key
+    save_state(out, TrainState(epoch=1, completed=False, fingerprint=now | {"diffaugment": "cutout"}))
+    with pytest.raises(ConfigError, match="diffaugment: 'cutout' -> 'translation,cutout,color'"):
+        prepare_state(out, now, False, canonical=canonical_fingerprint)
+    # 'none' written by an older version is the paper's off, which fingerprints leave out
+    assert "diffaugment" not in canonical_fingerprint({"diffaugment": "none", "alpha": 1.0})

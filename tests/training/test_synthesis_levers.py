@@ -301,20 +301,30 @@ def test_texture_weight_adds_the_term_to_the_generator_loss(inpainting):
 
 
 def test_harmonise_shifts_the_region_to_the_host_ring_by_hand():
-    labels, brain = _blob_case()
+    labels, brain = _blob_case()           # tumour rows 10-13, columns 12-15; brain rows/columns 4-27; region rows 8-15, columns 10-17
     region = inpaint.region(labels, brain, 2)
     image = np.zeros((32, 32, 2), np.float32)
     image[brain] = (0.6, 0.3)
-    image[1:4, :] = 0.9                    # outside the brain: never part of the ring
+    brain = brain.copy()
+    brain[5:8, 12:16] = False              # a notch of non-brain in the ring's reach: not part of the ring
+    image[5:8, 12:16] = 0.9
+    host = labels.copy()
+    host[10:14, 18:20] = 2                 # the host's own tumour, inside the ring's reach: not part of the ring
+    image[10:14, 18:20] = 0.95
     generated = np.zeros((32, 32, 2), np.float32)
     generated[brain] = (0.2, 0.5)          # normal tissue drawn too dark in channel 0, too bright in channel 1
     generated[labels > 0] = (0.8, 0.1)     # tumour
-    out = inpaint.harmonise(image, generated, region, labels, brain, width=2)
-    normal = region & (labels == 0)
+    out = inpaint.harmonise(image, generated, region, host, brain, width=2)
+    assert region[8, 13] and not region[7, 13]                         # the ring reaches the notch ...
+    assert not region[12, 18] and region[12, 17]                       # ... and the host tumour
+    normal = region & (host == 0)
     # offsets: ring mean - generated normal mean = (0.6 - 0.2, 0.3 - 0.5) = (+0.4, -0.2), on the whole region
-    assert np.allclose(out[normal], (0.6, 0.3))
+    assert np.allclose(out[normal & brain], (0.6, 0.3))
     assert np.allclose(out[labels > 0], (1.0, 0.0))        # 0.8 + 0.4 clipped to 1; 0.1 - 0.2 clipped to 0
     assert np.array_equal(out[~region], generated[~region])
+    outside = brain.copy()
+    outside[11, 13] = False                                # a tumour pixel outside the brain mask keeps its value
+    assert np.allclose(inpaint.harmonise(image, generated, region, host, outside, width=2)[11, 13], (1.0, 0.0))
     full = np.ones((32, 32), bool)         # a region with no ring left in the brain: unchanged
     assert np.array_equal(inpaint.harmonise(image, generated, full, labels, brain, 2), generated)
 
@@ -331,8 +341,17 @@ def test_harmonised_inpainting_keeps_real_pixels_outside_the_region(harmonise):
     plain = rendering.render_inpaint(generator, train.images, train.labels, train.brain, regions, margin)
     assert np.array_equal(out[~regions], train.images[~regions])
     assert np.array_equal(out, plain) == (harmonise == "none")
+    # render_split (the scores' path) harmonises the same way, on the regions `drawn` names
+    drawn = rendering.drawn(train, "inpaint", 0.05)
     split = rendering.render_split(generator, train, "inpaint", 0.05, harmonise=harmonise)
-    assert np.array_equal(split[~rendering.drawn(train, "inpaint", 0.05)], train.images[~rendering.drawn(train, "inpaint", 0.05)])
+    assert np.array_equal(split, rendering.render_inpaint(generator, train.images, train.labels, train.brain, drawn, margin,
+                                                          harmonise=harmonise))
+    assert np.array_equal(split[~drawn], train.images[~drawn])
+    if harmonise == "none":   # the path render_split took before it went through render_inpaint, bit for bit
+        cond, weights = inpaint.split_inputs(train.labels, train.brain, train.images, margin, 0.0, np.random.default_rng(0))
+        assert np.array_equal(split, inpaint.composite(train.images, rendering.render(generator, cond), weights[..., 0]))
+    with pytest.raises(ValueError, match="harmonise='median'"):
+        rendering.render_inpaint(generator, train.images, train.labels, train.brain, regions, margin, harmonise="median")
 
 
 def test_harmonise_needs_inpainting():

@@ -83,8 +83,9 @@ def harmonise(image: np.ndarray, generated: np.ndarray, region_mask: np.ndarray,
     tissue inside the region (labels == 0) equals the mean of the real `image`'s normal tissue in a ring `width`
     pixels wide just outside the region (inside the brain, labels == 0 there too): the filled region takes the
     host's local intensity level (a scan's contrast and bias field), while the tumour's contrast to its own
-    surroundings is the generator's. The shift is applied to the whole region, then clipped to [0, 1] and zeroed
-    outside the brain. A channel keeps its values when either set is empty. Only `region_mask` pixels matter to
+    surroundings is the generator's (up to the clip). The shift is applied to the whole region, then clipped to
+    [0, 1] and zeroed outside the brain and the tumour (as `rendering.clip_to_brain` keeps tumour pixels). A channel
+    keeps its values when either set is empty. Only `region_mask` pixels matter to
     `composite`; outside it the result is the input, bit for bit."""
     region_mask = np.asarray(region_mask, bool)
     generated = np.asarray(generated, np.float32)
@@ -93,7 +94,8 @@ def harmonise(image: np.ndarray, generated: np.ndarray, region_mask: np.ndarray,
     if not normal.any() or not ring.any():
         return generated
     offset = np.asarray(image, np.float32)[ring].mean(axis=0) - generated[normal].mean(axis=0)        # (C,)
-    shifted = np.clip(generated + offset.astype(np.float32), 0.0, 1.0) * (np.asarray(brain) > 0)[..., None]
+    inside = (np.asarray(brain) > 0) | (labels > 0)
+    shifted = np.clip(generated + offset.astype(np.float32), 0.0, 1.0) * inside[..., None]
     return np.where(region_mask[..., None], shifted, generated).astype(np.float32)
 
 

@@ -164,6 +164,9 @@ def _usefulness(t: Table1) -> list[str]:
         lines.append(f"| GAN-test {title} (`none` arm on rendered images) | {u[f'val_gan_test_{key}']:.3f} | {u[f'test_gan_test_{key}']:.3f} |")
     lines += ["", f"Diversity: mean per-pixel std across {u['diversity_samples']} dropout-active renders of each validation mask, "
               f"inside the brain: **{u['diversity_val']:.4f}** (intensities in [0, 1])."]
+    if u.get("harmonise", "none") != "none":
+        lines += ["", f"GAN-test, diversity and the realism panel render as `augment` does, with `augment.harmonise: {u['harmonise']}` "
+                  "(each region shifted to its host's local normal-tissue level); the registered generator does not harmonise."]
     return lines
 
 

@@ -41,7 +41,8 @@ def _trained_margin(model_uri: str) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
-        print(f"generate: {model_uri}: the training run's inpaint_margin is not readable; using the default {TrainGanParams.inpaint_margin}")
+        why = "the training run's inpaint_margin is not readable" if registry.parse_uri(model_uri) else "not a registry URI (models:/NAME/VERSION or @ALIAS), so the training run is unknown"
+        print(f"generate: {model_uri}: {why}; using the default inpaint_margin {TrainGanParams.inpaint_margin}")
         return TrainGanParams.inpaint_margin
 
 

@@ -145,12 +145,12 @@ def render_inpaint(generator, images: np.ndarray, labels: np.ndarray, brain: np.
     (N, S, S) and generated for `labels` inside, blended over `margin` pixels at the region's border.
     harmonise 'mean': each region first shifted to its host's local normal-tissue level (`inpaint.harmonise`,
     a ring `margin` pixels wide)."""
+    if harmonise not in ("none", "mean"):
+        raise ValueError(f"harmonise={harmonise!r}: expected 'none' or 'mean'")
     cond = inpaint.conditioning(labels, brain, images, regions)
     generated = render(generator, cond, batch_size, sample, seed)
     if harmonise == "mean":
         generated = np.stack([inpaint.harmonise(images[i], generated[i], regions[i], labels[i], brain[i], margin)
                               for i in range(len(generated))]) if len(generated) else generated
-    elif harmonise != "none":
-        raise ValueError(f"harmonise={harmonise!r}: expected 'none' or 'mean'")
     weights = np.stack([inpaint.blend_weight(r, margin) for r in regions]) if len(regions) else np.zeros(regions.shape, np.float32)
     return inpaint.composite(images.astype(np.float32), generated, weights)

@@ -90,6 +90,7 @@ def run(params_path: str = "params.yaml") -> int:
     report["diversity_val"] = rendering.diversity(generator, splits["val"], g.diversity_samples, g.seed, gan.synthesis, gan.inpaint_margin,
                                                   params.augment.harmonise)
     report["diversity_samples"] = g.diversity_samples
+    report["harmonise"] = params.augment.harmonise   # GAN-test, diversity and the realism panel render as augment does
     panel = realism_panel(generator, splits["val"], gan, params.augment.sample_dropout, g.seed, list(params.data.modalities),
                           params.augment.harmonise)
     report["realism_worst_deviation"] = panel["worst_deviation"]

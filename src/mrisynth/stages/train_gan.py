@@ -152,7 +152,9 @@ def _reusable(settings, trainer, train, val, out_dir: Path, model_path: Path):
     state = load_state(out_dir)
     if state is None or not state.completed or not model_path.is_file() or not (out_dir / "best_generator.keras").is_file():
         return None
-    return state if state.fingerprint == trainer.fingerprint(train, val) else None
+    from mrisynth.training.gan import canonical_fingerprint
+
+    return state if canonical_fingerprint(state.fingerprint) == trainer.fingerprint(train, val) else None
 
 
 def code_digest() -> str:

@@ -240,16 +240,19 @@ def load_state(out_dir: Path) -> TrainState | None:
 
 
 def prepare_state(out_dir: Path, fingerprint: dict, restart: bool, finish_epochs: int | None = None,
-                  code: str | None = None) -> TrainState:
+                  code: str | None = None, canonical: Callable[[dict], dict] | None = None) -> TrainState:
     """Resume an interrupted run with the same parameters; refuse one with other parameters unless restart.
     A missing or unreadable top-level state.json falls back to the newest verified resume state.
     finish_epochs: a run that completed these epochs with the same parameters and `code` but was not
     finalised (a stop between training and registration) is returned as it is, to be finalised without
-    retraining."""
+    retraining. canonical: applied to a saved state's fingerprint before comparing (equal meanings written
+    differently by an older version)."""
     previous = load_state(out_dir)
     if previous is None and not restart:
         found = latest_resume(out_dir)
         previous = found[1] if found is not None else None
+    if previous is not None and canonical is not None:
+        previous.fingerprint = canonical(previous.fingerprint)
     if (finish_epochs is not None and previous is not None and not restart and previous.completed and not previous.finalised
             and previous.epoch == finish_epochs and previous.fingerprint == fingerprint and previous.code == code
             and code is not None and (out_dir / "best_generator.keras").is_file()):
@@ -266,6 +269,8 @@ def prepare_state(out_dir: Path, fingerprint: dict, restart: bool, finish_epochs
             )
         found = latest_resume(out_dir)
         if found is not None:
+            if canonical is not None:
+                found[1].fingerprint = canonical(found[1].fingerprint)
             return found[1]
         print(f"warning: {out_dir}: no complete resume state for the interrupted run (epoch {previous.epoch}); starting over", file=sys.stderr)
     if out_dir.exists():

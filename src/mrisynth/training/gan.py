@@ -51,13 +51,24 @@ def fingerprint(settings: TrainGanParams, data_key: str) -> dict:
     compared as the policy it means (`diffaugment.augment` applies its parts in a fixed order: 'cutout+translation'
     and 'translation, cutout' are 'translation,cutout'; 'none' and 'off' are '')."""
     values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name not in NOT_FINGERPRINTED}
-    if "diffaugment" in values:
-        parts = diffaugment.parse(values["diffaugment"])
-        values["diffaugment"] = ",".join(p for p in diffaugment.POLICIES if p in parts)
-    values = {k: v for k, v in values.items() if k not in _NEWER_DEFAULTS or v != _NEWER_DEFAULTS[k]}
+    values = canonical_fingerprint(values)
     values["precision"] = devices.resolve_precision(settings.precision)
     values["data"] = data_key
     return values
+
+
+def canonical_fingerprint(values: dict) -> dict:
+    """A fingerprint with `diffaugment` as the policy it means and the levers at their pre-lever defaults left out;
+    applied to the fingerprints of saved states too, so states written before this normalisation still resume."""
+    values = dict(values)
+    if "diffaugment" in values:
+        try:
+            parts = diffaugment.parse(values["diffaugment"])
+        except ValueError:
+            parts = None   # an unknown policy stays as written (it cannot match a valid one)
+        if parts is not None:
+            values["diffaugment"] = ",".join(p for p in diffaugment.POLICIES if p in parts)
+    return {k: v for k, v in values.items() if k not in _NEWER_DEFAULTS or v != _NEWER_DEFAULTS[k]}
 
 
 @dataclass
@@ -296,7 +307,7 @@ class GanTrainer:
         if not self.is_chief:
             return TrainState(fingerprint=self.fingerprint(train, val))
         state = prepare_state(Path(out_dir), self.fingerprint(train, val), restart,
-                              self.settings.epochs if finish_code else None, finish_code)
+                              self.settings.epochs if finish_code else None, finish_code, canonical=canonical_fingerprint)
         state.code = finish_code
         return state
 
