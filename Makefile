@@ -60,7 +60,7 @@ PAPER_OVERRIDES := -S preprocess.image_size=256 -S train_gan.epochs=100 -S train
   -S train_segmenter.equal_steps=false -S train_segmenter.base_filters=16 -S train_segmenter.batch_size=8 \
   -S train_segmenter.learning_rate=0.001 -S 'train_segmenter.seeds=[1,2,3]' -S augment.factor=10 \
   -S train_gan.generator=pix2pix -S train_gan.synthesis=full -S train_gan.select=val_loss -S train_gan.diffaugment=none \
-  -S train_gan.disc_blocks=0 -S train_gan.draws=1 -S train_segmenter.real_share=null \
+  -S train_gan.disc_blocks=0 -S train_gan.draws=1 -S train_segmenter.real_share=null -S augment.harmonise=none \
   -S 'train_segmenter.arms=[none,classic,gan,classic+gan]'
 paper: data
 	dvc exp run -f -n paper $(PAPER_OVERRIDES)
@@ -73,8 +73,8 @@ paper: data
 # with +.) Stage output goes to work/sweep-<name>.log. Apply the winner with `dvc exp apply <name>` or by editing
 # params.yaml, then `make run` for its verdict. `make sweep SWEEP_VARIANTS="default fm10"` runs some of them.
 SWEEP_SEEDS := -S 'train_segmenter.seeds=[1,2]' -S 'train_segmenter.arms=[none,classic,gan,classic+gan]'
-SWEEP_PAPER := -S train_gan.diffaugment=none -S train_gan.draws=1 -S train_gan.generator=pix2pix -S train_gan.synthesis=full -S train_gan.select=val_loss -S train_gan.epochs=30 -S train_segmenter.real_share=null
-SWEEP_LONG := -S train_gan.draws=1 -S train_gan.select=last -S train_gan.epochs=100 -S train_gan.diffaugment=translation+cutout+color
+SWEEP_PAPER := -S augment.harmonise=none -S train_gan.diffaugment=none -S train_gan.draws=1 -S train_gan.generator=pix2pix -S train_gan.synthesis=full -S train_gan.select=val_loss -S train_gan.epochs=30 -S train_segmenter.real_share=null
+SWEEP_LONG := -S augment.harmonise=none -S train_gan.draws=1 -S train_gan.select=last -S train_gan.epochs=100 -S train_gan.diffaugment=translation+cutout+color
 SWEEP_DEFAULT := $(SWEEP_LONG) -S train_gan.generator=spade -S train_gan.synthesis=inpaint -S train_segmenter.real_share=null
 SWEEP_VARIANTS ?= paper full-long inpaint inpaint-spade default fm10 fm10-alpha5 tex20 noise tex20-noise harmonise
 sweep-paper := $(SWEEP_PAPER)

@@ -83,6 +83,7 @@ def test_team_stack_end_to_end(tmp_path, monkeypatch):
                             "draws": 1, "synthesis": "full"}  # several draws and inpainting train on one device only
     # the arms and seeds are the tiny repro's business (tests/pipeline): here the fewest the stages accept
     params["train_segmenter"] |= {"seeds": [1], "arms": ["none", "classic+gan"]}
+    params["augment"]["harmonise"] = "none"   # inpainting only
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     brats = tmp_path / "brats"
     for i in range(1, 9):
