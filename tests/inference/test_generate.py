@@ -69,10 +69,11 @@ class _Identity:
 @pytest.fixture
 def stand_in(monkeypatch):
     from mrisynth.inference import promote, served_model
+    from mrisynth.io import registry
 
     def use(in_channels: int):
         monkeypatch.setattr(promote, "require_model", lambda uri: None)
-        monkeypatch.setattr(promote, "run_param", lambda uri, key: None)   # no registry behind a stand-in
+        monkeypatch.setattr(registry, "run_param", lambda uri, key: None)   # no registry behind a stand-in
         monkeypatch.setattr(served_model.Generator, "load", staticmethod(lambda uri: _Identity(in_channels)))
     return use
 
@@ -112,11 +113,11 @@ def test_an_inpainting_generator_keeps_the_slice_given_with_images(stand_in, tmp
 def test_inpainting_uses_the_trained_margin_and_augments_soft_ramp(stand_in, tmp_path, monkeypatch):
     import tifffile
 
-    from mrisynth.inference import promote
     from mrisynth.inference.generate import generate
+    from mrisynth.io import registry
 
     stand_in(9)
-    monkeypatch.setattr(promote, "run_param", lambda uri, key: "0.25" if key == "inpaint_margin" else None)
+    monkeypatch.setattr(registry, "run_param", lambda uri, key: "0.25" if key == "inpaint_margin" else None)
     masks, _, slices, image = _case(tmp_path)   # tumour rows/columns 2-4; margin 0.25 x 16 px = 4 px
     generate("models:/g/1", masks, tmp_path / "out", images_dir=slices)
     out = tifffile.imread(tmp_path / "out" / "x.tif")
@@ -256,7 +257,7 @@ def test_parse_uri(uri, expected):
 
 def test_run_param_reads_the_registered_versions_training_run(trained):
     from mrisynth.config import load_params
-    from mrisynth.inference import promote as registry   # run_param lives beside require_model
+    from mrisynth.io import registry
 
     gan = load_params("params.yaml").train_gan
     assert float(registry.run_param(f"models:/{gan.registry_name}@challenger", "inpaint_margin")) == gan.inpaint_margin

@@ -35,10 +35,9 @@ from mrisynth.io.manifest import is_plain_name
 
 def _trained_margin(model_uri: str) -> float:
     """`train_gan.inpaint_margin` of the run that registered `model_uri`, else the default (said on stdout)."""
-    from mrisynth.inference.promote import run_param
     from mrisynth.io import registry
 
-    value = run_param(model_uri, "inpaint_margin")
+    value = registry.run_param(model_uri, "inpaint_margin")
     try:
         return float(value)
     except (TypeError, ValueError):

@@ -141,21 +141,3 @@ def _missing(name: str, version: str | None, alias: str | None, mlflow_message: 
     if alias == CHALLENGER:
         return f"no version of {name!r} is the @{CHALLENGER}; `dvc repro train_gan` registers one and sets it"
     return f"no version of {name!r} holds alias @{alias}; use @{CHAMPION} or @{CHALLENGER}, or a version number (models:/{name}/1)"
-
-
-def run_param(model_uri: str, key: str) -> str | None:
-    """Parameter `key` of the MLflow run that logged the registered version `model_uri` (models:/ URIs), or None
-    when the URI is not a registry reference, the version or run is not found, or the run did not log `key`."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from mrisynth.io import registry
-
-    parsed = registry.parse_uri(model_uri)
-    if parsed is None:
-        return None
-    try:
-        version = registry.get_version(*parsed)
-        return mlflow.MlflowClient().get_run(version.run_id).data.params.get(key) if version.run_id else None
-    except (LookupError, MlflowException):
-        return None

@@ -128,6 +128,23 @@ def parse_uri(model_uri: str) -> tuple[str, str | None, str | None] | None:
     return None
 
 
+def run_param(model_uri: str, key: str) -> str | None:
+    """Parameter `key` of the MLflow run that logged the registered version `model_uri` (models:/ URIs), or None
+    when the URI is not a registry reference, the version or run is not found, or the run did not log `key`."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    parsed = parse_uri(model_uri)
+    if parsed is None:
+        return None
+    try:
+        version = get_version(*parsed)
+        # read as a dictionary: `run.data` would read to mrisynth.ops.dvcgraph as the params.yaml section `data`
+        return mlflow.MlflowClient().get_run(version.run_id).to_dictionary().get("data", {}).get("params", {}).get(key) if version.run_id else None
+    except (LookupError, MlflowException):
+        return None
+
+
 def has_signature(name: str, version: str | int) -> bool:
     """Whether the logged model of `name` version `version` carries an input/output signature."""
     import mlflow
