@@ -145,8 +145,10 @@ def render_inpaint(generator, images: np.ndarray, labels: np.ndarray, brain: np.
     (N, S, S) and generated for `labels` inside, blended over `margin` pixels at the region's border.
     harmonise 'mean': each region first shifted to its host's local normal-tissue level (`inpaint.harmonise`,
     a ring `margin` pixels wide)."""
-    if harmonise not in ("none", "mean"):
-        raise ValueError(f"harmonise={harmonise!r}: expected 'none' or 'mean'")
+    from mrisynth.config import HARMONISE
+
+    if harmonise not in HARMONISE:
+        raise ValueError(f"harmonise={harmonise!r}: expected one of {list(HARMONISE)}")
     cond = inpaint.conditioning(labels, brain, images, regions)
     generated = render(generator, cond, batch_size, sample, seed)
     if harmonise == "mean":
