@@ -255,7 +255,7 @@ class AugmentParams:
     flip: bool = True  # random left-right flips
     brightness: float = 0.15  # largest relative intensity change
     sample_dropout: bool = True     # render GAN samples with dropout active (pix2pix's noise z); false = one fixed image per mask
-    harmonise: str = "mean"  # inpainting only: 'mean' shifts each filled region to the host's local normal-tissue level (core.inpaint.harmonise); 'none' with full synthesis
+    harmonise: str = "none"  # inpainting only: 'mean' shifts each filled region to the host's local normal-tissue level (core.inpaint.harmonise); withdrawn as default on the full run's validation
     seed: int = 7  # seed of the transforms and of the GAN label maps
     out_dir: str = "work/augmented"  # augmented images, masks and manifests
 
