@@ -256,6 +256,8 @@ class AugmentParams:
     brightness: float = 0.15  # largest relative intensity change
     sample_dropout: bool = True     # render GAN samples with dropout active (pix2pix's noise z); false = one fixed image per mask
     harmonise: str = "none"  # inpainting only: 'mean' shifts each filled region to the host's local normal-tissue level (core.inpaint.harmonise); withdrawn as default on the full run's validation
+    filter_dice: float | None = None  # GAN samples on which a real-data segmenter (the `none` arm's recipe) scores tumour Dice below this are replaced (augment.sample_filter); null: no filter
+    filter_pool: float = 2.0  # with filter_dice: candidates rendered per kept GAN sample (if too few pass, the best of the rest fill up)
     seed: int = 7  # seed of the transforms and of the GAN label maps
     out_dir: str = "work/augmented"  # augmented images, masks and manifests
 
@@ -271,6 +273,10 @@ class AugmentParams:
             raise ConfigError("augment.rotation and augment.shift must be >= 0, augment.brightness in [0, 1)")
         if self.harmonise not in HARMONISE:
             raise ConfigError(f"augment.harmonise={self.harmonise!r}: expected one of {list(HARMONISE)}")
+        if self.filter_dice is not None and not 0 <= self.filter_dice <= 1:
+            raise ConfigError(f"augment.filter_dice={self.filter_dice}: expected a tumour Dice in [0, 1], or null for no filter")
+        if self.filter_pool < 1:
+            raise ConfigError(f"augment.filter_pool={self.filter_pool}: expected >= 1 (candidates rendered per kept GAN sample)")
 
 
 SEGMENTER_SCHEDULES = ("constant", "cosine")

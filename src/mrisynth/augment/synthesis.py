@@ -7,6 +7,7 @@ dropout active by default; paste: a donor's real tumour pasted into another trai
 copy-paste control, from its own random stream), `write` stores them with a provenance manifest."""
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,9 +69,10 @@ def load_generator(path: Path, size: int, channels: int, synthesis: str = "full"
 
 
 def synthesise(train: arrays.SplitArrays, generator, params, arms: tuple[str, ...], synthesis: str = "full",
-               margin_fraction: float = 0.03) -> tuple[list[Sample], dict]:
+               margin_fraction: float = 0.03, judge=None) -> tuple[list[Sample], dict]:
     """Real, classic and GAN samples (module doc). synthesis 'inpaint': every GAN sample is a real
-    training slice with a tumour region re-generated (see `_inpaint_samples`)."""
+    training slice with a tumour region re-generated (see `_inpaint_samples`). judge: an
+    `augment.sample_filter.Judge` that filters the GAN samples (`gan_samples`); None: no filter."""
     rng = np.random.default_rng(params.seed)
     ranges = transforms.ClassicRanges(params.rotation, params.shift, tuple(params.scale), params.flip, params.brightness)
     n = len(train)
@@ -82,7 +84,7 @@ def synthesise(train: arrays.SplitArrays, generator, params, arms: tuple[str, ..
         image, labels, desc = transforms.classic(train.images[src], train.labels[src], rng, ranges)
         samples.append(Sample(image, labels, "classic", ids[src], desc, k < counts["classic_mix"]))
 
-    gan, fallbacks = gan_samples(train, generator, params, counts, rng, synthesis, margin_fraction, params.seed)
+    gan, fallbacks = gan_samples(train, generator, params, counts, rng, synthesis, margin_fraction, params.seed, judge)
     # the copy-paste control draws from its own stream: the real, classic and GAN samples stay as without it
     pasted, paste_fallbacks = paste_samples(train, params, counts["paste_total"], margin_fraction)
     return samples + gan + pasted, counts | {"recombination_fallbacks": fallbacks, "paste_fallbacks": paste_fallbacks}
@@ -130,19 +132,34 @@ def paste_samples(train: arrays.SplitArrays, params, count: int, margin_fraction
 
 
 def synthesise_draw(train: arrays.SplitArrays, generator, params, arms: tuple[str, ...], draw: int, synthesis: str = "full",
-                    margin_fraction: float = 0.03) -> tuple[list[Sample], int]:
+                    margin_fraction: float = 0.03, judge=None) -> tuple[list[Sample], int]:
     """The GAN samples of generator draw `draw` (>= 1; 0-based): its own label maps (random stream
     seeded by (augment.seed, draw)) rendered by its own generator (dropout seed augment.seed + draw).
     The real and classic samples are shared by every draw (those of `synthesise`)."""
     counts = plan(len(train), params.factor, params.synthetic_fraction, arms)
     rng = np.random.default_rng([params.seed, draw])
-    return gan_samples(train, generator, params, counts, rng, synthesis, margin_fraction, params.seed + draw)
+    return gan_samples(train, generator, params, counts, rng, synthesis, margin_fraction, params.seed + draw, judge)
 
 
 def gan_samples(train: arrays.SplitArrays, generator, params, counts: dict, rng: np.random.Generator, synthesis: str,
-                margin_fraction: float, render_seed: int) -> tuple[list[Sample], int]:
+                margin_fraction: float, render_seed: int, judge=None) -> tuple[list[Sample], int]:
     """counts['gan_total'] GAN samples (the first counts['gan_mix'] in the classic+gan set) and the
-    number of recombinations that found no placement."""
+    number of recombinations that found no placement.
+
+    judge (`augment.sample_filter.Judge`): judge.candidates(gan_total) candidates are made the same way, scored by
+    the judge and `filter.select`ed (kept in candidate order; the classic+gan set takes the first gan_mix
+    kept); each kept sample's `transforms` ends with `;judge=<its score>`. Without a judge nothing changes."""
+    if judge is not None and counts["gan_total"]:
+        from mrisynth.augment import sample_filter
+
+        wanted = counts["gan_total"]
+        pool = {**counts, "gan_total": judge.candidates(wanted), "gan_mix": 0}
+        candidates, fallbacks = gan_samples(train, generator, params, pool, rng, synthesis, margin_fraction, render_seed)
+        scores = judge.score(np.stack([c.image for c in candidates]), np.stack([c.labels for c in candidates]))
+        kept, below = sample_filter.select(scores, wanted, judge.tau)
+        judge.record(scores, kept, below)
+        return [dataclasses.replace(candidates[i], in_mix=k < counts["gan_mix"], transforms=f"{candidates[i].transforms};judge={scores[i]:.3f}")
+                for k, i in enumerate(kept)], fallbacks
     ranges = transforms.ClassicRanges(params.rotation, params.shift, tuple(params.scale), params.flip, params.brightness)
     if synthesis == "inpaint":
         return _inpaint_samples(train, generator, params, ranges, counts, rng, margin_fraction, render_seed)

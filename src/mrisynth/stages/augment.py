@@ -2,6 +2,8 @@
 
 Reads  work/preprocessed/train.npz, models/generator.keras, params `augment`, `train_segmenter.arms`.
 Writes work/augmented/ (images/*.tif, masks/*.tif, manifest.csv with provenance), reports/augment.json.
+With `augment.filter_dice` set, a judge segmenter (augment.sample_filter; trained here on the real training
+slices, checkpoint by the val split) replaces the GAN samples it cannot segment.
 
 The manifest holds the originals (kind real), classic samples, GAN samples and, for the copy-paste
 control arm, pasted samples (kind paste); `in_mix` marks the classic+gan set (factor x training count
@@ -11,11 +13,13 @@ The output is validated (GX: brats_slices + augmented suites); a failure stops t
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 
+from mrisynth.augment import sample_filter
 from mrisynth.augment.synthesis import load_generator, synthesise, synthesise_draw, write, write_draw
 from mrisynth import paths
 from mrisynth.config import load_params
@@ -41,15 +45,21 @@ def run(params_path: str = "params.yaml") -> int:
     train = arrays.load_split(Path(pre.out_dir), "train")
     channels = train.images.shape[-1]
     gan = params.train_gan
+    judge = None
+    if p.filter_dice is not None:  # the judge: the `none` arm's recipe on the real training slices (augment.sample_filter)
+        with tempfile.TemporaryDirectory(prefix="augment-judge-") as tmp:
+            model = sample_filter.train_judge(params, train, arrays.load_split(Path(pre.out_dir), "val"), tmp)
+        judge = sample_filter.Judge(model, p.filter_dice, p.filter_pool)
+        print(f"augment: filter judge trained ({time.perf_counter() - started:.0f} s); GAN samples below tumour Dice {p.filter_dice} replaced")
     generator = load_generator(Path(gan.model_path), pre.image_size, channels, gan.synthesis)
-    samples, counts = synthesise(train, generator, p, params.train_segmenter.arms, gan.synthesis, gan.inpaint_margin)
+    samples, counts = synthesise(train, generator, p, params.train_segmenter.arms, gan.synthesis, gan.inpaint_margin, judge)
     out_dir = Path(p.out_dir)
     manifest = write(out_dir, samples, p.sample_dropout)
     expected_mix = p.factor * len(train)
     manifests = [manifest]
     for draw in range(1, gan.draws):  # the other generator draws: their own label maps and generator, shared real/classic rows
         draw_generator = load_generator(Path(gan.draw_model_path(draw)), pre.image_size, channels, gan.synthesis)
-        samples_k, _ = synthesise_draw(train, draw_generator, p, params.train_segmenter.arms, draw, gan.synthesis, gan.inpaint_margin)
+        samples_k, _ = synthesise_draw(train, draw_generator, p, params.train_segmenter.arms, draw, gan.synthesis, gan.inpaint_margin, judge)
         manifests.append(write_draw(out_dir, manifest, samples_k, draw, p.sample_dropout))
     for draw, table in enumerate(manifests):
         report = validate(out_dir, table, expected_mix, pre.image_size, channels)
@@ -61,7 +71,8 @@ def run(params_path: str = "params.yaml") -> int:
         "train_images": len(train), "factor": p.factor, "mix_images": int(manifest["in_mix"].sum()),
         **{f"{kind}_images": int((manifest["kind"] == kind).sum()) for kind in SAMPLE_KINDS},
         "recombined": int(manifest["transforms"].str.startswith("recombine").sum()),
-        **counts, "synthesis": gan.synthesis, "generator_draws": gan.draws, "gan_dropout_sampling": p.sample_dropout, "seconds": round(time.perf_counter() - started, 2),
+        **counts, "filter": {"tau": p.filter_dice, "pool": p.filter_pool, "draws": judge.records} if judge else None,
+        "synthesis": gan.synthesis, "generator_draws": gan.draws, "gan_dropout_sampling": p.sample_dropout, "seconds": round(time.perf_counter() - started, 2),
     }
     paths.write_json(paths.AUGMENT, summary)
     print(f"augment: {len(train)} -> {summary['mix_images']} images in the classic+gan set "
