@@ -38,7 +38,7 @@ QUESTIONS = {"GAN beyond classic": "gain_beyond_classic", "GAN augmentation vs n
              "Copy-paste vs none": "paste_vs_none", "GAN beyond copy-paste": "gain_beyond_paste"}
 assert set(QUESTIONS) == {question for _, _, question in COMPARISONS}, "a verdict question without a sweep key"
 LEVERS = (("train_gan", ("generator", "synthesis", "select", "epochs", "diffaugment", "disc_blocks", "feature_matching", "texture", "draws")),
-          ("augment", ("harmonise",)),
+          ("augment", ("harmonise", "filter_dice", "filter_pool")),
           ("tune", ("n_trials", "alpha_low", "alpha_high")),
           ("train_segmenter", ("real_share", "seeds", "arms")))
 SCRATCH = Path("work") / "sweep"   # the scorer's GAN-train segmenter (no stage reads or declares it)
@@ -86,6 +86,7 @@ def score(name: str, params_path: str = "params.yaml") -> dict:
     generator = load_generator(Path(gan.model_path), pre.image_size, val.images.shape[-1], gan.synthesis)
     row |= realism_of(generator, val, params)
     report = paths.read_json(paths.TRAIN_GAN) or {}
+    row["filter"] = (paths.read_json(paths.AUGMENT) or {}).get("filter")  # the sample filter's record per draw (None: off)
     row |= {"gan_best_epoch": report.get("best_epoch"), "alpha": report.get("alpha"),
             "scoring_seconds": round(time.perf_counter() - started, 1)}
     return row
@@ -128,9 +129,9 @@ def table(rows: list[dict]) -> str:
              "Variants marked * ran the full pipeline (its `evaluate` also scored the test split; nothing here reads it); "
              "the others stopped at train_segmenter (no test number exists)." if old else
              "Every variant stopped at train_segmenter: no test number exists for any of them.", "",
-             "| variant | generator | synthesis | select | GAN epochs | DiffAugment | feature matching | texture | harmonise | α (tune range → chosen) | real_share | seeds | "
+             "| variant | generator | synthesis | select | GAN epochs | DiffAugment | feature matching | texture | harmonise | filter τ | α (tune range → chosen) | real_share | seeds | "
              "GAN beyond classic | gan vs none | GAN-train / real-train | realism worst | realism worst, inner |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = r["val_gan_train_dice_tumour"] / max(r["val_real_train_dice_tumour"], 1e-9)
         low, high = r.get("tune.alpha_low"), r.get("tune.alpha_high")
@@ -142,7 +143,7 @@ def table(rows: list[dict]) -> str:
             tuned = number(r.get("alpha"), ".1f")
         lines.append(f"| {r['name']}{'' if r.get('protocol') == PROTOCOL else ' *'} | {r['train_gan.generator']} | {r['train_gan.synthesis']} | "
                      f"{r['train_gan.select']} | {r['train_gan.epochs']} | {r['train_gan.diffaugment'] or 'off'} | "
-                     f"{r.get('train_gan.feature_matching', 0.0) or 'off'} | {r.get('train_gan.texture', 0.0) or 'off'} | {r.get('augment.harmonise') or 'none'} | {tuned} | {r['train_segmenter.real_share']} | "
+                     f"{r.get('train_gan.feature_matching', 0.0) or 'off'} | {r.get('train_gan.texture', 0.0) or 'off'} | {r.get('augment.harmonise') or 'none'} | {number(r.get('augment.filter_dice'), 'g') if r.get('augment.filter_dice') is not None else 'off'} | {tuned} | {r['train_segmenter.real_share']} | "
                      f"{','.join(map(str, r['train_segmenter.seeds']))} | {ci(r.get('val_gain_beyond_classic'))} | "
                      f"{ci(r.get('val_gan_vs_none'))} | {r['val_gan_train_dice_tumour']:.3f} / {r['val_real_train_dice_tumour']:.3f} = {ratio:.2f} | "
                      f"{number(r.get('realism_worst_deviation'), '.0%')} | {number(r.get('realism_inner_worst_deviation'), '.0%')} |")
