@@ -32,7 +32,11 @@ def _upstream(stages: dict, target: str) -> set[str]:
 
 def test_the_sweep_stops_before_the_stages_that_read_the_test_split():
     runs = re.findall(r"dvc exp run [^>]*", _sweep_recipe())
-    assert runs and all(run.split()[-1] == "train_segmenter" for run in runs), runs
+    assert runs and all(run.split()[-1] == "$(SWEEP_TARGETS)" for run in runs), runs
+    makefile = (REPO / "Makefile").read_text()
+    targets = re.findall(r"^SWEEP_TARGETS := (.*)$", makefile, re.M)
+    # the small protocol runs train_segmenter and its upstream; the full one exactly augment and train_segmenter (-s)
+    assert sorted(targets) == ["-s augment train_segmenter", "train_segmenter"], targets
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     # resolve ${section.key} in deps/outs with params.yaml, as DVC does
     params = yaml.safe_load((REPO / "params.yaml").read_text())
