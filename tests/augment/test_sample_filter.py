@@ -91,9 +91,48 @@ def test_the_filter_keeps_the_selected_candidates_and_marks_them():
         assert sample.transforms == f"{candidates[i].transforms};judge={scores[i]:.3f}"
     passing = [i for i in range(2 * wanted) if scores[i] >= 0.5]
     assert [i for i in chosen if scores[i] >= 0.5] == passing[:wanted] and sum(scores[i] < 0.5 for i in chosen) == below
-    assert judge.records == [{"candidates": 24, "kept": 12, "below_tau_kept": below, "passing": int((scores >= 0.5).sum()),
-                              "candidate_dice_mean": round(float(scores.mean()), 4), "kept_dice_mean": round(float(scores[chosen].mean()), 4),
-                              "kept_dice_min": round(float(scores[chosen].min()), 4)}]
+    (record,) = judge.records
+    assert {k: v for k, v in record.items() if "_with_" not in k} == {
+        "candidates": 24, "kept": 12, "below_tau_kept": below, "passing": int((scores >= 0.5).sum()),
+        "candidate_dice_mean": round(float(scores.mean()), 4), "kept_dice_mean": round(float(scores[chosen].mean()), 4),
+        "kept_dice_min": round(float(scores[chosen].min()), 4)}
+    # the toy tumours are all edema (label 2): every candidate and kept sample has it, none has the other classes
+    assert record["candidates_with_edema"] == record["kept_with_edema"] == 1.0
+    assert record["candidates_with_ncr"] == record["kept_with_enhancing"] == 0.0
+
+
+def test_the_filter_class_shares_by_hand():
+    judge = sample_filter.Judge(None, 0.5, 2.0)
+    labels = np.zeros((4, 2, 2), np.uint8)
+    labels[0, 0, 0] = 4          # candidate 0: enhancing
+    labels[1, 0, 0] = 1          # candidate 1: NCR
+    labels[2, 1, 1] = 4          # candidate 2: enhancing and edema
+    labels[2, 0, 0] = 2
+    row = judge.record(np.array([0.2, 0.9, 0.8, 0.1]), [1, 2], 0, labels)
+    assert (row["candidates_with_enhancing"], row["kept_with_enhancing"]) == (0.5, 0.5)
+    assert (row["candidates_with_ncr"], row["kept_with_ncr"], row["candidates_with_edema"], row["kept_with_edema"]) == (0.25, 0.5, 0.25, 0.5)
+
+
+def test_the_filter_with_inpainting_keeps_candidates_bit_for_bit():
+    """The default profile's synthesis: kept inpainted samples are exactly the selected candidates."""
+    import keras
+
+    train, _ = _toy()
+    size, channels = train.images.shape[1], train.images.shape[-1]
+    conditioning = keras.Input((size, size, 5 + channels))   # 4 label/brain channels, the region, the context
+    generator = keras.Model(conditioning, keras.layers.Conv2D(channels, 1, activation="tanh")(conditioning))
+    params = AugmentParams(factor=3, sample_dropout=False, recombine_fraction=0.5)
+    counts = synthesis.plan(len(train), params.factor, params.synthetic_fraction, ("none", "gan"))
+    judge = _StandInJudge(model=None, tau=0.5, pool=1.5)
+    kept, _ = synthesis.gan_samples(train, generator, params, counts, np.random.default_rng(5), "inpaint", 0.03, 7, judge)
+    pool = {**counts, "gan_total": judge.candidates(counts["gan_total"]), "gan_mix": 0}
+    candidates, _ = synthesis.gan_samples(train, generator, params, pool, np.random.default_rng(5), "inpaint", 0.03, 7)
+    scores = np.array([(0.37 * k) % 1.0 for k in range(len(candidates))])
+    chosen, _ = sample_filter.select(scores, counts["gan_total"], 0.5)
+    assert len(kept) == counts["gan_total"] == 12 and len(candidates) == 18
+    assert any(c.transforms.startswith("recombine:inpaint") for c in candidates)
+    for sample, i in zip(kept, chosen):
+        assert np.array_equal(sample.image, candidates[i].image) and sample.transforms.startswith(candidates[i].transforms)
 
 
 def test_without_a_judge_synthesis_is_unchanged_and_with_one_only_gan_samples_change():
@@ -138,6 +177,7 @@ def test_augment_stage_trains_a_judge_and_filters_every_draw(trained_copy):
     summary = json.loads((trained_copy / "reports" / "augment.json").read_text())
     record = summary["filter"]
     assert record["tau"] == 0.3 and record["pool"] == 1.5 and len(record["draws"]) == 1
+    assert 0.0 <= record["judge_real_train_dice_mean"] <= 1.0
     assert record["draws"][0]["candidates"] == 12 and record["draws"][0]["kept"] == 8   # ceil(1.5 x 8)
     judged = gan["transforms"].str.extract(r";judge=(\d\.\d{3})$")[0].astype(float)
     assert judged.min() == pytest.approx(record["draws"][0]["kept_dice_min"], abs=6e-4)

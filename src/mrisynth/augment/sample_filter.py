@@ -60,12 +60,20 @@ class Judge:
 
         return tumour_dice(encoding.labels_to_classes(labels), segmenter.predict_classes(self.model, images))
 
-    def record(self, scores: np.ndarray, kept: list[int], below: int) -> dict:
+    def record(self, scores: np.ndarray, kept: list[int], below: int, labels: np.ndarray | None = None) -> dict:
+        """One draw's summary (appended to `records`). With the candidates' BraTS label maps, also the share of
+        candidates and of kept samples that contain each tumour class: a filter that drops small classes more
+        often than large ones shows here."""
         kept_scores = np.asarray(scores)[kept]
         row = {"candidates": int(len(scores)), "kept": len(kept), "below_tau_kept": int(below),
                "passing": int((np.asarray(scores) >= self.tau).sum()),
                "candidate_dice_mean": round(float(np.mean(scores)), 4), "kept_dice_mean": round(float(np.mean(kept_scores)), 4),
                "kept_dice_min": round(float(np.min(kept_scores)), 4)}
+        if labels is not None:
+            for name, value in zip(("ncr", "edema", "enhancing"), encoding.BRATS_LABELS[1:]):
+                present = (np.asarray(labels) == value).any(axis=(1, 2))
+                row[f"candidates_with_{name}"] = round(float(present.mean()), 4)
+                row[f"kept_with_{name}"] = round(float(present[kept].mean()), 4)
         self.records.append(row)
         return row
 

@@ -155,9 +155,10 @@ def gan_samples(train: arrays.SplitArrays, generator, params, counts: dict, rng:
         wanted = counts["gan_total"]
         pool = {**counts, "gan_total": judge.candidates(wanted), "gan_mix": 0}
         candidates, fallbacks = gan_samples(train, generator, params, pool, rng, synthesis, margin_fraction, render_seed)
-        scores = judge.score(np.stack([c.image for c in candidates]), np.stack([c.labels for c in candidates]))
+        labels = np.stack([c.labels for c in candidates])
+        scores = judge.score(np.stack([c.image for c in candidates]), labels)
         kept, below = sample_filter.select(scores, wanted, judge.tau)
-        judge.record(scores, kept, below)
+        judge.record(scores, kept, below, labels)
         return [dataclasses.replace(candidates[i], in_mix=k < counts["gan_mix"], transforms=f"{candidates[i].transforms};judge={scores[i]:.3f}")
                 for k, i in enumerate(kept)], fallbacks
     ranges = transforms.ClassicRanges(params.rotation, params.shift, tuple(params.scale), params.flip, params.brightness)

@@ -50,7 +50,9 @@ def run(params_path: str = "params.yaml") -> int:
         with tempfile.TemporaryDirectory(prefix="augment-judge-") as tmp:
             model = sample_filter.train_judge(params, train, arrays.load_split(Path(pre.out_dir), "val"), tmp)
         judge = sample_filter.Judge(model, p.filter_dice, p.filter_pool)
-        print(f"augment: filter judge trained ({time.perf_counter() - started:.0f} s); GAN samples below tumour Dice {p.filter_dice} replaced")
+        real_score = float(judge.score(train.images, train.labels).mean())   # the judge on the slices it learned from: a reference
+        print(f"augment: filter judge trained ({time.perf_counter() - started:.0f} s; its tumour Dice on the real training slices "
+              f"{real_score:.3f}); GAN samples below {p.filter_dice} replaced")
     generator = load_generator(Path(gan.model_path), pre.image_size, channels, gan.synthesis)
     samples, counts = synthesise(train, generator, p, params.train_segmenter.arms, gan.synthesis, gan.inpaint_margin, judge)
     out_dir = Path(p.out_dir)
@@ -71,7 +73,7 @@ def run(params_path: str = "params.yaml") -> int:
         "train_images": len(train), "factor": p.factor, "mix_images": int(manifest["in_mix"].sum()),
         **{f"{kind}_images": int((manifest["kind"] == kind).sum()) for kind in SAMPLE_KINDS},
         "recombined": int(manifest["transforms"].str.startswith("recombine").sum()),
-        **counts, "filter": {"tau": p.filter_dice, "pool": p.filter_pool, "draws": judge.records} if judge else None,
+        **counts, "filter": {"tau": p.filter_dice, "pool": p.filter_pool, "judge_real_train_dice_mean": round(real_score, 4), "draws": judge.records} if judge else None,
         "synthesis": gan.synthesis, "generator_draws": gan.draws, "gan_dropout_sampling": p.sample_dropout, "seconds": round(time.perf_counter() - started, 2),
     }
     paths.write_json(paths.AUGMENT, summary)
