@@ -69,6 +69,7 @@ def score(name: str, params_path: str = "params.yaml") -> dict:
             row[f"val_{key}"] = [d["mean"], d["low"], d["high"]]
             row["val_images"], row["val_seeds"] = d["n_images"], d["n_seeds"]
     row |= {f"val_dice_tumour_{arm}": float(np.mean(pooled[arm]["val"]["dice_tumour"])) for arm in arms}
+    row["val_runs"] = per_run(per_image, runs)
 
     # GAN-train (gan_usefulness's definition, validation only): synthetic pairs of draw 1, first seed
     images, classes = synthetic_only(Path(params.augment.out_dir))
@@ -90,6 +91,14 @@ def score(name: str, params_path: str = "params.yaml") -> dict:
     row |= {"gan_best_epoch": report.get("best_epoch"), "alpha": report.get("alpha"),
             "scoring_seconds": round(time.perf_counter() - started, 1)}
     return row
+
+
+def per_run(per_image: dict, runs: dict, split: str = "val") -> dict:
+    """{arm: {run key ('1', '1-g2', ...): {metric: mean over the split's images}}} for dice_tumour and the
+    BraTS regions: one segmenter run that loses a tumour class shows as one low row (the arms' means hide it)."""
+    keys = ("dice_tumour", "dice_WT", "dice_TC", "dice_ET")
+    return {arm: {seed: {k: round(float(per_image[arm][split][k][i].mean()), 4) for k in keys}
+                  for i, seed in enumerate(runs["arms"][arm])} for arm in per_image}
 
 
 def realism_of(generator, val, params) -> dict:

@@ -70,6 +70,16 @@ def _check_sweep_scoring(repo: Path, metrics: dict, monkeypatch) -> None:
     assert row["protocol"] == sweep.PROTOCOL and row["train_gan.draws"] == 2 and not any("test" in k for k in row)
     usefulness = json.loads((repo / "reports" / "gan_usefulness.json").read_text())   # the stage's own numbers (same definitions)
     assert 0.0 <= row["val_gan_train_dice_tumour"] <= 1.0
+    # the per-run table is evaluate's per-image validation scores averaged per run (one row per arm, seed and draw)
+    import pandas as pd
+
+    per_image = pd.read_csv(repo / "reports" / "per_image.csv", dtype={"seed": str})
+    val = per_image[per_image["split"] == "val"].groupby(["arm", "seed"])[["dice_tumour", "dice_ET"]].mean()
+    assert sum(len(v) for v in row["val_runs"].values()) == len(val)
+    for (arm, seed), expected in val.iterrows():
+        assert row["val_runs"][arm][seed]["dice_tumour"] == pytest.approx(expected["dice_tumour"], abs=6e-5), (arm, seed)
+        assert row["val_runs"][arm][seed]["dice_ET"] == pytest.approx(expected["dice_ET"], abs=6e-5), (arm, seed)
+    assert row["filter"] is None   # the sample filter is off in this profile
     assert row["val_real_train_dice_tumour"] == pytest.approx(usefulness["val_real_train_dice_tumour"], abs=1e-9)
     assert row["realism_worst_deviation"] >= 0.0 and set(row["realism_ratios"]) == set(row["realism_inner_ratios"]) == {"flair", "t1", "t1ce", "t2"}
     assert row["realism_inner_ratios"] != row["realism_ratios"]   # the inner part (no blend ramp) is another set of pixels
