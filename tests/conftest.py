@@ -137,7 +137,7 @@ def make_tiny_project(root: Path, brats_root: Path, extra_params: dict | None = 
         "train_gan": {"epochs": 2, "batch_size": 2, "width": 0.25, "grid_every": 1, "grid_images": 2, "alpha_file": None,
                       "precision": "float32", "experiment": "tiny", "registry_name": "tiny-generator", "synthesis": "full",
                       "select": "val_loss", "diffaugment": "", "draws": 1},
-        "augment": {"harmonise": "none"},   # inpainting only
+        "augment": {"harmonise": "none", "filter_dice": None},   # harmonise: inpainting only; the filter: tests/augment/test_sample_filter.py
     }
     for section, values in [*tiny.items(), *(extra_params or {}).items()]:
         params.setdefault(section, {}).update(values)

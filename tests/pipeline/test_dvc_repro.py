@@ -79,7 +79,7 @@ def _check_sweep_scoring(repo: Path, metrics: dict, monkeypatch) -> None:
     for (arm, seed), expected in val.iterrows():
         assert row["val_runs"][arm][seed]["dice_tumour"] == pytest.approx(expected["dice_tumour"], abs=6e-5), (arm, seed)
         assert row["val_runs"][arm][seed]["dice_ET"] == pytest.approx(expected["dice_ET"], abs=6e-5), (arm, seed)
-    assert row["filter"] is None   # the sample filter is off in this profile
+    assert row["filter"] == json.loads((repo / "reports" / "augment.json").read_text())["filter"]   # the filter's record, on or off
     assert row["val_real_train_dice_tumour"] == pytest.approx(usefulness["val_real_train_dice_tumour"], abs=1e-9)
     assert row["realism_worst_deviation"] >= 0.0 and set(row["realism_ratios"]) == set(row["realism_inner_ratios"]) == {"flair", "t1", "t1ce", "t2"}
     assert row["realism_inner_ratios"] != row["realism_ratios"]   # the inner part (no blend ramp) is another set of pixels
