@@ -306,3 +306,29 @@ def pytest_collection_modifyitems(config, items):
     would leave the other worker idle until it ends (the Makefile's --maxschedchunk 1 shares them out). The
     sort is stable and pytest-randomly's shuffle is seeded alike in every worker, so all collect one order."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def toy_train_and_generator():
+    """6 training slices at 32 px (2 channels, one 4x4 edema square each, seed 3) and a stand-in Keras generator:
+    tanh of the conditioning's first two channels (rendering compiles a Keras model)."""
+    import keras
+
+    from mrisynth.io.arrays import SplitArrays
+
+    rng = np.random.default_rng(3)
+    n, size = 6, 32
+    labels = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        y, x = rng.integers(8, 20, size=2)
+        labels[i, y : y + 4, x : x + 4] = 2
+    brain = np.zeros((n, size, size), bool)
+    brain[:, 3:29, 3:29] = True
+    images = (rng.random((n, size, size, 2)) * brain[..., None]).astype(np.float32)
+    train = SplitArrays(images=images, labels=labels, brain=brain, conditioning=np.zeros((n, size, size, 4), np.float32),
+                        case_ids=np.array([f"c{i}" for i in range(n)]), spacing=np.ones(n))
+    conditioning = keras.Input((size, size, 4))
+    generator = keras.Model(conditioning, keras.layers.Conv2D(2, 1, activation="tanh", use_bias=False)(conditioning))
+    kernel = np.zeros((1, 1, 4, 2), np.float32)
+    kernel[0, 0, 0, 0] = kernel[0, 0, 1, 1] = 1.0
+    generator.set_weights([kernel])
+    return train, generator

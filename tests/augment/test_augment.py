@@ -114,29 +114,11 @@ def test_augment_stage_stops_on_failed_validation(trained, monkeypatch, capsys):
 def test_the_copy_paste_arm_leaves_the_other_samples_as_they_were():
     """Adding `paste` to the arms appends pasted slices and changes no real, classic or GAN sample."""
     from mrisynth.config import AugmentParams
-    from mrisynth.io.arrays import SplitArrays
 
-    rng = np.random.default_rng(3)
-    n, size = 6, 32
-    labels = np.zeros((n, size, size), np.uint8)
-    for i in range(n):
-        y, x = rng.integers(8, 20, size=2)
-        labels[i, y : y + 4, x : x + 4] = 2
-    brain = np.zeros((n, size, size), bool)
-    brain[:, 3:29, 3:29] = True
-    images = (rng.random((n, size, size, 2)) * brain[..., None]).astype(np.float32)
-    train = SplitArrays(images=images, labels=labels, brain=brain, conditioning=np.zeros((n, size, size, 4), np.float32),
-                        case_ids=np.array([f"c{i}" for i in range(n)]), spacing=np.ones(n))
+    from conftest import toy_train_and_generator
 
-    import keras
-
-    # a stand-in generator (a Keras model, as rendering compiles one): tanh of the conditioning's first two channels
-    conditioning = keras.Input((size, size, 4))
-    generator = keras.Model(conditioning, keras.layers.Conv2D(2, 1, activation="tanh", use_bias=False)(conditioning))
-    kernel = np.zeros((1, 1, 4, 2), np.float32)
-    kernel[0, 0, 0, 0] = kernel[0, 0, 1, 1] = 1.0
-    generator.set_weights([kernel])
-
+    train, generator = toy_train_and_generator()
+    n = len(train)
     params = AugmentParams(factor=3, sample_dropout=False)
     without, _ = synthesis.synthesise(train, generator, params, ("none", "classic", "gan", "classic+gan"), "full")
     with_paste, counts = synthesis.synthesise(train, generator, params, ("none", "classic", "gan", "classic+gan", "paste"), "full")

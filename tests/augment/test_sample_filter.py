@@ -10,6 +10,8 @@ import yaml
 from mrisynth.augment import sample_filter, synthesis
 from mrisynth.config import AugmentParams, ConfigError
 
+from conftest import toy_train_and_generator
+
 
 @pytest.mark.parametrize("keep, tau, expected", [
     (3, 0.6, ([0, 2, 4], 0)),        # the first three passing candidates, in candidate order
@@ -48,32 +50,8 @@ class _StandInJudge(sample_filter.Judge):
         return np.array([(0.37 * k) % 1.0 for k in range(len(images))])
 
 
-def _toy():
-    import keras
-
-    from mrisynth.io.arrays import SplitArrays
-
-    rng = np.random.default_rng(3)
-    n, size = 6, 32
-    labels = np.zeros((n, size, size), np.uint8)
-    for i in range(n):
-        y, x = rng.integers(8, 20, size=2)
-        labels[i, y : y + 4, x : x + 4] = 2
-    brain = np.zeros((n, size, size), bool)
-    brain[:, 3:29, 3:29] = True
-    images = (rng.random((n, size, size, 2)) * brain[..., None]).astype(np.float32)
-    train = SplitArrays(images=images, labels=labels, brain=brain, conditioning=np.zeros((n, size, size, 4), np.float32),
-                        case_ids=np.array([f"c{i}" for i in range(n)]), spacing=np.ones(n))
-    conditioning = keras.Input((size, size, 4))
-    generator = keras.Model(conditioning, keras.layers.Conv2D(2, 1, activation="tanh", use_bias=False)(conditioning))
-    kernel = np.zeros((1, 1, 4, 2), np.float32)
-    kernel[0, 0, 0, 0] = kernel[0, 0, 1, 1] = 1.0
-    generator.set_weights([kernel])
-    return train, generator
-
-
 def test_the_filter_keeps_the_selected_candidates_and_marks_them():
-    train, generator = _toy()
+    train, generator = toy_train_and_generator()
     params = AugmentParams(factor=3, sample_dropout=False)
     counts = synthesis.plan(len(train), params.factor, params.synthetic_fraction, ("none", "gan", "classic+gan"))
     wanted = counts["gan_total"]  # 12
@@ -117,7 +95,7 @@ def test_the_filter_with_inpainting_keeps_candidates_bit_for_bit():
     """The default profile's synthesis: kept inpainted samples are exactly the selected candidates."""
     import keras
 
-    train, _ = _toy()
+    train, _ = toy_train_and_generator()
     size, channels = train.images.shape[1], train.images.shape[-1]
     conditioning = keras.Input((size, size, 5 + channels))   # 4 label/brain channels, the region, the context
     generator = keras.Model(conditioning, keras.layers.Conv2D(channels, 1, activation="tanh")(conditioning))
@@ -136,7 +114,7 @@ def test_the_filter_with_inpainting_keeps_candidates_bit_for_bit():
 
 
 def test_without_a_judge_synthesis_is_unchanged_and_with_one_only_gan_samples_change():
-    train, generator = _toy()
+    train, generator = toy_train_and_generator()
     params = AugmentParams(factor=3, sample_dropout=False)
     arms = ("none", "classic", "gan", "classic+gan", "paste")
     plain, _ = synthesis.synthesise(train, generator, params, arms, "full")
