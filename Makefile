@@ -77,14 +77,15 @@ SWEEP_PAPER := -S augment.harmonise=none -S train_gan.diffaugment=none -S train_
 SWEEP_LONG := -S augment.harmonise=none -S train_gan.draws=1 -S train_gan.select=last -S train_gan.epochs=100 -S train_gan.diffaugment=translation+cutout+color
 SWEEP_DEFAULT := $(SWEEP_LONG) -S train_gan.generator=spade -S train_gan.synthesis=inpaint -S train_segmenter.real_share=null
 SWEEP_VARIANTS ?= paper full-long inpaint inpaint-spade default fm10 fm10-alpha5 tex20 noise tex20-noise harmonise
-# SWEEP_PROTOCOL=full, for a variant that changes nothing before augment (`filter`): params.yaml's segmenter seeds and
-# generator draws (5 x 2), and only the stages augment and train_segmenter rerun (dvc exp run -s), so run right after
+# SWEEP_PROTOCOL=full, for a variant that changes nothing before augment (`filter`, `seg-long`): params.yaml's segmenter
+# seeds, arms (the copy-paste control included, so an adopted variant's `dvc repro` finds train_segmenter in DVC's run
+# cache) and generator draws (5 x 2), and only the stages augment and train_segmenter rerun (dvc exp run -s), so run right after
 # `make run` in the same workspace it keeps that run's tune and trained generators and compares with that run's
 # validation numbers. (-s because dvc.yaml over-declares: tune lists the whole augment section, which its default
 # image objective does not read - tune's study hash leaves augment out - and its output names its MLflow run.)
 SWEEP_PROTOCOL ?= small
 ifeq ($(SWEEP_PROTOCOL),full)
-SWEEP_SEEDS := -S 'train_segmenter.arms=[none,classic,gan,classic+gan]'
+SWEEP_SEEDS :=
 SWEEP_TARGETS := -s augment train_segmenter
 else
 SWEEP_TARGETS := train_segmenter
@@ -112,6 +113,9 @@ sweep-harmonise := $(SWEEP_FIXED) -S augment.harmonise=mean
 # filter: params.yaml's default profile (its tune, generators and draws) with the synthetic-sample filter at tau 0.6, pool 2
 # (augment/sample_filter.py); meant for SWEEP_PROTOCOL=full (above)
 sweep-filter := -S augment.filter_dice=0.6 -S augment.filter_pool=2.0
+# seg-long: the segmenter recipe, not the generator: up to 40 epochs with patience 8 (params.yaml: 20 and 4; min_epochs
+# 10 unchanged) for every arm; meant for SWEEP_PROTOCOL=full (docs/synthetic-data.md: rule written before it ran)
+sweep-seg-long := -S train_segmenter.epochs=40 -S train_segmenter.patience=8
 # Every variant starts from the same params.yaml (saved first, restored before each variant and on any exit): a
 # workspace experiment leaves its params applied, so without this a variant would inherit the previous one's -S values.
 sweep: data
@@ -123,7 +127,7 @@ sweep: data
 	    inpaint-spade) o="$(sweep-inpaint-spade)";; inpaint-spade-mixed) o="$(sweep-inpaint-spade-mixed)";; \
 	    default) o="$(sweep-default)";; fm10) o="$(sweep-fm10)";; fm10-alpha5) o="$(sweep-fm10-alpha5)";; \
 	    tex20) o="$(sweep-tex20)";; noise) o="$(sweep-noise)";; tex20-noise) o="$(sweep-tex20-noise)";; \
-	    harmonise) o="$(sweep-harmonise)";; filter) o="$(sweep-filter)";; \
+	    harmonise) o="$(sweep-harmonise)";; filter) o="$(sweep-filter)";; seg-long) o="$(sweep-seg-long)";; \
 	    *) echo "unknown variant $$v"; exit 2;; esac; \
 	  echo "sweep: $$v"; eval dvc exp run -f -n $$v $(SWEEP_SEEDS) $$o $(SWEEP_TARGETS) > work/sweep-$$v.log 2>&1 || exit 1; \
 	  python pipelines/sweep_summary.py $$v >> work/sweep-$$v.log 2>&1 || exit 1; \

@@ -40,7 +40,7 @@ assert set(QUESTIONS) == {question for _, _, question in COMPARISONS}, "a verdic
 LEVERS = (("train_gan", ("generator", "synthesis", "select", "epochs", "diffaugment", "disc_blocks", "feature_matching", "texture", "draws")),
           ("augment", ("harmonise", "filter_dice", "filter_pool")),
           ("tune", ("n_trials", "alpha_low", "alpha_high")),
-          ("train_segmenter", ("real_share", "seeds", "arms")))
+          ("train_segmenter", ("real_share", "seeds", "arms", "epochs", "patience")))
 SCRATCH = Path("work") / "sweep"   # the scorer's GAN-train segmenter (no stage reads or declares it)
 PROTOCOL = "validation-only"  # pipeline stopped at train_segmenter; the test split was never evaluated
 
@@ -122,6 +122,17 @@ def realism_of(generator, val, params) -> dict:
     return out
 
 
+# the segmenter schedule of records written before it was recorded (every earlier variant used these)
+SEGMENTER_SCHEDULE_BEFORE = {"train_segmenter.epochs": 20, "train_segmenter.patience": 4}
+
+
+def segmenter_schedule(row: dict) -> str:
+    """'epochs / patience' of a record's segmenters; older records (before 2026-12-07, fifth session) did not record them
+    and all ran params.yaml's 20 / 4."""
+    epochs, patience = (row.get(key) or before for key, before in SEGMENTER_SCHEDULE_BEFORE.items())
+    return f"{epochs} / {patience}"
+
+
 def table(rows: list[dict]) -> str:
     def ci(v):
         return "n/a" if v is None else f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"
@@ -138,9 +149,10 @@ def table(rows: list[dict]) -> str:
              "Variants marked * ran the full pipeline (its `evaluate` also scored the test split; nothing here reads it); "
              "the others stopped at train_segmenter (no test number exists)." if old else
              "Every variant stopped at train_segmenter: no test number exists for any of them.", "",
-             "| variant | generator | synthesis | select | GAN epochs | DiffAugment | feature matching | texture | harmonise | filter τ | α (tune range → chosen) | real_share | seeds | "
+             "| variant | generator | synthesis | select | GAN epochs | DiffAugment | feature matching | texture | harmonise | filter τ | α (tune range → chosen) | real_share | "
+             "segmenter epochs / patience | seeds | "
              "GAN beyond classic | gan vs none | GAN-train / real-train | realism worst | realism worst, inner |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = r["val_gan_train_dice_tumour"] / max(r["val_real_train_dice_tumour"], 1e-9)
         low, high = r.get("tune.alpha_low"), r.get("tune.alpha_high")
@@ -151,8 +163,9 @@ def table(rows: list[dict]) -> str:
         else:
             tuned = number(r.get("alpha"), ".1f")
         lines.append(f"| {r['name']}{'' if r.get('protocol') == PROTOCOL else ' *'} | {r['train_gan.generator']} | {r['train_gan.synthesis']} | "
-                     f"{r['train_gan.select']} | {r['train_gan.epochs']} | {r['train_gan.diffaugment'] or 'off'} | "
+                     f"{r['train_gan.select']} | {r['train_gan.epochs']} | {(r['train_gan.diffaugment'] or 'off').replace(',', '+')} | "
                      f"{r.get('train_gan.feature_matching', 0.0) or 'off'} | {r.get('train_gan.texture', 0.0) or 'off'} | {r.get('augment.harmonise') or 'none'} | {number(r.get('augment.filter_dice'), 'g') if r.get('augment.filter_dice') is not None else 'off'} | {tuned} | {r['train_segmenter.real_share']} | "
+                     f"{segmenter_schedule(r)} | "
                      f"{','.join(map(str, r['train_segmenter.seeds']))} | {ci(r.get('val_gain_beyond_classic'))} | "
                      f"{ci(r.get('val_gan_vs_none'))} | {r['val_gan_train_dice_tumour']:.3f} / {r['val_real_train_dice_tumour']:.3f} = {ratio:.2f} | "
                      f"{number(r.get('realism_worst_deviation'), '.0%')} | {number(r.get('realism_inner_worst_deviation'), '.0%')} |")
