@@ -116,6 +116,9 @@ sweep-filter := -S augment.filter_dice=0.6 -S augment.filter_pool=2.0
 # seg-long: the segmenter recipe, not the generator: up to 40 epochs with patience 8 (params.yaml: 20 and 4; min_epochs
 # 10 unchanged) for every arm; meant for SWEEP_PROTOCOL=full (docs/synthetic-data.md: rule written before it ran)
 sweep-seg-long := -S train_segmenter.epochs=40 -S train_segmenter.patience=8
+# real-half: half of every augmented arm's batch elements drawn from the 30 real slices (train_segmenter.real_share 0.5,
+# issue 19 item 5); meant for SWEEP_PROTOCOL=full, against whichever default the seg-long rule left
+sweep-real-half := -S train_segmenter.real_share=0.5
 # Every variant starts from the same params.yaml (saved first, restored before each variant and on any exit): a
 # workspace experiment leaves its params applied, so without this a variant would inherit the previous one's -S values.
 sweep: data
@@ -127,7 +130,7 @@ sweep: data
 	    inpaint-spade) o="$(sweep-inpaint-spade)";; inpaint-spade-mixed) o="$(sweep-inpaint-spade-mixed)";; \
 	    default) o="$(sweep-default)";; fm10) o="$(sweep-fm10)";; fm10-alpha5) o="$(sweep-fm10-alpha5)";; \
 	    tex20) o="$(sweep-tex20)";; noise) o="$(sweep-noise)";; tex20-noise) o="$(sweep-tex20-noise)";; \
-	    harmonise) o="$(sweep-harmonise)";; filter) o="$(sweep-filter)";; seg-long) o="$(sweep-seg-long)";; \
+	    harmonise) o="$(sweep-harmonise)";; filter) o="$(sweep-filter)";; seg-long) o="$(sweep-seg-long)";; real-half) o="$(sweep-real-half)";; \
 	    *) echo "unknown variant $$v"; exit 2;; esac; \
 	  echo "sweep: $$v"; eval dvc exp run -f -n $$v $(SWEEP_SEEDS) $$o $(SWEEP_TARGETS) > work/sweep-$$v.log 2>&1 || exit 1; \
 	  python pipelines/sweep_summary.py $$v >> work/sweep-$$v.log 2>&1 || exit 1; \
