@@ -173,10 +173,19 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
+    """`sweep_summary.py [NAME [--out PATH]]`: score the workspace as variant NAME into reports/sweep/NAME.json (a row
+    of the table), or with --out into PATH only (a baseline: the workspace of a `make run`, not a variant), then
+    rewrite the table from reports/sweep/."""
     out = paths.SWEEP
     out.mkdir(parents=True, exist_ok=True)
-    if len(sys.argv) > 1:
-        (out / f"{sys.argv[1]}.json").write_text(json.dumps(score(sys.argv[1]), indent=2) + "\n")
+    args = sys.argv[1:]
+    if len(args) == 3 and args[1] == "--out":
+        Path(args[2]).write_text(json.dumps(score(args[0]), indent=2) + "\n")
+        return
+    if len(args) == 1:
+        (out / f"{args[0]}.json").write_text(json.dumps(score(args[0]), indent=2) + "\n")
+    elif args:
+        raise SystemExit("usage: python pipelines/sweep_summary.py [NAME [--out PATH]]")
     rows = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
     paths.SWEEP_TABLE.write_text(table(rows))
     print(paths.SWEEP_TABLE.read_text())
