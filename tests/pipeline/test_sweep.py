@@ -67,3 +67,14 @@ def test_every_variant_starts_from_the_same_params():
                                                          "trap 'cp work/sweep-params.yaml params.yaml' EXIT", "for v in"))
     restore, run = recipe.index("cp work/sweep-params.yaml params.yaml;", loop), recipe.index("dvc exp run", loop)
     assert save < trap < loop < restore < run
+
+
+def test_every_defined_variant_can_be_run_and_every_runnable_one_is_defined():
+    """Each `sweep-<name> :=` override set has its `<name>)` branch in the recipe's case statement and the other way
+    round: a variant added to one list only would be 'unknown variant' or a silent no-op."""
+    makefile = (REPO / "Makefile").read_text()
+    defined = set(re.findall(r"^sweep-([\w-]+) :=", makefile, re.M))
+    branches = dict(re.findall(r"([\w-]+)\) o=\"\$\(sweep-([\w-]+)\)\"", _sweep_recipe()))
+    assert defined and set(branches) == defined, (sorted(defined ^ set(branches)))
+    assert all(name == target for name, target in branches.items()), branches   # `x)` runs sweep-x, not another's set
+    assert {"seg-long", "real-half", "filter"} <= defined
