@@ -113,8 +113,9 @@ sweep-harmonise := $(SWEEP_FIXED) -S augment.harmonise=mean
 # filter: params.yaml's default profile (its tune, generators and draws) with the synthetic-sample filter at tau 0.6, pool 2
 # (augment/sample_filter.py); meant for SWEEP_PROTOCOL=full (above)
 sweep-filter := -S augment.filter_dice=0.6 -S augment.filter_pool=2.0
-# seg-long: the segmenter recipe, not the generator: up to 40 epochs with patience 8 (params.yaml: 20 and 4; min_epochs
-# 10 unchanged) for every arm; meant for SWEEP_PROTOCOL=full (docs/synthetic-data.md: rule written before it ran)
+# seg-long: the segmenter recipe, not the generator: up to 40 epochs with patience 8 (params.yaml until 2026-12-08: 20 and
+# 4; min_epochs 10 unchanged) for every arm; adopted by its rule, now params.yaml's default, so against today's default it
+# changes nothing (kept so its record can be reproduced from the old params; docs/synthetic-data.md)
 sweep-seg-long := -S train_segmenter.epochs=40 -S train_segmenter.patience=8
 # real-half: half of every augmented arm's batch elements drawn from the 30 real slices (train_segmenter.real_share 0.5,
 # issue 19 item 5); meant for SWEEP_PROTOCOL=full, against whichever default the seg-long rule left

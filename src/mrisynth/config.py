@@ -289,9 +289,9 @@ class TrainSegmenterParams:
 
     arms: tuple[str, ...] = ARMS  # augmentation arms trained (mrisynth.core.arms; none and at least one other)
     seeds: tuple[int, ...] = (1, 2, 3, 4, 5)  # segmenter seeds per arm and generator draw (the verdict's CI resamples them; the paper profile: 3)
-    epochs: int = 20          # the most epochs; training stops earlier after `patience` epochs without a better val Dice
+    epochs: int = 40          # the most epochs; training stops earlier after `patience` epochs without a better val Dice
     min_epochs: int = 10      # no early stopping before this epoch (augmented arms start slower than `none`)
-    patience: int = 4  # epochs without a better validation Dice before stopping
+    patience: int = 8  # epochs without a better validation Dice before stopping
     min_delta: float = 0.005  # an epoch counts as an improvement for early stopping only if val tumour Dice rises by more
     jitter: bool = False      # on-the-fly flip/shift/intensity jitter for every arm (none included); off as in the paper
     batch_size: int = 4  # images per update
