@@ -72,7 +72,8 @@ paper: data
 # no test number exists while the winner is chosen. (DVC's -S reads a comma as a sweep: DiffAugment parts are joined
 # with +.) Stage output goes to work/sweep-<name>.log. Apply the winner with `dvc exp apply <name>` or by editing
 # params.yaml, then `make run` for its verdict. `make sweep SWEEP_VARIANTS="default fm10"` runs some of them.
-SWEEP_SEEDS := -S 'train_segmenter.seeds=[1,2]' -S 'train_segmenter.arms=[none,classic,gan,classic+gan]'
+# SWEEP_ARMS: the small protocol's segmenter seeds and arms (the full protocol keeps params.yaml's)
+SWEEP_ARMS := -S 'train_segmenter.seeds=[1,2]' -S 'train_segmenter.arms=[none,classic,gan,classic+gan]'
 SWEEP_PAPER := -S augment.harmonise=none -S train_gan.diffaugment=none -S train_gan.draws=1 -S train_gan.generator=pix2pix -S train_gan.synthesis=full -S train_gan.select=val_loss -S train_gan.epochs=30 -S train_segmenter.real_share=null
 SWEEP_LONG := -S augment.harmonise=none -S train_gan.draws=1 -S train_gan.select=last -S train_gan.epochs=100 -S train_gan.diffaugment=translation+cutout+color
 SWEEP_DEFAULT := $(SWEEP_LONG) -S train_gan.generator=spade -S train_gan.synthesis=inpaint -S train_segmenter.real_share=null
@@ -85,7 +86,7 @@ SWEEP_VARIANTS ?= paper full-long inpaint inpaint-spade default fm10 fm10-alpha5
 # image objective does not read - tune's study hash leaves augment out - and its output names its MLflow run.)
 SWEEP_PROTOCOL ?= small
 ifeq ($(SWEEP_PROTOCOL),full)
-SWEEP_SEEDS :=
+SWEEP_ARMS :=
 SWEEP_TARGETS := -s augment train_segmenter
 else
 SWEEP_TARGETS := train_segmenter
@@ -120,20 +121,20 @@ sweep-seg-long := -S train_segmenter.epochs=40 -S train_segmenter.patience=8
 # real-half: half of every augmented arm's batch elements drawn from the 30 real slices (train_segmenter.real_share 0.5,
 # issue 19 item 5); meant for SWEEP_PROTOCOL=full, against whichever default the seg-long rule left
 sweep-real-half := -S train_segmenter.real_share=0.5
+# The variants are the variables named sweep-<name> above (one place: define one and `make sweep SWEEP_VARIANTS=<name>`
+# runs it); the recipe's case statement is generated from them, one `<name>) o="<its -S set>";;` branch each.
+SWEEP_NAMES = $(sort $(patsubst sweep-%,%,$(filter sweep-%,$(.VARIABLES))))
+sweep_case = $(1)) o="$(sweep-$(1))";;
 # Every variant starts from the same params.yaml (saved first, restored before each variant and on any exit): a
 # workspace experiment leaves its params applied, so without this a variant would inherit the previous one's -S values.
 sweep: data
 	mkdir -p work
-	cp params.yaml work/sweep-params.yaml; trap 'cp work/sweep-params.yaml params.yaml' EXIT; \
+	@cp params.yaml work/sweep-params.yaml; trap 'cp work/sweep-params.yaml params.yaml' EXIT; \
 	for v in $(SWEEP_VARIANTS); do \
 	  cp work/sweep-params.yaml params.yaml; \
-	  case $$v in paper) o="$(sweep-paper)";; full-long) o="$(sweep-full-long)";; inpaint) o="$(sweep-inpaint)";; \
-	    inpaint-spade) o="$(sweep-inpaint-spade)";; inpaint-spade-mixed) o="$(sweep-inpaint-spade-mixed)";; \
-	    default) o="$(sweep-default)";; fm10) o="$(sweep-fm10)";; fm10-alpha5) o="$(sweep-fm10-alpha5)";; \
-	    tex20) o="$(sweep-tex20)";; noise) o="$(sweep-noise)";; tex20-noise) o="$(sweep-tex20-noise)";; \
-	    harmonise) o="$(sweep-harmonise)";; filter) o="$(sweep-filter)";; seg-long) o="$(sweep-seg-long)";; real-half) o="$(sweep-real-half)";; \
-	    *) echo "unknown variant $$v"; exit 2;; esac; \
-	  echo "sweep: $$v"; eval dvc exp run -f -n $$v $(SWEEP_SEEDS) $$o $(SWEEP_TARGETS) > work/sweep-$$v.log 2>&1 || exit 1; \
+	  case $$v in $(foreach n,$(SWEEP_NAMES),$(call sweep_case,$(n))) \
+	    *) echo "unknown variant $$v (defined: $(SWEEP_NAMES))"; exit 2;; esac; \
+	  echo "sweep: $$v"; eval dvc exp run -f -n $$v $(SWEEP_ARMS) $$o $(SWEEP_TARGETS) > work/sweep-$$v.log 2>&1 || exit 1; \
 	  python pipelines/sweep_summary.py $$v >> work/sweep-$$v.log 2>&1 || exit 1; \
 	done
 	python pipelines/sweep_summary.py

@@ -1,6 +1,8 @@
 """`make sweep` chooses the default profile on the validation split: its variants' pipelines stop before the stages
 that read the test split (the scorer itself is checked on a real workspace in test_dvc_repro.py)."""
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -58,23 +60,63 @@ def test_no_stage_the_sweep_runs_after_preprocess_names_the_test_split():
         assert not re.search(r"""["']test["']""", source), f"stages/{stage}.py names the test split"
 
 
-def test_every_variant_starts_from_the_same_params():
-    """A workspace experiment leaves its -S values in params.yaml: the recipe restores the saved params.yaml before
-    every variant and on any exit (the 2026-12-07 sweep's second variant silently inherited the first's
-    feature_matching without it)."""
-    recipe = _sweep_recipe()
-    save, trap, loop = (recipe.index(text) for text in ("cp params.yaml work/sweep-params.yaml",
-                                                         "trap 'cp work/sweep-params.yaml params.yaml' EXIT", "for v in"))
-    restore, run = recipe.index("cp work/sweep-params.yaml params.yaml;", loop), recipe.index("dvc exp run", loop)
-    assert save < trap < loop < restore < run
+def _run_sweep(tmp_path: Path, variants: str, protocol: str = "full") -> tuple[subprocess.CompletedProcess, list[str]]:
+    """`make sweep` in a copy of the Makefile and params.yaml, with `dvc` and `python` replaced by stubs on the recipe's
+    PATH (its VENV/bin): each stub logs its arguments; the dvc stub also logs a digest of the params.yaml it found and
+    then appends to params.yaml, as a workspace `dvc exp run` leaves its -S values applied. `-o data` skips the data
+    target (and set-up). Returns make's result and the log lines."""
+    shutil.copy(REPO / "Makefile", tmp_path)
+    shutil.copy(REPO / "params.yaml", tmp_path)
+    stubs = tmp_path / "venv" / "bin"
+    stubs.mkdir(parents=True)
+    (stubs / "dvc").write_text('#!/bin/sh\necho "dvc $(md5sum < params.yaml | cut -c1-12) $*" >> calls.log\n'
+                               'echo "leftover: 1" >> params.yaml\n')
+    (stubs / "python").write_text('#!/bin/sh\necho "python $*" >> calls.log\n')
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    done = subprocess.run(["make", "-s", "-o", "data", "sweep", "VENV=venv", f"SWEEP_VARIANTS={variants}",
+                           f"SWEEP_PROTOCOL={protocol}"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    log = tmp_path / "calls.log"
+    return done, log.read_text().splitlines() if log.exists() else []
 
 
-def test_every_defined_variant_can_be_run_and_every_runnable_one_is_defined():
-    """Each `sweep-<name> :=` override set has its `<name>)` branch in the recipe's case statement and the other way
-    round: a variant added to one list only would be 'unknown variant' or a silent no-op."""
-    makefile = (REPO / "Makefile").read_text()
-    defined = set(re.findall(r"^sweep-([\w-]+) :=", makefile, re.M))
-    branches = dict(re.findall(r"([\w-]+)\) o=\"\$\(sweep-([\w-]+)\)\"", _sweep_recipe()))
-    assert defined and set(branches) == defined, (sorted(defined ^ set(branches)))
-    assert all(name == target for name, target in branches.items()), branches   # `x)` runs sweep-x, not another's set
-    assert {"seg-long", "real-half", "filter"} <= defined
+def test_each_variant_runs_its_own_overrides_from_the_same_params_and_params_are_restored(tmp_path):
+    """Every defined `sweep-<name>` is dispatched with its own -S set; each variant starts from the saved params.yaml
+    (the 2026-12-07 sweep's second variant silently inherited the first's feature_matching before the restore), and
+    params.yaml is restored afterwards."""
+    original = (REPO / "params.yaml").read_text()
+    done, calls = _run_sweep(tmp_path, "seg-long real-half filter")
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = [c.split(" ", 2) for c in calls if c.startswith("dvc ")]
+    assert [r[2] for r in runs] == [
+        "exp run -f -n seg-long -S train_segmenter.epochs=40 -S train_segmenter.patience=8 -s augment train_segmenter",
+        "exp run -f -n real-half -S train_segmenter.real_share=0.5 -s augment train_segmenter",
+        "exp run -f -n filter -S augment.filter_dice=0.6 -S augment.filter_pool=2.0 -s augment train_segmenter"]
+    assert len({r[1] for r in runs}) == 1, "a variant started from another variant's params.yaml"
+    assert (tmp_path / "params.yaml").read_text() == original
+    assert calls[-1] == "python pipelines/sweep_summary.py" and "python pipelines/sweep_summary.py real-half" in calls
+
+
+def test_the_small_protocol_adds_its_seeds_and_arms_and_stops_at_train_segmenter(tmp_path):
+    done, calls = _run_sweep(tmp_path, "paper", protocol="small")
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = next(c for c in calls if c.startswith("dvc "))
+    assert "-S train_segmenter.seeds=[1,2] -S train_segmenter.arms=[none,classic,gan,classic+gan]" in run
+    assert "-S train_gan.generator=pix2pix" in run and run.endswith(" train_segmenter") and " -s " not in run
+
+
+def test_an_unknown_variant_stops_the_sweep_naming_the_defined_ones(tmp_path):
+    done, calls = _run_sweep(tmp_path, "seg-long no-such-variant real-half")
+    assert done.returncode != 0
+    assert "unknown variant no-such-variant" in done.stdout and "seg-long" in done.stdout.split("defined:")[1]
+    assert [c.split()[6] for c in calls if c.startswith("dvc ")] == ["seg-long"]   # real-half never ran
+    assert (tmp_path / "params.yaml").read_text() == (REPO / "params.yaml").read_text()
+
+
+def test_every_variable_named_sweep_something_is_a_runnable_variant(tmp_path):
+    """The case branches are generated from the `sweep-<name> :=` variables: a variant defined in the Makefile runs."""
+    defined = re.findall(r"^sweep-([\w-]+) :=", (REPO / "Makefile").read_text(), re.M)
+    assert {"seg-long", "real-half", "filter", "paper", "default"} <= set(defined)
+    done, calls = _run_sweep(tmp_path, " ".join(defined))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [c.split()[6] for c in calls if c.startswith("dvc ")] == defined
