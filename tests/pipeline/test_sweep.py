@@ -5,6 +5,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,3 +121,44 @@ def test_every_variable_named_sweep_something_is_a_runnable_variant(tmp_path):
     done, calls = _run_sweep(tmp_path, " ".join(defined))
     assert done.returncode == 0, done.stdout + done.stderr
     assert [c.split()[6] for c in calls if c.startswith("dvc ")] == defined
+
+
+def _compare_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("sweep_compare", REPO / "pipelines" / "sweep_compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _record(none, classic, gan, worst_et, gain):
+    runs = {"none": {"1": {"dice_tumour": none, "dice_WT": 0.9, "dice_TC": 0.8, "dice_ET": 0.7}},
+            "classic": {"1": {"dice_tumour": classic, "dice_WT": 0.9, "dice_TC": 0.8, "dice_ET": worst_et}}}
+    return {"val_dice_tumour_none": none, "val_dice_tumour_classic": classic, "val_dice_tumour_gan": gan,
+            "val_runs": runs, "val_gain_beyond_classic": gain, "val_gan_train_dice_tumour": 0.6,
+            "val_real_train_dice_tumour": 0.8}
+
+
+def test_sweep_compare_figures_by_hand():
+    """Arms in both records only (the variant lacks gan); hand-computed: changes +0.10 and -0.02, mean +0.04."""
+    compare = _compare_module().compare
+    base = _record(0.70, 0.80, 0.75, worst_et=0.40, gain=[0.01, -0.02, 0.04])
+    variant = _record(0.80, 0.78, None, worst_et=0.60, gain=[0.03, 0.00, 0.06])
+    figures = compare(base, variant)
+    assert list(figures["arms"]) == ["none", "classic"]
+    assert figures["arms"]["none"][2] == pytest.approx(0.10) and figures["arms"]["classic"][2] == pytest.approx(-0.02)
+    assert figures["mean"] == pytest.approx((0.75, 0.79, 0.04))
+    assert figures["worst_change"] == pytest.approx(-0.02)
+    assert figures["losing"] == ([("classic", "1", "ET", 0.40)], [])   # 0.60 is not below 0.5
+    assert figures["questions"]["GAN beyond classic"] == ([0.01, -0.02, 0.04], [0.03, 0.00, 0.06])
+    assert figures["gan_train_ratio"] == pytest.approx((0.75, 0.75))
+
+
+def test_sweep_compare_cli_on_the_committed_records(capsys):
+    """The committed baseline and seg-long records: the table docs/synthetic-data.md quotes (mean of 5 arms +0.037,
+    class-losing runs 1 -> 0)."""
+    module = _compare_module()
+    assert module.main([str(REPO / "reports" / "sweep_baseline.json"), str(REPO / "reports" / "sweep" / "seg-long.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| mean of 5 arms | 0.798 | 0.836 | +0.037 |" in out and "| class-losing runs (a region < 0.5) | 1 | 0 | |" in out
+    assert module.main(["reports/no-such.json", "reports/sweep_baseline.json"]) == 2
