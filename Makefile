@@ -123,7 +123,9 @@ sweep-seg-long := -S train_segmenter.epochs=40 -S train_segmenter.patience=8
 sweep-real-half := -S train_segmenter.real_share=0.5
 # The variants are the variables named sweep-<name> above (one place: define one and `make sweep SWEEP_VARIANTS=<name>`
 # runs it); the recipe's case statement is generated from them, one `<name>) o="<its -S set>";;` branch each.
-SWEEP_NAMES = $(sort $(patsubst sweep-%,%,$(filter sweep-%,$(.VARIABLES))))
+# Only variables defined in this file count (not a sweep-* from the environment or the command line). A value is put in
+# double quotes and eval'd: single quotes pass through, a double quote, $ or backquote in a value would not.
+SWEEP_NAMES = $(sort $(patsubst sweep-%,%,$(foreach v,$(filter sweep-%,$(.VARIABLES)),$(if $(filter file,$(origin $(v))),$(v)))))
 sweep_case = $(1)) o="$(sweep-$(1))";;
 # Every variant starts from the same params.yaml (saved first, restored before each variant and on any exit): a
 # workspace experiment leaves its params applied, so without this a variant would inherit the previous one's -S values.

@@ -26,20 +26,25 @@ def arm_means(record: dict) -> dict[str, float]:
     return {arm: record[f"val_dice_tumour_{arm}"] for arm in ARMS if record.get(f"val_dice_tumour_{arm}") is not None}
 
 
-def losing_runs(record: dict, below: float = LOSING_BELOW) -> list[tuple[str, str, str, float]]:
-    """(arm, run key, worst region, its Dice) of every run in `val_runs` whose worst of WT/TC/ET is below `below`."""
-    found = []
-    for arm, runs in (record.get("val_runs") or {}).items():
-        for key, scores in runs.items():
+def losing_runs(record: dict, arms, below: float = LOSING_BELOW) -> tuple[list[tuple[str, str, str, float]], int] | None:
+    """Among the runs of `arms` in `val_runs`: those whose worst of WT/TC/ET is below `below`, as (arm, run key, worst
+    region, its Dice), and how many runs there are. None when the record has no per-run scores (records written before
+    2026-12-07)."""
+    if not record.get("val_runs"):
+        return None
+    found, total = [], 0
+    for arm in arms:
+        for key, scores in record["val_runs"].get(arm, {}).items():
+            total += 1
             region = min(("WT", "TC", "ET"), key=lambda r: scores[f"dice_{r}"])
             if scores[f"dice_{region}"] < below:
                 found.append((arm, key, region, scores[f"dice_{region}"]))
-    return sorted(found)
+    return sorted(found), total
 
 
 def compare(base: dict, variant: dict) -> dict:
     """The figures a decision rule reads: per-arm means and changes (arms in both records), the mean over those arms,
-    the largest fall, class-losing runs, the questions' [estimate, low, high] and GAN-train / real-train."""
+    the worst arm change (the minimum), class-losing runs among those arms, the questions' [estimate, low, high] and GAN-train / real-train."""
     b, v = arm_means(base), arm_means(variant)
     shared = [arm for arm in ARMS if arm in b and arm in v]
     if not shared:
@@ -55,7 +60,7 @@ def compare(base: dict, variant: dict) -> dict:
             "mean": (sum(b[a] for a in shared) / len(shared), sum(v[a] for a in shared) / len(shared),
                      sum(change.values()) / len(shared)),
             "worst_change": min(change.values()),
-            "losing": (losing_runs(base), losing_runs(variant)),
+            "losing": (losing_runs(base, shared), losing_runs(variant, shared)),
             "questions": {label: (base.get(key), variant.get(key)) for label, key in QUESTIONS},
             "gan_train_ratio": (ratio(base), ratio(variant))}
 
@@ -72,17 +77,21 @@ def render(base_name: str, variant_name: str, figures: dict) -> str:
     lines += [f"| {arm} | {b:.3f} | {v:.3f} | {d:+.3f} |" for arm, (b, v, d) in figures["arms"].items()]
     b, v, d = figures["mean"]
     lines += [f"| mean of {len(figures['arms'])} arms | {b:.3f} | {v:.3f} | {d:+.3f} |",
-              f"| smallest change of an arm | | | {figures['worst_change']:+.3f} |"]
+              f"| worst arm change (min) | | | {figures['worst_change']:+.3f} |"]
     lb, lv = figures["losing"]
-    lines.append(f"| class-losing runs (a region < {LOSING_BELOW}) | {len(lb)} | {len(lv)} | |")
+
+    def count(losing):
+        return "— (no per-run scores)" if losing is None else f"{len(losing[0])} of {losing[1]}"
+
+    lines.append(f"| class-losing runs (a region < {LOSING_BELOW}), these arms | {count(lb)} | {count(lv)} | |")
     lines += [f"| {label} | {_ci(b)} | {_ci(v)} | {'' if b is None or v is None else f'{v[0] - b[0]:+.3f}'} |"
               for label, (b, v) in figures["questions"].items()]
     rb, rv = figures["gan_train_ratio"]
     lines.append(f"| GAN-train / real-train | {'—' if rb is None else f'{rb:.2f}'} | {'—' if rv is None else f'{rv:.2f}'} | "
                  f"{'' if rb is None or rv is None else f'{rv - rb:+.2f}'} |")
-    for name, runs in ((base_name, lb), (variant_name, lv)):
-        if runs:
-            lines.append(f"\nclass-losing runs of {name}: " + ", ".join(f"{a} {k} {r} {x:.2f}" for a, k, r, x in runs))
+    for name, losing in ((base_name, lb), (variant_name, lv)):
+        if losing and losing[0]:
+            lines.append(f"\nclass-losing runs of {name}: " + ", ".join(f"{a} {k} {r} {x:.2f}" for a, k, r, x in losing[0]))
     return "\n".join(lines)
 
 

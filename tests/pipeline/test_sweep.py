@@ -1,5 +1,6 @@
 """`make sweep` chooses the default profile on the validation split: its variants' pipelines stop before the stages
 that read the test split (the scorer itself is checked on a real workspace in test_dvc_repro.py)."""
+import os
 import re
 import shutil
 import subprocess
@@ -63,22 +64,34 @@ def test_no_stage_the_sweep_runs_after_preprocess_names_the_test_split():
 
 def _run_sweep(tmp_path: Path, variants: str, protocol: str = "full") -> tuple[subprocess.CompletedProcess, list[str]]:
     """`make sweep` in a copy of the Makefile and params.yaml, with `dvc` and `python` replaced by stubs on the recipe's
-    PATH (its VENV/bin): each stub logs its arguments; the dvc stub also logs a digest of the params.yaml it found and
-    then appends to params.yaml, as a workspace `dvc exp run` leaves its -S values applied. `-o data` skips the data
-    target (and set-up). Returns make's result and the log lines."""
+    PATH (its VENV/bin): each stub logs a checksum of the params.yaml it found and its arguments; the dvc stub then
+    appends to params.yaml, as a workspace `dvc exp run` leaves its -S values applied. `-o data` skips the data target
+    (and set-up). make runs without the MAKEFLAGS of a surrounding `make test` and without sweep-* from the environment.
+    Returns make's result and the log lines: `<tool> <checksum> <arguments>`."""
+    if shutil.which("make") is None:
+        pytest.skip("GNU make is not installed")
     shutil.copy(REPO / "Makefile", tmp_path)
     shutil.copy(REPO / "params.yaml", tmp_path)
     stubs = tmp_path / "venv" / "bin"
     stubs.mkdir(parents=True)
-    (stubs / "dvc").write_text('#!/bin/sh\necho "dvc $(md5sum < params.yaml | cut -c1-12) $*" >> calls.log\n'
-                               'echo "leftover: 1" >> params.yaml\n')
-    (stubs / "python").write_text('#!/bin/sh\necho "python $*" >> calls.log\n')
+    log = 'echo "$(basename "$0") $(cksum < params.yaml | cut -d" " -f1) $*" >> calls.log\n'
+    (stubs / "dvc").write_text("#!/bin/sh\n" + log + 'echo "leftover: 1" >> params.yaml\n')
+    (stubs / "python").write_text("#!/bin/sh\n" + log)
     for stub in stubs.iterdir():
         stub.chmod(0o755)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES") and not k.startswith(("sweep-", "SWEEP_"))}
     done = subprocess.run(["make", "-s", "-o", "data", "sweep", "VENV=venv", f"SWEEP_VARIANTS={variants}",
-                           f"SWEEP_PROTOCOL={protocol}"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    log = tmp_path / "calls.log"
-    return done, log.read_text().splitlines() if log.exists() else []
+                           f"SWEEP_PROTOCOL={protocol}"], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+    calls = tmp_path / "calls.log"
+    return done, calls.read_text().splitlines() if calls.exists() else []
+
+
+def _overrides(tmp_path: Path, name: str) -> str:
+    """The value of the Makefile variable sweep-<name>, as make expands it."""
+    done = subprocess.run(["make", "-s", "--no-print-directory", "--eval", f"show-it: ; @echo '$(sweep-{name})'", "show-it"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=30, check=True)
+    return done.stdout.strip()
 
 
 def test_each_variant_runs_its_own_overrides_from_the_same_params_and_params_are_restored(tmp_path):
@@ -93,9 +106,14 @@ def test_each_variant_runs_its_own_overrides_from_the_same_params_and_params_are
         "exp run -f -n seg-long -S train_segmenter.epochs=40 -S train_segmenter.patience=8 -s augment train_segmenter",
         "exp run -f -n real-half -S train_segmenter.real_share=0.5 -s augment train_segmenter",
         "exp run -f -n filter -S augment.filter_dice=0.6 -S augment.filter_pool=2.0 -s augment train_segmenter"]
-    assert len({r[1] for r in runs}) == 1, "a variant started from another variant's params.yaml"
+    saved = {r[1] for r in runs}
+    assert len(saved) == 1, "a variant started from another variant's params.yaml"
+    summaries = [c.split(" ", 2) for c in calls if c.startswith("python ")]
+    assert [s[2] for s in summaries] == ["pipelines/sweep_summary.py " + v for v in ("seg-long", "real-half", "filter")] + [
+        "pipelines/sweep_summary.py"]
+    # each variant's scorer reads the params its experiment left (scored before the next variant's restore)
+    assert all(s[1] not in saved for s in summaries[:3])
     assert (tmp_path / "params.yaml").read_text() == original
-    assert calls[-1] == "python pipelines/sweep_summary.py" and "python pipelines/sweep_summary.py real-half" in calls
 
 
 def test_the_small_protocol_adds_its_seeds_and_arms_and_stops_at_train_segmenter(tmp_path):
@@ -109,7 +127,8 @@ def test_the_small_protocol_adds_its_seeds_and_arms_and_stops_at_train_segmenter
 def test_an_unknown_variant_stops_the_sweep_naming_the_defined_ones(tmp_path):
     done, calls = _run_sweep(tmp_path, "seg-long no-such-variant real-half")
     assert done.returncode != 0
-    assert "unknown variant no-such-variant" in done.stdout and "seg-long" in done.stdout.split("defined:")[1]
+    defined = sorted(re.findall(r"^sweep-([\w-]+) :=", (REPO / "Makefile").read_text(), re.M))
+    assert f"unknown variant no-such-variant (defined: {' '.join(defined)})" in done.stdout
     assert [c.split()[6] for c in calls if c.startswith("dvc ")] == ["seg-long"]   # real-half never ran
     assert (tmp_path / "params.yaml").read_text() == (REPO / "params.yaml").read_text()
 
@@ -120,7 +139,18 @@ def test_every_variable_named_sweep_something_is_a_runnable_variant(tmp_path):
     assert {"seg-long", "real-half", "filter", "paper", "default"} <= set(defined)
     done, calls = _run_sweep(tmp_path, " ".join(defined))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert [c.split()[6] for c in calls if c.startswith("dvc ")] == defined
+    runs = [c.split(" ", 2)[2] for c in calls if c.startswith("dvc ")]
+    assert [run.split()[4] for run in runs] == defined
+    for name, run in zip(defined, runs):   # each with its own overrides, as make expands sweep-<name> (quotes removed by eval)
+        assert run == f"exp run -f -n {name} {_overrides(tmp_path, name).replace(chr(39), '')} -s augment train_segmenter", name
+
+
+def test_a_sweep_variable_from_the_environment_or_command_line_is_not_a_variant(tmp_path):
+    _run_sweep(tmp_path, "seg-long")   # sets up the copy and stubs
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    done = subprocess.run(["make", "-s", "-o", "data", "sweep", "VENV=venv", "SWEEP_VARIANTS=from-cli", "sweep-from-cli=-S x=1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode != 0 and "unknown variant from-cli" in done.stdout
 
 
 def _compare_module():
@@ -149,7 +179,9 @@ def test_sweep_compare_figures_by_hand():
     assert figures["arms"]["none"][2] == pytest.approx(0.10) and figures["arms"]["classic"][2] == pytest.approx(-0.02)
     assert figures["mean"] == pytest.approx((0.75, 0.79, 0.04))
     assert figures["worst_change"] == pytest.approx(-0.02)
-    assert figures["losing"] == ([("classic", "1", "ET", 0.40)], [])   # 0.60 is not below 0.5
+    assert figures["losing"] == (([("classic", "1", "ET", 0.40)], 2), ([], 2))   # 0.60 is not below 0.5
+    old = dict(base, val_runs=None)   # records written before 2026-12-07 have no per-run scores: unknown, not 0
+    assert compare(old, variant)["losing"][0] is None
     assert figures["questions"]["GAN beyond classic"] == ([0.01, -0.02, 0.04], [0.03, 0.00, 0.06])
     assert figures["gan_train_ratio"] == pytest.approx((0.75, 0.75))
 
@@ -160,5 +192,5 @@ def test_sweep_compare_cli_on_the_committed_records(capsys):
     module = _compare_module()
     assert module.main([str(REPO / "reports" / "sweep_baseline.json"), str(REPO / "reports" / "sweep" / "seg-long.json")]) == 0
     out = capsys.readouterr().out
-    assert "| mean of 5 arms | 0.798 | 0.836 | +0.037 |" in out and "| class-losing runs (a region < 0.5) | 1 | 0 | |" in out
+    assert "| mean of 5 arms | 0.798 | 0.836 | +0.037 |" in out and "| class-losing runs (a region < 0.5), these arms | 1 of 35 | 0 of 35 | |" in out
     assert module.main(["reports/no-such.json", "reports/sweep_baseline.json"]) == 2
