@@ -3,7 +3,8 @@
 Usage: python pipelines/sweep_compare.py BASELINE.json VARIANT.json
        e.g. reports/sweep_baseline.json reports/sweep/seg-long.json
 
-Prints, as markdown: each arm's mean validation tumour Dice in both records and the change, the mean over the arms
+Prints, as markdown: each arm's validation tumour Dice in both records (split-level: the pooled pixels of the
+validation images, mean over seeds and draws; the questions' differences are per-image) and the change, the mean over the arms
 both have, the class-losing runs (a run whose worst region Dice - WT, TC or ET - is below 0.5) of each, the verdict's
 questions with their 95 % CIs, and GAN-train / real-train. It applies no rule: each variant's decision rule is written
 in docs/synthetic-data.md before it runs, and reads these figures. Both records come from `sweep_summary.py`, which
