@@ -97,7 +97,7 @@ sweep-inpaint := $(SWEEP_LONG) -S train_segmenter.real_share=0.5 -S train_gan.ge
 sweep-inpaint-spade := $(SWEEP_LONG) -S train_segmenter.real_share=0.5 -S train_gan.generator=spade -S train_gan.synthesis=inpaint
 sweep-inpaint-spade-mixed := $(SWEEP_DEFAULT)
 # default, fm10, fm10-alpha5: the texture levers with alpha FIXED (tune off) so that each row changes one thing. 22.88 is the
-# alpha tune chose for the default profile in the committed run (31699d6): `default` is that run's generator draw 1.
+# alpha tune chose for the default profile in the AMD run committed then (31699d6): `default` is that run's generator draw 1.
 SWEEP_NOTUNE := $(SWEEP_DEFAULT) -S tune.n_trials=0
 SWEEP_FIXED := $(SWEEP_NOTUNE) -S train_gan.alpha=22.881136684755237
 sweep-default := $(SWEEP_FIXED)
