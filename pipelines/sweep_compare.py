@@ -15,7 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-ARMS = ("none", "classic", "gan", "classic+gan", "paste")
+from mrisynth.core.arms import ARMS   # the registered arms, in the table's order (the one place they are listed)
+
 QUESTIONS = (("GAN beyond classic", "val_gain_beyond_classic"), ("gan - none", "val_gan_vs_none"),
              ("classic - none", "val_classic_vs_none"), ("classic+gan - none", "val_classic_gan_vs_none"),
              ("copy-paste - none", "val_paste_vs_none"), ("GAN beyond copy-paste", "val_gain_beyond_paste"))
